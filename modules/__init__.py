@@ -1,0 +1,1 @@
+"""Image animation with keypoint masks: networks, masks, losses and configs."""

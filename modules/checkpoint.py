@@ -1,0 +1,55 @@
+"""Reading and writing checkpoint files: safe loading with clear errors, atomic writing."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any
+
+import torch
+
+from modules.errors import CheckpointError
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors for bad files."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, expected a checkpoint file (.pth.tar / .pt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses arbitrary Python objects; say so instead of printing pickle internals.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a plain tensor checkpoint (weights_only load refused it: "
+                              f"{first_line})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({first_line})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: expected a dict of state dicts, got {type(checkpoint).__name__}")
+    return checkpoint
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` with torch.save to a temporary file beside ``path``, then rename it into place.
+
+    A crash mid-write leaves the previous file intact: the rename is atomic on POSIX and Windows.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

@@ -1,0 +1,467 @@
+"""Typed, validated configs read from YAML (FOMM's section names plus ``mask_params``).
+
+``load_config(path)`` reads the file with ``yaml.safe_load``, maps the legacy keys of FOMM and of the
+keypoint-mask repository explicitly (``LEGACY_MOVES``), warns about keys those configs carry but this model
+never uses (``IGNORED_KEYS``), and builds the dataclasses below. Every other problem (an unknown key, a
+missing key, a wrong type, a frame size the networks cannot take) is a ``ConfigError`` whose one-line
+message names the file, the key path and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+from modules.errors import ConfigError, ConfigWarning
+
+REQUIRED = dataclasses.MISSING  # marker: a field without a default must be in the YAML
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The schema. Field names are the YAML keys; defaults are the paper's values where the YAML may omit them.
+
+@dataclass
+class FlipParams:
+    horizontal_flip: bool = False
+    time_flip: bool = False
+
+
+@dataclass
+class JitterParams:
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+
+
+@dataclass
+class AugmentationParams:
+    flip_param: FlipParams = field(default_factory=FlipParams)
+    jitter_param: JitterParams = field(default_factory=JitterParams)
+
+
+@dataclass
+class DatasetParams:
+    root_dir: str
+    frame_shape: list[int]                # [H, W] or FOMM's [H, W, C]
+    id_sampling: bool = False
+    pairs_list: Optional[str] = None
+    augmentation_params: AugmentationParams = field(default_factory=AugmentationParams)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frame_shape[0], self.frame_shape[1]
+
+
+@dataclass
+class CommonParams:
+    num_kp: int
+    num_channels: int = 3
+    estimate_jacobian: bool = False
+    # Detector input = frame * scale_factor; the low-res generator reads the same size (DESIGN.md 1.1, 1.3).
+    scale_factor: float = 0.25
+
+
+@dataclass
+class KPDetectorParams:
+    block_expansion: int
+    max_features: int
+    num_blocks: int
+    temperature: float = 0.1
+    single_jacobian_map: bool = False
+    pad: int = 0
+
+
+@dataclass
+class HighResParams:
+    """The high-res U-Net (the original hard-codes these three values; they are the defaults)."""
+    block_expansion: int = 64
+    max_features: int = 1024
+    num_blocks: int = 5
+
+
+@dataclass
+class GeneratorParams:
+    """The low-res generator (DESIGN.md 1.3) and, under ``high_res``, the high-res U-Net (1.4)."""
+    block_expansion: int                  # channels after the last up block (64)
+    max_features: int                     # cap on channels (512)
+    num_up_blocks: int                    # x2 each: must take frame*scale_factor back to the frame size
+    num_bottleneck_blocks: int            # residual blocks at block_expansion * 2**num_up_blocks channels
+    high_res: HighResParams = field(default_factory=HighResParams)
+
+    @property
+    def bottleneck_features(self) -> int:
+        return min(self.max_features, self.block_expansion * 2 ** self.num_up_blocks)
+
+
+@dataclass
+class MaskParams:
+    kind: Literal["heatmap", "circles", "softmax"] = "heatmap"
+    kp_variance: float = 0.003            # Gaussian variance of the circles, normalised coordinates
+
+
+@dataclass
+class ModelParams:
+    common_params: CommonParams
+    kp_detector_params: KPDetectorParams
+    generator_params: GeneratorParams
+    mask_params: MaskParams = field(default_factory=MaskParams)
+
+    def detector_kwargs(self) -> dict[str, Any]:
+        """FOMM's KPDetector constructor arguments."""
+        common, kp = self.common_params, self.kp_detector_params
+        return dict(block_expansion=kp.block_expansion, num_kp=common.num_kp, num_channels=common.num_channels,
+                    max_features=kp.max_features, num_blocks=kp.num_blocks, temperature=kp.temperature,
+                    estimate_jacobian=common.estimate_jacobian, scale_factor=common.scale_factor,
+                    single_jacobian_map=kp.single_jacobian_map, pad=kp.pad)
+
+
+@dataclass
+class LossWeights:
+    perceptual: list[float]               # one weight per VGG-19 slice (relu1_1 ... relu5_1)
+    l1: float = 0.0                       # optional pixel L1 on both predictions (0 in the paper)
+
+
+@dataclass
+class TrainParams:
+    num_epochs: int
+    batch_size: int
+    lr_generator: float
+    scales: list[float]                   # perceptual pyramid scales, e.g. [1, 0.5, 0.25, 0.125]
+    loss_weights: LossWeights
+    checkpoint_freq: int
+    num_repeats: int = 1
+    epoch_milestones: list[int] = field(default_factory=list)
+    # VGG-19 weights for the perceptual loss: 'imagenet' (torchvision), 'random' (tests), or a file path.
+    vgg_weights: str = "imagenet"
+
+
+@dataclass
+class ReconstructionParams:
+    num_videos: Optional[int] = None
+    format: str = ".mp4"
+
+
+@dataclass
+class NormalizationParams:
+    adapt_movement_scale: bool = False
+    use_relative_movement: bool = True
+    use_relative_jacobian: bool = True
+
+
+@dataclass
+class AnimateParams:
+    num_pairs: int = 50
+    format: str = ".mp4"
+    normalization_params: NormalizationParams = field(default_factory=NormalizationParams)
+
+
+@dataclass
+class VisualizerParams:
+    kp_size: int = 5
+    draw_border: bool = True
+    colormap: str = "gist_rainbow"
+
+
+@dataclass
+class Config:
+    dataset_params: DatasetParams
+    model_params: ModelParams
+    train_params: TrainParams
+    reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
+    animate_params: AnimateParams = field(default_factory=AnimateParams)
+    visualizer_params: VisualizerParams = field(default_factory=VisualizerParams)
+    path: str = field(default="<dict>", metadata={"yaml": False})   # where it was read from
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain YAML-able data (what a run folder saves)."""
+        data = dataclasses.asdict(self)
+        data.pop("path")
+        return data
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Legacy keys (DESIGN.md sec. 1, "Where the YAML puts things")
+
+# key path in a FOMM / keypoint-mask YAML -> where it lives here
+LEGACY_MOVES = {
+    "model_params.kp_detector_params.scale_factor": "model_params.common_params.scale_factor",
+    "model_params.generator_params.num_down_blocks": "model_params.generator_params.num_up_blocks",
+}
+
+# Keys FOMM's or the keypoint-mask repository's configs carry that this model never reads.
+IGNORED_KEYS = {
+    "model_params.discriminator_params",
+    "model_params.generator_params.estimate_occlusion_map",
+    "model_params.generator_params.dense_motion_params",
+    "train_params.lr_discriminator",
+    "train_params.lr_kp_detector",
+    "train_params.transform_params",
+    "train_params.loss_weights.generator_gan",
+    "train_params.loss_weights.discriminator_gan",
+    "train_params.loss_weights.feature_matching",
+    "train_params.loss_weights.equivariance_value",
+    "train_params.loss_weights.equivariance_jacobian",
+}
+
+
+def _pop_path(data: dict, dotted: str) -> tuple[bool, Any]:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return False, None
+    if leaf not in node:
+        return False, None
+    return True, node.pop(leaf)
+
+
+def _set_path(data: dict, dotted: str, value: Any, file: str, origin: str) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{file}: {key}: expected a mapping")
+    if leaf in node and node[leaf] != value:
+        raise ConfigError(f"{file}: {dotted} is {node[leaf]!r} but the legacy key {origin} says {value!r}; "
+                          f"keep one of them")
+    node[leaf] = value
+
+
+def _map_legacy(data: dict, file: str) -> None:
+    """Rewrite FOMM / keypoint-mask repository keys in place into this schema."""
+    for old, new in LEGACY_MOVES.items():
+        found, value = _pop_path(data, old)
+        if found:
+            _set_path(data, new, value, file, old)
+    # The keypoint-mask repository chooses the mask with two booleans in kp_detector_params.
+    _, after_softmax = _pop_path(data, "model_params.kp_detector_params.kp_after_softmax")
+    _, softmax_mask = _pop_path(data, "model_params.kp_detector_params.softmax_mask")
+    for name, flag in (("kp_after_softmax", after_softmax), ("softmax_mask", softmax_mask)):
+        if flag is not None and not isinstance(flag, bool):
+            raise ConfigError(f"{file}: model_params.kp_detector_params.{name}: expected true or false, "
+                              f"got {flag!r}")
+    if after_softmax and softmax_mask:
+        raise ConfigError(f"{file}: model_params.kp_detector_params: kp_after_softmax and softmax_mask are "
+                          f"both true; the original code allows one mask kind")
+    if after_softmax is not None or softmax_mask is not None:
+        kind = "circles" if after_softmax else "softmax" if softmax_mask else "heatmap"
+        origin = "model_params.kp_detector_params.kp_after_softmax/softmax_mask"
+        _set_path(data, "model_params.mask_params.kind", kind, file, origin)
+    ignored = []
+    for dotted in sorted(IGNORED_KEYS):
+        found, _ = _pop_path(data, dotted)
+        if found:
+            ignored.append(dotted)
+    if ignored:
+        warnings.warn(f"{file}: ignoring keys this model never uses: {', '.join(ignored)}", ConfigWarning,
+                      stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generic dataclass builder with one-line errors
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(_describe(a) for a in args) + " or null"
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return f"a list of {_describe(item)}"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[annotation]
+
+
+def _convert(annotation: Any, value: Any, key: str, file: str) -> Any:
+    def fail() -> typing.NoReturn:
+        raise ConfigError(f"{file}: {key}: expected {_describe(annotation)}, got {value!r}")
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _convert(inner, value, key, file)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            fail()
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        (item,) = typing.get_args(annotation)
+        return [_convert(item, v, f"{key}[{i}]", file) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            fail()
+        return _build(annotation, value, key, file)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if annotation is float:
+        # YAML reads 2e-4 (no dot) as a string; accept it as the number it obviously is.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                fail()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            fail()
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r}")
+
+
+def _build(cls: type, data: dict, prefix: str, file: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"{file}: unknown key '{where}' (expected one of: {', '.join(fields)})")
+    values = {}
+    for name, spec in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if spec.default is REQUIRED and spec.default_factory is REQUIRED:
+                raise ConfigError(f"{file}: missing key '{key}' ({_describe(hints[name])})")
+            continue
+        values[name] = _convert(hints[name], data[name], key, file)
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cross-field checks
+
+def frame_size_problem(size: int, model: ModelParams) -> Optional[str]:
+    """Why one frame side of ``size`` pixels cannot go through the networks, or None if it can."""
+    scale = model.common_params.scale_factor
+    detector_side = size * scale
+    if abs(detector_side - round(detector_side)) > 1e-6:
+        return f"{size} x scale_factor {scale} is not a whole number of pixels"
+    detector_side = round(detector_side)
+    kp_blocks = model.kp_detector_params.num_blocks
+    if detector_side % 2 ** kp_blocks:
+        return (f"the detector sees {detector_side} px, which its {kp_blocks}-block hourglass cannot halve "
+                f"{kp_blocks} times")
+    if detector_side - 6 + 2 * model.kp_detector_params.pad < 1:
+        return f"the detector's {detector_side} px leave no heatmap after its 7x7 head"
+    hr_blocks = model.generator_params.high_res.num_blocks
+    if size % 2 ** hr_blocks:
+        return f"the high-res U-Net's {hr_blocks} blocks need a multiple of {2 ** hr_blocks}"
+    return None
+
+
+def _check(config: Config, file: str) -> None:
+    model, data = config.model_params, config.dataset_params
+    shape = data.frame_shape
+    if len(shape) not in (2, 3) or any(side < 1 for side in shape):
+        raise ConfigError(f"{file}: dataset_params.frame_shape: expected [height, width] or "
+                          f"[height, width, channels] of positive integers, got {shape}")
+    if len(shape) == 3 and shape[2] != model.common_params.num_channels:
+        raise ConfigError(f"{file}: dataset_params.frame_shape: {shape[2]} channels but "
+                          f"model_params.common_params.num_channels is {model.common_params.num_channels}")
+    scale = model.common_params.scale_factor
+    inverse = 1 / scale if scale > 0 else 0
+    if not 0 < scale <= 1 or abs(inverse - round(inverse)) > 1e-6:
+        raise ConfigError(f"{file}: model_params.common_params.scale_factor: expected 1/n for an integer n "
+                          f"(0.25 in the paper), got {scale}")
+    generator = model.generator_params
+    if 2 ** generator.num_up_blocks * scale != 1:
+        raise ConfigError(f"{file}: model_params.generator_params.num_up_blocks: {generator.num_up_blocks} "
+                          f"up blocks turn frame*{scale} into frame*{2 ** generator.num_up_blocks * scale:g}; "
+                          f"expected 2**num_up_blocks = 1/scale_factor = {round(inverse)}")
+    for key, value in [("model_params.common_params.num_kp", model.common_params.num_kp),
+                       ("model_params.kp_detector_params.num_blocks", model.kp_detector_params.num_blocks),
+                       ("model_params.generator_params.high_res.num_blocks", generator.high_res.num_blocks),
+                       ("train_params.batch_size", config.train_params.batch_size),
+                       ("train_params.num_epochs", config.train_params.num_epochs),
+                       ("train_params.checkpoint_freq", config.train_params.checkpoint_freq),
+                       ("train_params.num_repeats", config.train_params.num_repeats)]:
+        if value < 1:
+            raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
+    if model.kp_detector_params.temperature <= 0 or model.mask_params.kp_variance <= 0:
+        raise ConfigError(f"{file}: model_params: temperature and mask_params.kp_variance must be > 0")
+    weights = config.train_params.loss_weights.perceptual
+    if not 1 <= len(weights) <= 5:
+        raise ConfigError(f"{file}: train_params.loss_weights.perceptual: expected 1 to 5 weights "
+                          f"(relu1_1 ... relu5_1 of VGG-19), got {len(weights)}")
+    if any(s <= 0 or s > 1 for s in config.train_params.scales) or not config.train_params.scales:
+        raise ConfigError(f"{file}: train_params.scales: expected pyramid scales in (0, 1], "
+                          f"got {config.train_params.scales}")
+    for axis, side in zip(("height", "width"), shape[:2]):
+        problem = frame_size_problem(side, model)
+        if problem:
+            working = [n for n in range(1, 8193) if frame_size_problem(n, model) is None]
+            smallest = working[0] if working else None
+            if smallest is not None and side < smallest:
+                advice = f"too small for these networks; the smallest size that works is {smallest}"
+            else:
+                nearby = [n for n in working if abs(n - side) <= 2 * smallest][:4] if smallest else []
+                advice = f"sizes that work near it: {', '.join(map(str, nearby))}"
+            raise ConfigError(f"{file}: dataset_params.frame_shape: {axis} {side} does not fit ({problem}); "
+                              f"{advice}")
+
+
+def config_from_dict(data: dict, file: str = "<dict>") -> Config:
+    """Validate and build a Config from plain data (a parsed YAML document)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    data = _deep_copy(data)
+    _map_legacy(data, file)
+    config = _build(Config, data, "", file)
+    config.path = file
+    _check(config, file)
+    if config.model_params.mask_params.kind != "circles" and "animate_params" in data and \
+            "normalization_params" in (data.get("animate_params") or {}):
+        warnings.warn(f"{file}: animate_params.normalization_params has no effect with a "
+                      f"{config.model_params.mask_params.kind} mask (it animates absolutely)", ConfigWarning,
+                      stacklevel=2)
+    return config
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read a YAML config with ``yaml.safe_load`` and validate it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.safe_load(stream)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
+    return config_from_dict(data, path)

@@ -1,0 +1,17 @@
+"""User-facing errors: ``run.py`` prints their message as one line and exits non-zero, without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user (a file, a key, a value); the message says what was expected."""
+
+
+class ConfigError(UserError):
+    """An invalid YAML config: the message names the file, the key path and what was expected."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or does not fit the configured networks."""
+
+
+class ConfigWarning(UserWarning):
+    """A config key that is accepted but has no effect (legacy FOMM / keypoint-mask keys)."""

@@ -1,0 +1,164 @@
+"""The multi-scale VGG-19 perceptual loss (keypoint-mask paper sec. 2.4; DESIGN.md 1.5).
+
+``PerceptualLoss`` takes any feature extractor that maps (B, 3, H, W) images to a list of feature maps,
+so tests can inject a tiny one; ``VGG19Features`` is the real one, built only as deep as the loss needs.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from modules.blocks import AntiAliasDownsample
+from modules.errors import UserError
+
+# End index (exclusive) in torchvision's vgg19().features of each slice: relu1_1, relu2_1, ..., relu5_1.
+VGG_SLICE_ENDS = (2, 7, 12, 21, 30)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomWeightsWarning(UserWarning):
+    """The perceptual loss runs on an untrained VGG-19."""
+
+
+class VGG19Features(nn.Module):
+    """VGG-19 ``features`` up to the deepest ReLU the loss uses; returns the activation after each slice.
+
+    Frozen and always in eval mode (it has no BatchNorm, but eval keeps it a fixed function).
+    """
+
+    def __init__(self, num_slices: int = 5):
+        super().__init__()
+        from torchvision.models import vgg19  # imported here: only the loss needs torchvision
+
+        if not 1 <= num_slices <= len(VGG_SLICE_ENDS):
+            raise ValueError(f"num_slices must be 1..5, got {num_slices}")
+        self.slice_ends = VGG_SLICE_ENDS[:num_slices]
+        # weights=None builds the architecture without touching the network; weights are loaded below.
+        self.features = vgg19(weights=None).features[: self.slice_ends[-1]]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "VGG19Features":
+        return super().train(False)
+
+    def load_vgg_state_dict(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """Load from a torchvision vgg19 state dict (``features.N.weight`` keys; classifier keys ignored)."""
+        own = self.features.state_dict()
+        picked = {}
+        for key in own:
+            for candidate in (f"features.{key}", key):
+                if candidate in state_dict:
+                    picked[key] = state_dict[candidate]
+                    break
+        missing = [k for k in own if k not in picked]
+        if missing:
+            raise UserError(f"{source}: not a VGG-19 state dict: missing {', '.join('features.' + k for k in missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''} (expected torchvision's vgg19 keys)")
+        wrong = [k for k in own if tuple(picked[k].shape) != tuple(own[k].shape)]
+        if wrong:
+            k = wrong[0]
+            raise UserError(f"{source}: features.{k} has shape {tuple(picked[k].shape)}, VGG-19 has "
+                            f"{tuple(own[k].shape)}")
+        self.features.load_state_dict(picked)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) in [0, 1] -> one feature map per slice."""
+        out = (image - self.mean) / self.std
+        outputs, start = [], 0
+        for end in self.slice_ends:
+            out = self.features[start:end](out)
+            outputs.append(out)
+            start = end
+        return outputs
+
+
+def _load_imagenet(features: VGG19Features, timeout_s: float = 15.0) -> None:
+    """torchvision's ImageNet weights: from its cache, else downloaded (and cached) as torchvision does."""
+    from torchvision.models import VGG19_Weights
+
+    weights = VGG19_Weights.IMAGENET1K_V1
+    previous = socket.getdefaulttimeout()
+    # Offline, a download must fail within seconds instead of hanging on a dead connection.
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        state_dict = weights.get_state_dict(progress=False)
+    except Exception as error:  # URLError, timeouts, HTTP errors: all mean "could not fetch"
+        reason = str(getattr(error, "reason", error)).splitlines()[0]
+        raise UserError(f"train_params.vgg_weights 'imagenet': cannot download VGG-19 ImageNet weights "
+                        f"({reason}); put torchvision's vgg19 file in {torch.hub.get_dir()}/checkpoints, pass "
+                        f"--vgg_weights PATH, or set vgg_weights: random (not a perceptual loss)") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    features.load_vgg_state_dict(state_dict, "torchvision VGG19_Weights.IMAGENET1K_V1")
+
+
+def build_vgg19_features(weights: str, num_slices: int = 5) -> VGG19Features:
+    """VGG-19 features with ``weights``: 'imagenet', 'random', or a path to a torchvision vgg19 state dict."""
+    features = VGG19Features(num_slices)
+    if weights == "imagenet":
+        _load_imagenet(features)
+    elif weights == "random":
+        warnings.warn("VGG-19 has RANDOM weights: the perceptual loss is not perceptual and results are not "
+                      "comparable with the papers (use vgg_weights: imagenet or a local weights file)",
+                      RandomWeightsWarning, stacklevel=2)
+    else:
+        from modules.checkpoint import read_checkpoint
+
+        if not os.path.isfile(weights):
+            raise UserError(f"train_params.vgg_weights: {weights}: no such file (expected 'imagenet', "
+                            f"'random' or a path to a VGG-19 state dict)")
+        state_dict = read_checkpoint(weights)
+        features.load_vgg_state_dict(state_dict.get("state_dict", state_dict), weights)
+    return features
+
+
+class ImagePyramid(nn.Module):
+    """The image at each scale (anti-aliased downsampling; scale 1 is the image itself)."""
+
+    def __init__(self, scales: Sequence[float], num_channels: int = 3):
+        super().__init__()
+        self.scales = list(scales)
+        self.downs = nn.ModuleList([AntiAliasDownsample(num_channels, s) for s in self.scales])
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return [down(image) for down in self.downs]
+
+
+FeatureExtractor = Callable[[torch.Tensor], Sequence[torch.Tensor]]
+
+
+class PerceptualLoss(nn.Module):
+    """sum over scales s and layers i of weight_i * mean |N_i(pred_s) - N_i(target_s)|, for each prediction.
+
+    The target's features are computed once per scale (without gradient) and shared by all predictions.
+    """
+
+    def __init__(self, feature_extractor: FeatureExtractor, scales: Sequence[float], weights: Sequence[float],
+                 num_channels: int = 3):
+        super().__init__()
+        self.features = feature_extractor
+        self.pyramid = ImagePyramid(scales, num_channels)
+        self.weights = list(weights)
+
+    def forward(self, predictions: Sequence[torch.Tensor], target: torch.Tensor) -> list[torch.Tensor]:
+        """One scalar loss per prediction, each (B, 3, H, W) against the (B, 3, H, W) target."""
+        with torch.no_grad():
+            target_features = [self.features(level) for level in self.pyramid(target)]
+        losses = []
+        for prediction in predictions:
+            total = prediction.new_zeros(())
+            for level, reference in zip(self.pyramid(prediction), target_features):
+                for weight, generated, real in zip(self.weights, self.features(level), reference):
+                    if weight:
+                        total = total + weight * (generated - real).abs().mean()
+            losses.append(total)
+        return losses

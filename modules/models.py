@@ -1,0 +1,104 @@
+"""The keypoint-mask model: a frozen detector's masks, the two generators, and their training losses.
+
+``build_model(config)`` is the one place that turns a ``Config`` into networks.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from modules.config import Config
+from modules.generator import GeneratorOutput, HighResGenerator, LowResGenerator, MaskGenerator
+from modules.keypoint_detector import KeypointMask, KPDetector, freeze, load_fomm_detector
+from modules.losses import FeatureExtractor, PerceptualLoss, build_vgg19_features
+
+
+class RandomDetectorWarning(UserWarning):
+    """The keypoint detector was not loaded from a checkpoint: its masks carry no learned structure."""
+
+
+class LossTerms(NamedTuple):
+    perceptual_low_res: torch.Tensor      # scalar, trains only the low-res generator
+    perceptual_high_res: torch.Tensor     # scalar, trains only the high-res generator
+    l1: torch.Tensor                      # scalar, weighted pixel L1 on both predictions (0 in the paper)
+
+    def total(self) -> torch.Tensor:
+        return self.perceptual_low_res + self.perceptual_high_res + self.l1
+
+
+class KeypointMaskModel(nn.Module):
+    """Source image + driving frame -> masks from the frozen detector -> low-res and high-res predictions."""
+
+    def __init__(self, mask: KeypointMask, generator: MaskGenerator, criterion: Optional[PerceptualLoss] = None,
+                 l1_weight: float = 0.0):
+        super().__init__()
+        self.mask = mask
+        self.generator = generator
+        self.criterion = criterion
+        self.l1_weight = l1_weight
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor) -> GeneratorOutput:
+        """source, driving (B, 3, H, W) in [0, 1] -> GeneratorOutput (predictions and the masks used)."""
+        # One detector pass for both frames: half the kernel launches, identical results (eval-mode BN).
+        masks = self.mask(torch.cat([source, driving], dim=0)).mask
+        source_mask, driving_mask = masks.chunk(2, dim=0)
+        return self.generator(source, source_mask, driving_mask)
+
+    def losses(self, source: torch.Tensor, driving: torch.Tensor) -> tuple[LossTerms, GeneratorOutput]:
+        """The paper's loss (perceptual pyramid on both predictions against the driving frame)."""
+        if self.criterion is None:
+            raise RuntimeError("this model was built without a loss (build_model(..., with_loss=False))")
+        output = self(source, driving)
+        low, high = self.criterion([output.low_res_prediction, output.prediction], driving)
+        l1 = output.low_res_prediction.new_zeros(())
+        if self.l1_weight:
+            l1 = self.l1_weight * ((output.low_res_prediction - driving).abs().mean()
+                                   + (output.prediction - driving).abs().mean())
+        return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1), output
+
+
+def build_detector(config: Config, checkpoint_with_kp: Optional[str] = None) -> KPDetector:
+    """The frozen FOMM detector: loaded from ``checkpoint_with_kp`` if given, else random (with a warning)."""
+    kwargs = config.model_params.detector_kwargs()
+    if checkpoint_with_kp:
+        return load_fomm_detector(checkpoint_with_kp, kwargs)
+    warnings.warn("keypoint detector has RANDOM weights (no --checkpoint_with_kp): masks carry no learned "
+                  "structure", RandomDetectorWarning, stacklevel=2)
+    return freeze(KPDetector(**kwargs))
+
+
+def build_generator(config: Config) -> MaskGenerator:
+    common, generator = config.model_params.common_params, config.model_params.generator_params
+    low_res = LowResGenerator(common.num_channels, generator.block_expansion, generator.max_features,
+                              generator.num_up_blocks, generator.num_bottleneck_blocks, common.scale_factor)
+    high = generator.high_res
+    high_res = HighResGenerator(common.num_channels, high.block_expansion, high.max_features, high.num_blocks)
+    return MaskGenerator(low_res, high_res)
+
+
+def build_model(config: Config, *, detector: Optional[KPDetector] = None, checkpoint_with_kp: Optional[str] = None,
+                with_loss: bool = True, vgg_weights: Optional[str] = None,
+                feature_extractor: Optional[FeatureExtractor] = None) -> KeypointMaskModel:
+    """Networks (and, with ``with_loss``, the perceptual loss) for ``config``.
+
+    detector: an already built KPDetector (frozen here); else loaded from ``checkpoint_with_kp``.
+    vgg_weights: overrides ``train_params.vgg_weights`` ('imagenet', 'random' or a file path).
+    feature_extractor: replaces VGG-19 altogether (tests inject a tiny one).
+    """
+    if detector is None:
+        detector = build_detector(config, checkpoint_with_kp)
+    mask_params = config.model_params.mask_params
+    mask = KeypointMask(freeze(detector), mask_params.kind, mask_params.kp_variance)
+    criterion = None
+    train = config.train_params
+    if with_loss:
+        if feature_extractor is None:
+            # Only the VGG slices up to the deepest non-zero weight are built and run.
+            used = [i for i, w in enumerate(train.loss_weights.perceptual) if w] or [0]
+            feature_extractor = build_vgg19_features(vgg_weights or train.vgg_weights, num_slices=used[-1] + 1)
+        criterion = PerceptualLoss(feature_extractor, train.scales, train.loss_weights.perceptual,
+                                   config.model_params.common_params.num_channels)
+    return KeypointMaskModel(mask, build_generator(config), criterion, train.loss_weights.l1)

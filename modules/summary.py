@@ -1,0 +1,83 @@
+"""A model's vital signs for a config: parameters per network, tensor shapes, time and memory of one step.
+
+Used by ``run.py --mode inspect`` (the smoke run of a fresh install) and by ``benchmarks/``.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from modules.models import KeypointMaskModel
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak CUDA memory allocated on ``device``, or the process's peak resident memory on CPU (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10   # bytes on macOS, KiB on Linux
+
+
+@dataclass
+class Summary:
+    parameters: dict[str, int]
+    shapes: dict[str, tuple[int, ...]]
+    forward_s: float
+    forward_backward_s: float
+    peak_memory_mib: float
+    loss: dict[str, float] = field(default_factory=dict)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def summarize(model: KeypointMaskModel, frame_size: tuple[int, int], device: torch.device,
+              batch_size: int = 1, seed: int = 0) -> Summary:
+    """Parameter counts, one timed forward (no grad) and one timed forward+backward with the loss.
+
+    The inputs are generated (seeded smooth random images), so nothing is read from disk.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    height, width = frame_size
+    # Smooth random images: a coarse noise field upsampled, closer to photos than white noise.
+    coarse = torch.rand(2 * batch_size, 3, max(height // 16, 2), max(width // 16, 2), generator=generator)
+    images = nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    source, driving = images.to(device).chunk(2, dim=0)
+    model = model.to(device)
+    parameters = {"kp_detector": count_parameters(model.mask.detector),
+                  "low_res_generator": count_parameters(model.generator.low_res),
+                  "high_res_generator": count_parameters(model.generator.high_res)}
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.eval()
+    with torch.no_grad():
+        _synchronize(device)
+        start = time.perf_counter()
+        output = model(source, driving)
+        _synchronize(device)
+        forward_s = time.perf_counter() - start
+    shapes = {name: tuple(getattr(output, name).shape) for name in output._fields}
+    shapes["source"] = tuple(source.shape)
+
+    model.train()
+    model.zero_grad(set_to_none=True)
+    _synchronize(device)
+    start = time.perf_counter()
+    terms, _ = model.losses(source, driving)
+    terms.total().backward()
+    _synchronize(device)
+    forward_backward_s = time.perf_counter() - start
+    loss = {name: float(value.detach()) for name, value in terms._asdict().items()}
+    return Summary(parameters, shapes, forward_s, forward_backward_s, peak_memory_mib(device), loss)

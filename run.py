@@ -1,0 +1,100 @@
+"""Command line: ``python run.py --config CONFIG --mode MODE [options]`` (also installed as ``kpmask``).
+
+Argument parsing, device choice and dispatch to the modes; the work itself lives in the modules.
+Bad input ends with one line on stderr naming the file, key or value, and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Optional, Sequence
+
+MODES = ("inspect",)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kpmask", description="Image animation with keypoint masks (Toledano, Marmor, Gertz).")
+    parser.add_argument("--config", required=True, help="YAML config, e.g. config/taichi-256-heatmap.yaml")
+    parser.add_argument("--mode", default="inspect", choices=MODES,
+                        help="inspect: build the networks, run one forward and one forward+backward on "
+                             "generated images, print parameters, shapes, time and peak memory")
+    parser.add_argument("--checkpoint_with_kp", default=None,
+                        help="FOMM checkpoint (vox-cpk.pth.tar, taichi-cpk.pth.tar, ...) holding the "
+                             "pretrained kp_detector")
+    parser.add_argument("--vgg_weights", default=None,
+                        help="overrides train_params.vgg_weights: imagenet, random, or a path to a "
+                             "torchvision vgg19 state dict")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument("--batch_size", type=int, default=1, help="inspect: batch size of the timed step")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def choose_device(name: str):
+    import torch
+
+    from modules.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def inspect(args: argparse.Namespace) -> None:
+    """Build the config's model, time one step on generated images, and print what was built."""
+    import torch
+
+    from modules.config import load_config
+    from modules.models import build_model
+    from modules.summary import summarize
+
+    config = load_config(args.config)
+    device = choose_device(args.device)
+    torch.manual_seed(args.seed)
+    model = build_model(config, checkpoint_with_kp=args.checkpoint_with_kp, vgg_weights=args.vgg_weights)
+    summary = summarize(model, config.dataset_params.size, device, batch_size=args.batch_size, seed=args.seed)
+    kind = config.model_params.mask_params.kind
+    print(f"config     {args.config}  ({kind} mask, frames {config.dataset_params.size[0]}x"
+          f"{config.dataset_params.size[1]}, device {device}, batch {args.batch_size})")
+    print(f"detector   {args.checkpoint_with_kp or 'random weights (no --checkpoint_with_kp)'}")
+    for name, count in summary.parameters.items():
+        print(f"params     {name:<20} {count / 1e6:8.2f} M")
+    for name, shape in summary.shapes.items():
+        print(f"shape      {name:<20} {tuple(shape)}")
+    print(f"time       forward             {summary.forward_s:8.3f} s")
+    print(f"time       forward+backward    {summary.forward_backward_s:8.3f} s  (with the perceptual loss)")
+    print(f"memory     peak                {summary.peak_memory_mib:8.0f} MiB "
+          f"({'CUDA allocated' if device.type == 'cuda' else 'process resident'})")
+    print("loss       " + ", ".join(f"{k} {v:.4f}" for k, v in summary.loss.items()))
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"WARNING: {message}\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    warnings.formatwarning = _format_warning
+    from modules.errors import UserError
+
+    try:
+        {"inspect": inspect}[args.mode](args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Install with ``pip install -e .``; the ``kpmask`` command is ``python run.py``."""
+from setuptools import setup
+
+setup(
+    name="kpmask",
+    version="0.1.0",
+    description="Image animation with keypoint masks: one source image moved by a driving video",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["modules"],
+    # The top-level stage scripts are importable modules too (run.py is the console entry point).
+    py_modules=["run"],
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",   # the release paired with torch 2.1; later pairs work too
+        "numpy",
+        "pyyaml>=5.1",
+        "imageio",
+        "imageio-ffmpeg",
+        "scikit-image",
+        "tqdm",
+        "tensorboard",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["kpmask=run:main"]},
+)
