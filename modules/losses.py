@@ -152,7 +152,8 @@ class PerceptualLoss(nn.Module):
     def forward(self, predictions: Sequence[torch.Tensor], target: torch.Tensor) -> list[torch.Tensor]:
         """One scalar loss per prediction, each (B, 3, H, W) against the (B, 3, H, W) target."""
         with torch.no_grad():
-            target_features = [self.features(level) for level in self.pyramid(target)]
+            # detach as well: an extractor that returns its input (scale 1) would hand back the target itself
+            target_features = [[f.detach() for f in self.features(level)] for level in self.pyramid(target)]
         losses = []
         for prediction in predictions:
             total = prediction.new_zeros(())

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny configs, the original-code fixture, FOMM-format checkpoints made on the fly."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data")
+sys.path.insert(0, ROOT)
+
+from modules.config import load_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def config_path(name: str) -> str:
+    return os.path.join(ROOT, "config", name)
+
+
+@pytest.fixture
+def tiny_config():
+    return load_config(config_path("tiny-heatmap.yaml"))
+
+
+@pytest.fixture
+def tiny_circles_config():
+    return load_config(config_path("tiny-circles.yaml"))
+
+
+@pytest.fixture(scope="session")
+def original():
+    """What the original FOMM / keypoint-mask code computed (copy of shared/fixtures/original-masks-small.pt)."""
+    return torch.load(os.path.join(DATA, "original-masks-small.pt"), weights_only=True)
+
+
+class IdentityFeatures(torch.nn.Module):
+    """A feature extractor returning the image itself: the perceptual loss becomes a pyramid L1."""
+
+    def forward(self, image):
+        return [image]
+
+
+class TinyFeatures(torch.nn.Module):
+    """Two small conv layers standing in for VGG-19 in model tests."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.b = torch.nn.Conv2d(4, 4, 3, padding=1, stride=2)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, image):
+        first = torch.relu(self.a(image))
+        return [first, torch.relu(self.b(first))]
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from modules.models import build_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_model(tiny_config, feature_extractor=TinyFeatures())
+
+
+def save_fomm_checkpoint(path: str, kp_detector_state: dict, prefix: str = "") -> str:
+    """A dict shaped like FOMM's %08d-checkpoint.pth.tar / vox-cpk.pth.tar."""
+    torch.save({"generator": {}, "discriminator": {},
+                "kp_detector": {prefix + k: v for k, v in kp_detector_state.items()},
+                "optimizer_generator": {}, "optimizer_discriminator": {}, "optimizer_kp_detector": {},
+                "epoch": 3}, path)
+    return path
