@@ -184,6 +184,9 @@ class Config:
         """The resolved config as plain YAML-able data (what a run folder saves)."""
         data = dataclasses.asdict(self)
         data.pop("path")
+        if self.model_params.mask_params.kind != "circles":
+            # Only circles animate relatively; writing it would make the saved config warn when reloaded.
+            data["animate_params"].pop("normalization_params")
         return data
 
 
@@ -227,10 +230,12 @@ def _pop_path(data: dict, dotted: str) -> tuple[bool, Any]:
 def _set_path(data: dict, dotted: str, value: Any, file: str, origin: str) -> None:
     node = data
     *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
+    for depth, key in enumerate(parents):
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
-            raise ConfigError(f"{file}: {key}: expected a mapping")
+            raise ConfigError(f"{file}: {'.'.join(parents[:depth + 1])}: expected a mapping, got {node!r}")
     if leaf in node and node[leaf] != value:
         raise ConfigError(f"{file}: {dotted} is {node[leaf]!r} but the legacy key {origin} says {value!r}; "
                           f"keep one of them")
@@ -279,7 +284,7 @@ def _describe(annotation: Any) -> str:
         return " or ".join(_describe(a) for a in args) + " or null"
     if origin is list:
         (item,) = typing.get_args(annotation)
-        return f"a list of {_describe(item)}"
+        return "a list of " + {int: "integers", float: "numbers", str: "strings", bool: "booleans"}[item]
     if dataclasses.is_dataclass(annotation):
         return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[annotation]
@@ -401,6 +406,24 @@ def _check(config: Config, file: str) -> None:
                        ("train_params.num_repeats", config.train_params.num_repeats)]:
         if value < 1:
             raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
+    sizes = [("model_params.kp_detector_params.block_expansion", model.kp_detector_params.block_expansion),
+             ("model_params.kp_detector_params.max_features", model.kp_detector_params.max_features),
+             ("model_params.generator_params.block_expansion", generator.block_expansion),
+             ("model_params.generator_params.max_features", generator.max_features),
+             ("model_params.generator_params.high_res.block_expansion", generator.high_res.block_expansion),
+             ("model_params.generator_params.high_res.max_features", generator.high_res.max_features)]
+    for key, value in sizes:
+        if value < 1:
+            raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
+    if generator.num_bottleneck_blocks < 0:
+        raise ConfigError(f"{file}: model_params.generator_params.num_bottleneck_blocks: expected 0 or more, "
+                          f"got {generator.num_bottleneck_blocks}")
+    train = config.train_params
+    if train.lr_generator <= 0:
+        raise ConfigError(f"{file}: train_params.lr_generator: expected a positive number, got {train.lr_generator}")
+    if any(w < 0 for w in train.loss_weights.perceptual) or train.loss_weights.l1 < 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: weights must be >= 0, got perceptual "
+                          f"{train.loss_weights.perceptual}, l1 {train.loss_weights.l1}")
     if model.kp_detector_params.temperature <= 0 or model.mask_params.kp_variance <= 0:
         raise ConfigError(f"{file}: model_params: temperature and mask_params.kp_variance must be > 0")
     weights = config.train_params.loss_weights.perceptual

@@ -219,12 +219,15 @@ def test_scale_factor_in_both_places_must_agree(tmp_path):
 # 4. One-line errors
 
 def taichi(**changes):
-    """taichi-256-heatmap as a dict, with ``changes`` applied as dotted.key=value (value None deletes)."""
+    """taichi-256-heatmap as a dict with ``changes`` (section__key=value; a value of None deletes the key)."""
     data = read_yaml("taichi-256-heatmap.yaml")
     for dotted, value in changes.items():
         *parents, leaf = dotted.split("__")
         node = functools.reduce(dict.__getitem__, parents, data)
-        node.pop(leaf) if value is None else node.__setitem__(leaf, value)
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
     return data
 
 
@@ -250,6 +253,11 @@ BAD_CONFIGS = {   # id: (changes to taichi-256-heatmap, substrings of the one-li
                       ["model_params.generator_params.num_up_blocks"]),
     "scale-factor": (dict(model_params__common_params__scale_factor=0.3),
                      ["model_params.common_params.scale_factor", "0.3"]),
+    "negative-lr": (dict(train_params__lr_generator=-1.0), ["train_params.lr_generator", "positive"]),
+    "zero-width": (dict(model_params__generator_params__block_expansion=0),
+                   ["model_params.generator_params.block_expansion", "positive"]),
+    "negative-weight": (dict(train_params__loss_weights__perceptual=[10, -1]),
+                        ["train_params.loss_weights", ">= 0"]),
 }
 
 

@@ -72,3 +72,12 @@ def test_mismatched_checkpoint_exits_2_with_the_settings_to_use(tmp_path):
 ])
 def test_missing_files_exit_2(args, fragment):
     _assert_one_line_error(run(*args), fragment)
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _assert_one_line_error(run("--config", config_path("tiny-heatmap.yaml"), "--device", "cuda"),
+                           "CUDA is not available")
