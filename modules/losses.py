@@ -26,6 +26,29 @@ class RandomWeightsWarning(UserWarning):
     """The perceptual loss runs on an untrained VGG-19."""
 
 
+# VGG-19 (configuration "E"): channels of each 3x3 conv, "M" for a 2x2 max-pool.
+VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+
+def vgg19_feature_layers(end: int) -> nn.Sequential:
+    """The first ``end`` modules of torchvision's ``vgg19().features``, with the same indices.
+
+    Built directly rather than through ``torchvision.models.vgg19()``: that would also allocate and
+    initialise the 120M-parameter classifier (about 500 MB and 2 s) only to throw it away.
+    """
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in VGG19_LAYOUT:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = item
+        if len(layers) >= end:
+            break
+    return nn.Sequential(*layers[:end])
+
+
 class VGG19Features(nn.Module):
     """VGG-19 ``features`` up to the deepest ReLU the loss uses; returns the activation after each slice.
 
@@ -34,13 +57,10 @@ class VGG19Features(nn.Module):
 
     def __init__(self, num_slices: int = 5):
         super().__init__()
-        from torchvision.models import vgg19  # imported here: only the loss needs torchvision
-
         if not 1 <= num_slices <= len(VGG_SLICE_ENDS):
             raise ValueError(f"num_slices must be 1..5, got {num_slices}")
         self.slice_ends = VGG_SLICE_ENDS[:num_slices]
-        # weights=None builds the architecture without touching the network; weights are loaded below.
-        self.features = vgg19(weights=None).features[: self.slice_ends[-1]]
+        self.features = vgg19_feature_layers(self.slice_ends[-1])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         for parameter in self.parameters():

@@ -71,6 +71,16 @@ def test_only_the_needed_vgg_layers_are_built():
     assert len(VGG19Features(num_slices=5).features) == 30   # up to relu5_1
 
 
+def test_feature_layers_match_torchvision_vgg19():
+    from torchvision.models import vgg19
+
+    reference = vgg19(weights=None).features[:30]
+    ours = VGG19Features(num_slices=5).features
+    assert [type(m) for m in ours] == [type(m) for m in reference]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}
+
+
 def test_random_weights_warn_loudly():
     with pytest.warns(RandomWeightsWarning, match="RANDOM weights"):
         build_vgg19_features("random", num_slices=1)
