@@ -13,6 +13,16 @@ from typing import Optional, Sequence
 MODES = ("inspect",)
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="kpmask", description="Image animation with keypoint masks (Toledano, Marmor, Gertz).")
@@ -27,12 +37,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="overrides train_params.vgg_weights: imagenet, random, or a path to a "
                              "torchvision vgg19 state dict")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    parser.add_argument("--batch_size", type=int, default=1, help="inspect: batch size of the timed step")
+    parser.add_argument("--batch_size", type=positive_int, default=1, help="inspect: batch size of the timed step")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
-def choose_device(name: str):
+def choose_device(name: str) -> "torch.device":  # noqa: F821 (torch is imported lazily)
+    """auto -> cuda if available else cpu; cpu, cuda and cuda:N are checked against this machine."""
     import torch
 
     from modules.errors import UserError
@@ -42,9 +53,14 @@ def choose_device(name: str):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -53,14 +69,17 @@ def inspect(args: argparse.Namespace) -> None:
     import torch
 
     from modules.config import load_config
-    from modules.models import build_model
+    from modules.models import build_loss, build_model
     from modules.summary import summarize
 
     config = load_config(args.config)
     device = choose_device(args.device)
     torch.manual_seed(args.seed)
-    model = build_model(config, checkpoint_with_kp=args.checkpoint_with_kp, vgg_weights=args.vgg_weights)
-    summary = summarize(model, config.dataset_params.size, device, batch_size=args.batch_size, seed=args.seed)
+    model = build_model(config, checkpoint_with_kp=args.checkpoint_with_kp)
+    loss = build_loss(config, vgg_weights=args.vgg_weights,
+                      vgg_source="--vgg_weights" if args.vgg_weights else "train_params.vgg_weights")
+    summary = summarize(model, loss, config.dataset_params.size, device, batch_size=args.batch_size,
+                        seed=args.seed)
     kind = config.model_params.mask_params.kind
     print(f"config     {args.config}  ({kind} mask, frames {config.dataset_params.size[0]}x"
           f"{config.dataset_params.size[1]}, device {device}, batch {args.batch_size})")

@@ -7,7 +7,7 @@ setup(
     description="Image animation with keypoint masks: one source image moved by a driving video",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=["modules"],
     # The top-level stage scripts are importable modules too (run.py is the console entry point).
     py_modules=["run"],

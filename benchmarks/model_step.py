@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from modules.config import load_config  # noqa: E402
-from modules.models import build_model  # noqa: E402
+from modules.models import build_loss, build_model  # noqa: E402
 from modules.summary import summarize  # noqa: E402
 
 
@@ -35,10 +35,11 @@ def main() -> None:
     config = load_config(args.config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = build_model(config, vgg_weights="random")
+        model = build_model(config)
+        loss = build_loss(config, vgg_weights="random")
     device = torch.device(args.device)
-    summarize(model, config.dataset_params.size, device, args.batch_size)          # warm-up
-    runs = [summarize(model, config.dataset_params.size, device, args.batch_size) for _ in range(args.repeats)]
+    summarize(model, loss, config.dataset_params.size, device, args.batch_size)          # warm-up
+    runs = [summarize(model, loss, config.dataset_params.size, device, args.batch_size) for _ in range(args.repeats)]
     print(f"config {args.config}, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}, "
           f"torch {torch.__version__}")
     for name, count in runs[0].parameters.items():

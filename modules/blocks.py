@@ -39,23 +39,23 @@ class AntiAliasDownsample(nn.Module):
         if abs(inverse - round(inverse)) > 1e-6 or round(inverse) < 1:
             raise ValueError(f"scale must be 1/n for an integer n, got {scale}")
         self.stride = int(round(inverse))
-        self.scale = scale
-        size, sigma = anti_alias_kernel_size(scale)
-        # Half the padding on each side; an even kernel puts the extra pixel before (as FOMM does).
-        self.pad_before = size // 2
-        self.pad_after = size // 2 - 1 if size % 2 == 0 else size // 2
-        positions = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-        gauss_1d = torch.exp(-positions ** 2 / (2 * sigma ** 2))
-        kernel = gauss_1d[:, None] * gauss_1d[None, :]
-        kernel = kernel / kernel.sum()
+        if self.stride == 1:
+            kernel = torch.ones(1, 1)          # scale 1 is the identity (sigma 0 would give 0/0)
+        else:
+            size, sigma = anti_alias_kernel_size(scale)
+            positions = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+            gauss_1d = torch.exp(-positions ** 2 / (2 * sigma ** 2))
+            kernel = gauss_1d[:, None] * gauss_1d[None, :]
+            kernel = kernel / kernel.sum()
+        self.pad = kernel.shape[-1] // 2       # the size is always odd (2 * round(4 sigma) + 1)
         self.channels = channels
-        self.register_buffer("weight", kernel.expand(channels, 1, size, size).clone())
+        self.register_buffer("weight", kernel.expand(channels, 1, *kernel.shape).clone())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H*scale, W*scale)."""
         if self.stride == 1:
             return image
-        padded = F.pad(image, (self.pad_before, self.pad_after, self.pad_before, self.pad_after))
+        padded = F.pad(image, (self.pad,) * 4)
         blurred = F.conv2d(padded, self.weight.to(image.dtype), groups=self.channels)
         return blurred[:, :, ::self.stride, ::self.stride]
 

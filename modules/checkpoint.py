@@ -11,6 +11,11 @@ import torch
 from modules.errors import CheckpointError
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors for bad files."""
     path = os.fspath(path)
@@ -21,13 +26,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # weights_only refuses arbitrary Python objects; say so instead of printing pickle internals.
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a plain tensor checkpoint (weights_only load refused it: "
-                              f"{first_line})") from None
+        # weights_only refuses arbitrary Python objects (or the file is no pickle at all). torch's message
+        # suggests weights_only=False, which would run code from the file: not advice to pass on.
+        reason = _first_line(error).split(". ")[0]
+        raise CheckpointError(f"{path}: not a PyTorch tensor checkpoint (weights_only load refused it: "
+                              f"{reason})") from None
     except Exception as error:  # a corrupt file can fail anywhere in the unpickler (IndexError, EOFError, ...)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({first_line})") from None
+        raise CheckpointError(f"{path}: cannot read as a PyTorch checkpoint ({_first_line(error)})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: expected a dict of state dicts, got {type(checkpoint).__name__}")
     return checkpoint

@@ -96,10 +96,6 @@ class GeneratorParams:
     num_bottleneck_blocks: int            # residual blocks at block_expansion * 2**num_up_blocks channels
     high_res: HighResParams = field(default_factory=HighResParams)
 
-    @property
-    def bottleneck_features(self) -> int:
-        return min(self.max_features, self.block_expansion * 2 ** self.num_up_blocks)
-
 
 @dataclass
 class MaskParams:
@@ -406,6 +402,12 @@ def _check(config: Config, file: str) -> None:
                        ("train_params.num_repeats", config.train_params.num_repeats)]:
         if value < 1:
             raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
+    if model.common_params.num_channels != 3:
+        raise ConfigError(f"{file}: model_params.common_params.num_channels: expected 3 (RGB: the VGG-19 loss "
+                          f"and its ImageNet normalisation need colour images), got {model.common_params.num_channels}")
+    if not 0 <= model.kp_detector_params.pad <= 3:
+        raise ConfigError(f"{file}: model_params.kp_detector_params.pad: expected 0 to 3 (padding of the 7x7 "
+                          f"heads; FOMM uses 0), got {model.kp_detector_params.pad}")
     sizes = [("model_params.kp_detector_params.block_expansion", model.kp_detector_params.block_expansion),
              ("model_params.kp_detector_params.max_features", model.kp_detector_params.max_features),
              ("model_params.generator_params.block_expansion", generator.block_expansion),
@@ -415,6 +417,9 @@ def _check(config: Config, file: str) -> None:
     for key, value in sizes:
         if value < 1:
             raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
+    for (width_key, width), (cap_key, cap) in zip(sizes[0::2], sizes[1::2]):
+        if cap < width:
+            raise ConfigError(f"{file}: {cap_key}: expected at least {width_key} ({width}), got {cap}")
     if generator.num_bottleneck_blocks < 0:
         raise ConfigError(f"{file}: model_params.generator_params.num_bottleneck_blocks: expected 0 or more, "
                           f"got {generator.num_bottleneck_blocks}")
@@ -430,9 +435,12 @@ def _check(config: Config, file: str) -> None:
     if not 1 <= len(weights) <= 5:
         raise ConfigError(f"{file}: train_params.loss_weights.perceptual: expected 1 to 5 weights "
                           f"(relu1_1 ... relu5_1 of VGG-19), got {len(weights)}")
-    if any(s <= 0 or s > 1 for s in config.train_params.scales) or not config.train_params.scales:
-        raise ConfigError(f"{file}: train_params.scales: expected pyramid scales in (0, 1], "
-                          f"got {config.train_params.scales}")
+    scales = config.train_params.scales
+    if not scales or any(not 0 < s <= 1 or abs(1 / s - round(1 / s)) > 1e-6 for s in scales):
+        raise ConfigError(f"{file}: train_params.scales: expected pyramid scales 1/n for integers n, e.g. "
+                          f"[1, 0.5, 0.25, 0.125], got {scales}")
+    if not any(weights) and config.train_params.loss_weights.l1 == 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: every weight is 0, nothing would be trained")
     for axis, side in zip(("height", "width"), shape[:2]):
         problem = frame_size_problem(side, model)
         if problem:
@@ -445,6 +453,12 @@ def _check(config: Config, file: str) -> None:
                 advice = f"sizes that work near it: {', '.join(map(str, nearby))}"
             raise ConfigError(f"{file}: dataset_params.frame_shape: {axis} {side} does not fit ({problem}); "
                               f"{advice}")
+    deepest = max((i for i, w in enumerate(weights) if w), default=0)
+    smallest_level = min(shape[:2]) * min(scales)
+    if smallest_level < 2 ** deepest:
+        raise ConfigError(f"{file}: train_params.scales: the {min(scales)} level of a {min(shape[:2])} px frame "
+                          f"is {smallest_level:g} px, too small for VGG-19 slice {deepest + 1} "
+                          f"(needs {2 ** deepest} px after {deepest} max-pools)")
 
 
 def config_from_dict(data: dict, file: str = "<dict>") -> Config:
@@ -487,4 +501,6 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config ({error.strerror or error})") from None
     return config_from_dict(data, path)

@@ -101,7 +101,7 @@ class VGG19Features(nn.Module):
         return outputs
 
 
-def _load_imagenet(features: VGG19Features, timeout_s: float = 15.0) -> None:
+def _load_imagenet(features: VGG19Features, source: str, timeout_s: float = 15.0) -> None:
     """torchvision's ImageNet weights: from its cache, else downloaded (and cached) as torchvision does."""
     from torchvision.models import VGG19_Weights
 
@@ -113,7 +113,7 @@ def _load_imagenet(features: VGG19Features, timeout_s: float = 15.0) -> None:
         state_dict = weights.get_state_dict(progress=False)
     except Exception as error:  # URLError, timeouts, HTTP errors: all mean "could not fetch"
         reason = str(getattr(error, "reason", error)).splitlines()[0]
-        raise UserError(f"train_params.vgg_weights 'imagenet': cannot download VGG-19 ImageNet weights "
+        raise UserError(f"{source} 'imagenet': cannot download VGG-19 ImageNet weights "
                         f"({reason}); put torchvision's vgg19 file in {torch.hub.get_dir()}/checkpoints, pass "
                         f"--vgg_weights PATH, or set vgg_weights: random (not a perceptual loss)") from None
     finally:
@@ -121,11 +121,14 @@ def _load_imagenet(features: VGG19Features, timeout_s: float = 15.0) -> None:
     features.load_vgg_state_dict(state_dict, "torchvision VGG19_Weights.IMAGENET1K_V1")
 
 
-def build_vgg19_features(weights: str, num_slices: int = 5) -> VGG19Features:
-    """VGG-19 features with ``weights``: 'imagenet', 'random', or a path to a torchvision vgg19 state dict."""
+def build_vgg19_features(weights: str, num_slices: int = 5, source: str = "train_params.vgg_weights") -> VGG19Features:
+    """VGG-19 features with ``weights``: 'imagenet', 'random', or a path to a torchvision vgg19 state dict.
+
+    source: where ``weights`` came from (a config key or a command-line flag), named in error messages.
+    """
     features = VGG19Features(num_slices)
     if weights == "imagenet":
-        _load_imagenet(features)
+        _load_imagenet(features, source)
     elif weights == "random":
         warnings.warn("VGG-19 has RANDOM weights: the perceptual loss is not perceptual and results are not "
                       "comparable with the papers (use vgg_weights: imagenet or a local weights file)",
@@ -134,8 +137,9 @@ def build_vgg19_features(weights: str, num_slices: int = 5) -> VGG19Features:
         from modules.checkpoint import read_checkpoint
 
         if not os.path.isfile(weights):
-            raise UserError(f"train_params.vgg_weights: {weights}: no such file (expected 'imagenet', "
-                            f"'random' or a path to a VGG-19 state dict)")
+            what = "is a folder" if os.path.isdir(weights) else "no such file"
+            raise UserError(f"{source}: {weights}: {what} (expected 'imagenet', 'random' or a path to a "
+                            f"VGG-19 state dict)")
         state_dict = read_checkpoint(weights)
         features.load_vgg_state_dict(state_dict.get("state_dict", state_dict), weights)
     return features
@@ -178,7 +182,11 @@ class PerceptualLoss(nn.Module):
         for prediction in predictions:
             total = prediction.new_zeros(())
             for level, reference in zip(self.pyramid(prediction), target_features):
-                for weight, generated, real in zip(self.weights, self.features(level), reference):
+                generated_features = self.features(level)
+                if len(generated_features) != len(self.weights):
+                    raise ValueError(f"the feature extractor gave {len(generated_features)} maps for "
+                                     f"{len(self.weights)} perceptual weights")
+                for weight, generated, real in zip(self.weights, generated_features, reference):
                     if weight:
                         total = total + weight * (generated - real).abs().mean()
             losses.append(total)

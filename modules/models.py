@@ -12,7 +12,7 @@ from torch import nn
 
 from modules.config import Config
 from modules.generator import GeneratorOutput, HighResGenerator, LowResGenerator, MaskGenerator
-from modules.keypoint_detector import KeypointMask, KPDetector, freeze, load_fomm_detector
+from modules.keypoint_detector import KeypointMask, KPDetector, load_fomm_detector
 from modules.losses import FeatureExtractor, PerceptualLoss, build_vgg19_features
 
 
@@ -30,15 +30,16 @@ class LossTerms(NamedTuple):
 
 
 class KeypointMaskModel(nn.Module):
-    """Source image + driving frame -> masks from the frozen detector -> low-res and high-res predictions."""
+    """Source image + driving frame -> masks from the frozen detector -> low-res and high-res predictions.
 
-    def __init__(self, mask: KeypointMask, generator: MaskGenerator, criterion: Optional[PerceptualLoss] = None,
-                 l1_weight: float = 0.0):
+    Holds the networks only: its state dict is the detector's and the generators' weights. The loss and
+    its VGG-19 live in ``KeypointMaskLoss`` so that they never end up in a checkpoint.
+    """
+
+    def __init__(self, mask: KeypointMask, generator: MaskGenerator):
         super().__init__()
         self.mask = mask
         self.generator = generator
-        self.criterion = criterion
-        self.l1_weight = l1_weight
 
     def forward(self, source: torch.Tensor, driving: torch.Tensor) -> GeneratorOutput:
         """source, driving (B, 3, H, W) in [0, 1] -> GeneratorOutput (predictions and the masks used)."""
@@ -47,27 +48,33 @@ class KeypointMaskModel(nn.Module):
         source_mask, driving_mask = masks.chunk(2, dim=0)
         return self.generator(source, source_mask, driving_mask)
 
-    def losses(self, source: torch.Tensor, driving: torch.Tensor) -> tuple[LossTerms, GeneratorOutput]:
-        """The paper's loss (perceptual pyramid on both predictions against the driving frame)."""
-        if self.criterion is None:
-            raise RuntimeError("this model was built without a loss (build_model(..., with_loss=False))")
-        output = self(source, driving)
-        low, high = self.criterion([output.low_res_prediction, output.prediction], driving)
+
+class KeypointMaskLoss(nn.Module):
+    """The paper's loss: the perceptual pyramid on both predictions against the driving frame (sec. 2.4),
+    plus an optional pixel L1 (weight 0 in the paper configs)."""
+
+    def __init__(self, perceptual: PerceptualLoss, l1_weight: float = 0.0):
+        super().__init__()
+        self.perceptual = perceptual
+        self.l1_weight = l1_weight
+
+    def forward(self, output: GeneratorOutput, driving: torch.Tensor) -> LossTerms:
+        low, high = self.perceptual([output.low_res_prediction, output.prediction], driving)
         l1 = output.low_res_prediction.new_zeros(())
         if self.l1_weight:
             l1 = self.l1_weight * ((output.low_res_prediction - driving).abs().mean()
                                    + (output.prediction - driving).abs().mean())
-        return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1), output
+        return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1)
 
 
 def build_detector(config: Config, checkpoint_with_kp: Optional[str] = None) -> KPDetector:
-    """The frozen FOMM detector: loaded from ``checkpoint_with_kp`` if given, else random (with a warning)."""
+    """The FOMM detector: loaded (and frozen) from ``checkpoint_with_kp`` if given, else random (with a warning)."""
     kwargs = config.model_params.detector_kwargs()
     if checkpoint_with_kp:
         return load_fomm_detector(checkpoint_with_kp, kwargs)
     warnings.warn("keypoint detector has RANDOM weights (no --checkpoint_with_kp): masks carry no learned "
                   "structure", RandomDetectorWarning, stacklevel=2)
-    return freeze(KPDetector(**kwargs))
+    return KPDetector(**kwargs)     # frozen by KeypointMask
 
 
 def build_generator(config: Config) -> MaskGenerator:
@@ -79,26 +86,33 @@ def build_generator(config: Config) -> MaskGenerator:
     return MaskGenerator(low_res, high_res)
 
 
-def build_model(config: Config, *, detector: Optional[KPDetector] = None, checkpoint_with_kp: Optional[str] = None,
-                with_loss: bool = True, vgg_weights: Optional[str] = None,
-                feature_extractor: Optional[FeatureExtractor] = None) -> KeypointMaskModel:
-    """Networks (and, with ``with_loss``, the perceptual loss) for ``config``.
-
-    detector: an already built KPDetector (frozen here); else loaded from ``checkpoint_with_kp``.
-    vgg_weights: overrides ``train_params.vgg_weights`` ('imagenet', 'random' or a file path).
-    feature_extractor: replaces VGG-19 altogether (tests inject a tiny one).
-    """
+def build_model(config: Config, *, detector: Optional[KPDetector] = None,
+                checkpoint_with_kp: Optional[str] = None) -> KeypointMaskModel:
+    """The networks for ``config``: the detector given (or loaded from ``checkpoint_with_kp``, or random with
+    a warning), frozen inside ``KeypointMask``, and the two generators."""
     if detector is None:
         detector = build_detector(config, checkpoint_with_kp)
     mask_params = config.model_params.mask_params
-    mask = KeypointMask(freeze(detector), mask_params.kind, mask_params.kp_variance)
-    criterion = None
+    return KeypointMaskModel(KeypointMask(detector, mask_params.kind, mask_params.kp_variance), build_generator(config))
+
+
+def build_loss(config: Config, *, vgg_weights: Optional[str] = None, vgg_source: str = "train_params.vgg_weights",
+               feature_extractor: Optional[FeatureExtractor] = None) -> KeypointMaskLoss:
+    """The loss for ``config``.
+
+    vgg_weights: overrides ``train_params.vgg_weights`` ('imagenet', 'random' or a file path); vgg_source
+    names where that value came from, for error messages (e.g. '--vgg_weights').
+    feature_extractor: replaces VGG-19 altogether (tests inject a tiny one); it must return one feature map
+    per perceptual weight up to the last non-zero one.
+    """
     train = config.train_params
-    if with_loss:
-        if feature_extractor is None:
-            # Only the VGG slices up to the deepest non-zero weight are built and run.
-            used = [i for i, w in enumerate(train.loss_weights.perceptual) if w] or [0]
-            feature_extractor = build_vgg19_features(vgg_weights or train.vgg_weights, num_slices=used[-1] + 1)
-        criterion = PerceptualLoss(feature_extractor, train.scales, train.loss_weights.perceptual,
-                                   config.model_params.common_params.num_channels)
-    return KeypointMaskModel(mask, build_generator(config), criterion, train.loss_weights.l1)
+    # Only the VGG slices up to the deepest non-zero weight are built and run.
+    num_slices = max(i for i, w in enumerate(train.loss_weights.perceptual) if w) + 1 \
+        if any(train.loss_weights.perceptual) else 1
+    if feature_extractor is None:
+        if vgg_weights is None:
+            vgg_weights = train.vgg_weights
+        feature_extractor = build_vgg19_features(vgg_weights, num_slices=num_slices, source=vgg_source)
+    perceptual = PerceptualLoss(feature_extractor, train.scales, train.loss_weights.perceptual[:num_slices],
+                                config.model_params.common_params.num_channels)
+    return KeypointMaskLoss(perceptual, train.loss_weights.l1)

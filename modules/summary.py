@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from modules.models import KeypointMaskModel
+from modules.models import KeypointMaskLoss, KeypointMaskModel
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -42,8 +42,8 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def summarize(model: KeypointMaskModel, frame_size: tuple[int, int], device: torch.device,
-              batch_size: int = 1, seed: int = 0) -> Summary:
+def summarize(model: KeypointMaskModel, loss: KeypointMaskLoss, frame_size: tuple[int, int],
+              device: torch.device, batch_size: int = 1, seed: int = 0) -> Summary:
     """Parameter counts, one timed forward (no grad) and one timed forward+backward with the loss.
 
     The inputs are generated (seeded smooth random images), so nothing is read from disk.
@@ -52,9 +52,10 @@ def summarize(model: KeypointMaskModel, frame_size: tuple[int, int], device: tor
     height, width = frame_size
     # Smooth random images: a coarse noise field upsampled, closer to photos than white noise.
     coarse = torch.rand(2 * batch_size, 3, max(height // 16, 2), max(width // 16, 2), generator=generator)
-    images = nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    images = nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    images = images.clamp(0, 1)
     source, driving = images.to(device).chunk(2, dim=0)
-    model = model.to(device)
+    model, loss = model.to(device), loss.to(device)
     parameters = {"kp_detector": count_parameters(model.mask.detector),
                   "low_res_generator": count_parameters(model.generator.low_res),
                   "high_res_generator": count_parameters(model.generator.high_res)}
@@ -75,7 +76,7 @@ def summarize(model: KeypointMaskModel, frame_size: tuple[int, int], device: tor
     model.zero_grad(set_to_none=True)
     _synchronize(device)
     start = time.perf_counter()
-    terms, _ = model.losses(source, driving)
+    terms = loss(model(source, driving), driving)
     terms.total().backward()
     _synchronize(device)
     forward_backward_s = time.perf_counter() - start

@@ -48,18 +48,22 @@ class IdentityFeatures(torch.nn.Module):
 
 
 class TinyFeatures(torch.nn.Module):
-    """Two small conv layers standing in for VGG-19 in model tests."""
+    """Three small conv layers standing in for VGG-19 (the tiny configs have three perceptual weights)."""
 
     def __init__(self):
         super().__init__()
-        self.a = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.b = torch.nn.Conv2d(4, 4, 3, padding=1, stride=2)
+        self.layers = torch.nn.ModuleList([torch.nn.Conv2d(3, 4, 3, padding=1),
+                                           torch.nn.Conv2d(4, 4, 3, padding=1, stride=2),
+                                           torch.nn.Conv2d(4, 4, 3, padding=1, stride=2)])
         for p in self.parameters():
             p.requires_grad_(False)
 
     def forward(self, image):
-        first = torch.relu(self.a(image))
-        return [first, torch.relu(self.b(first))]
+        features = []
+        for layer in self.layers:
+            image = torch.relu(layer(image))
+            features.append(image)
+        return features
 
 
 @pytest.fixture
@@ -67,8 +71,15 @@ def tiny_model(tiny_config):
     from modules.models import build_model
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return build_model(tiny_config, feature_extractor=TinyFeatures())
+        warnings.simplefilter("ignore")       # the random detector warns
+        return build_model(tiny_config)
+
+
+@pytest.fixture
+def tiny_loss(tiny_config):
+    from modules.models import build_loss
+
+    return build_loss(tiny_config, feature_extractor=TinyFeatures())
 
 
 def save_fomm_checkpoint(path: str, kp_detector_state: dict, prefix: str = "") -> str:

@@ -81,6 +81,45 @@ def test_feature_layers_match_torchvision_vgg19():
         {k: v.shape for k, v in reference.state_dict().items()}
 
 
+def test_slices_end_at_the_relus_of_torchvision_vgg19_after_imagenet_normalisation():
+    from torchvision.models import vgg19
+
+    reference = vgg19(weights=None).features.eval()
+    ours = VGG19Features(num_slices=5)
+    ours.load_vgg_state_dict({f"features.{k}": v for k, v in reference.state_dict().items()}, "test")
+    image = torch.rand(1, 3, 32, 32)
+    normalized = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / \
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        outputs = ours(image)
+        for output, (start, end) in zip(outputs, [(0, 2), (2, 7), (7, 12), (12, 21), (21, 30)]):
+            normalized = reference[start:end](normalized)
+            assert isinstance(reference[end - 1], torch.nn.ReLU)
+            torch.testing.assert_close(output, normalized)
+            assert output.min() >= 0
+
+
+def test_build_loss_builds_only_up_to_the_last_non_zero_weight(tiny_config):
+    from modules.models import build_loss
+
+    tiny_config.train_params.loss_weights.perceptual = [10, 0, 10, 0, 0]
+    with pytest.warns(RandomWeightsWarning):
+        loss = build_loss(tiny_config)
+    assert len(loss.perceptual.features.features) == 12 and loss.perceptual.weights == [10, 0, 10]
+
+
+def test_extractor_and_weights_must_agree():
+    loss = PerceptualLoss(IdentityFeatures(), scales=[1], weights=[1, 1])
+    with pytest.raises(ValueError, match="1 maps for 2 perceptual weights"):
+        loss([torch.rand(1, 3, 8, 8)], torch.rand(1, 3, 8, 8))
+
+
+def test_scale_one_is_the_identity_with_a_finite_kernel():
+    down = AntiAliasDownsample(3, 1.0)
+    image = torch.rand(1, 3, 8, 8)
+    assert torch.equal(down(image), image) and torch.isfinite(down.weight).all()
+
+
 def test_random_weights_warn_loudly():
     with pytest.warns(RandomWeightsWarning, match="RANDOM weights"):
         build_vgg19_features("random", num_slices=1)

@@ -74,6 +74,11 @@ def test_missing_files_exit_2(args, fragment):
     _assert_one_line_error(run(*args), fragment)
 
 
+def test_unsupported_device_is_a_clear_error():
+    _assert_one_line_error(run("--config", config_path("tiny-heatmap.yaml"), "--device", "meta"),
+                           "--device 'meta': expected auto, cpu, cuda or cuda:N")
+
+
 def test_cuda_request_without_cuda_is_a_clear_error():
     import torch
 
