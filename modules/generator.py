@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.blocks import AntiAliasDownsample, Hourglass, ResBlock2d, SameBlock2d, UpBlock2d
+from modules.blocks import (AntiAliasDownsample, Hourglass, ResBlock2d, SameBlock2d, UpBlock2d,
+                            hourglass_width)
 
 
 class LowResGenerator(nn.Module):
@@ -23,13 +24,13 @@ class LowResGenerator(nn.Module):
     def __init__(self, num_channels: int, block_expansion: int, max_features: int, num_up_blocks: int,
                  num_bottleneck_blocks: int, scale_factor: float):
         super().__init__()
-        bottleneck = min(max_features, block_expansion * 2 ** num_up_blocks)
+        bottleneck = hourglass_width(block_expansion, max_features, num_up_blocks)
         self.down = AntiAliasDownsample(num_channels, scale_factor)
         # source + the two one-channel masks; 7x7 straight to the bottleneck width (no down blocks:
         # the original's two were built but never called).
         self.first = SameBlock2d(num_channels + 2, bottleneck, kernel_size=7, padding=3)
         self.bottleneck = nn.Sequential(*[ResBlock2d(bottleneck) for _ in range(num_bottleneck_blocks)])
-        widths = [min(max_features, block_expansion * 2 ** i) for i in range(num_up_blocks, -1, -1)]
+        widths = [hourglass_width(block_expansion, max_features, i) for i in range(num_up_blocks, -1, -1)]
         self.up_blocks = nn.ModuleList([UpBlock2d(a, b) for a, b in zip(widths[:-1], widths[1:])])
         self.final = nn.Conv2d(block_expansion, num_channels, kernel_size=7, padding=3)
 

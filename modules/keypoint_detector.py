@@ -6,7 +6,7 @@ the ``kp_detector`` entry of an official ``vox-cpk.pth.tar`` / ``taichi-cpk.pth.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -142,8 +142,8 @@ class KeypointMask(nn.Module):
 
     def __init__(self, detector: KPDetector, kind: MaskKind = "heatmap", kp_variance: float = 0.003):
         super().__init__()
-        if kind not in ("heatmap", "circles", "softmax"):
-            raise ValueError(f"mask kind must be heatmap, circles or softmax, got {kind!r}")
+        if kind not in get_args(MaskKind):
+            raise ValueError(f"mask kind must be one of {get_args(MaskKind)}, got {kind!r}")
         self.detector = freeze(detector)
         self.kind = kind
         self.kp_variance = kp_variance
@@ -266,6 +266,9 @@ def load_fomm_detector(path: str, detector_kwargs: Mapping[str, Any]) -> KPDetec
     if "kp_detector" not in checkpoint:
         raise CheckpointError(f"{path}: no 'kp_detector' entry (found: {_first(sorted(checkpoint))}); "
                               f"expected a FOMM checkpoint such as taichi-cpk.pth.tar or vox-cpk.pth.tar")
+    if not isinstance(checkpoint["kp_detector"], dict):
+        raise CheckpointError(f"{path}: 'kp_detector' is a {type(checkpoint['kp_detector']).__name__}, "
+                              f"expected a state dict")
     detector = KPDetector(**detector_kwargs)
     state = {k.removeprefix("module."): v for k, v in checkpoint["kp_detector"].items()}
     load_detector_state(detector, state, path)
