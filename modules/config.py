@@ -124,6 +124,11 @@ class LossWeights:
     perceptual: list[float]               # one weight per VGG-19 slice (relu1_1 ... relu5_1)
     l1: float = 0.0                       # optional pixel L1 on both predictions (0 in the paper)
 
+    @property
+    def num_vgg_slices(self) -> int:
+        """VGG-19 slices the loss needs: up to the deepest non-zero perceptual weight (at least one)."""
+        return max((i + 1 for i, w in enumerate(self.perceptual) if w), default=1)
+
 
 @dataclass
 class TrainParams:
@@ -393,15 +398,6 @@ def _check(config: Config, file: str) -> None:
         raise ConfigError(f"{file}: model_params.generator_params.num_up_blocks: {generator.num_up_blocks} "
                           f"up blocks turn frame*{scale} into frame*{2 ** generator.num_up_blocks * scale:g}; "
                           f"expected 2**num_up_blocks = 1/scale_factor = {round(inverse)}")
-    for key, value in [("model_params.common_params.num_kp", model.common_params.num_kp),
-                       ("model_params.kp_detector_params.num_blocks", model.kp_detector_params.num_blocks),
-                       ("model_params.generator_params.high_res.num_blocks", generator.high_res.num_blocks),
-                       ("train_params.batch_size", config.train_params.batch_size),
-                       ("train_params.num_epochs", config.train_params.num_epochs),
-                       ("train_params.checkpoint_freq", config.train_params.checkpoint_freq),
-                       ("train_params.num_repeats", config.train_params.num_repeats)]:
-        if value < 1:
-            raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
     if model.common_params.num_channels != 3:
         raise ConfigError(f"{file}: model_params.common_params.num_channels: expected 3 (RGB: the VGG-19 loss "
                           f"and its ImageNet normalisation need colour images), got {model.common_params.num_channels}")
@@ -414,7 +410,14 @@ def _check(config: Config, file: str) -> None:
              ("model_params.generator_params.max_features", generator.max_features),
              ("model_params.generator_params.high_res.block_expansion", generator.high_res.block_expansion),
              ("model_params.generator_params.high_res.max_features", generator.high_res.max_features)]
-    for key, value in sizes:
+    counts = [("model_params.common_params.num_kp", model.common_params.num_kp),
+              ("model_params.kp_detector_params.num_blocks", model.kp_detector_params.num_blocks),
+              ("model_params.generator_params.high_res.num_blocks", generator.high_res.num_blocks),
+              ("train_params.batch_size", config.train_params.batch_size),
+              ("train_params.num_epochs", config.train_params.num_epochs),
+              ("train_params.checkpoint_freq", config.train_params.checkpoint_freq),
+              ("train_params.num_repeats", config.train_params.num_repeats)]
+    for key, value in counts + sizes:
         if value < 1:
             raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
     for (width_key, width), (cap_key, cap) in zip(sizes[0::2], sizes[1::2]):
@@ -453,7 +456,7 @@ def _check(config: Config, file: str) -> None:
                 advice = f"sizes that work near it: {', '.join(map(str, nearby))}"
             raise ConfigError(f"{file}: dataset_params.frame_shape: {axis} {side} does not fit ({problem}); "
                               f"{advice}")
-    deepest = max((i for i, w in enumerate(weights) if w), default=0)
+    deepest = config.train_params.loss_weights.num_vgg_slices - 1    # max-pools before that slice
     smallest_level = min(shape[:2]) * min(scales)
     if smallest_level < 2 ** deepest:
         raise ConfigError(f"{file}: train_params.scales: the {min(scales)} level of a {min(shape[:2])} px frame "

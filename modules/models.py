@@ -107,8 +107,7 @@ def build_loss(config: Config, *, vgg_weights: Optional[str] = None, vgg_source:
     """
     train = config.train_params
     # Only the VGG slices up to the deepest non-zero weight are built and run.
-    num_slices = max(i for i, w in enumerate(train.loss_weights.perceptual) if w) + 1 \
-        if any(train.loss_weights.perceptual) else 1
+    num_slices = train.loss_weights.num_vgg_slices
     if feature_extractor is None:
         if vgg_weights is None:
             vgg_weights = train.vgg_weights
