@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-MODES = ("inspect",)
+MODES = ("train", "inspect")
 
 
 def positive_int(text: str) -> int:
@@ -26,10 +26,13 @@ def positive_int(text: str) -> int:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="kpmask", description="Image animation with keypoint masks (Toledano, Marmor, Gertz).")
-    parser.add_argument("--config", required=True, help="YAML config, e.g. config/taichi-256-heatmap.yaml")
-    parser.add_argument("--mode", default="inspect", choices=MODES,
-                        help="inspect: build the networks, run one forward and one forward+backward on "
-                             "generated images, print parameters, shapes, time and peak memory")
+    parser.add_argument("--config", default=None,
+                        help="YAML config, e.g. config/taichi-256-heatmap.yaml (optional when resuming with "
+                             "--checkpoint: the checkpoint holds its config)")
+    parser.add_argument("--mode", default="train", choices=MODES,
+                        help="train: train the generators (a new run folder in --log_dir, or resume "
+                             "--checkpoint); inspect: build the networks, run one forward and one "
+                             "forward+backward on generated images, print parameters, shapes, time and memory")
     parser.add_argument("--checkpoint_with_kp", default=None,
                         help="FOMM checkpoint (vox-cpk.pth.tar, taichi-cpk.pth.tar, ...) holding the "
                              "pretrained kp_detector")
@@ -38,7 +41,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "torchvision vgg19 state dict")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--batch_size", type=positive_int, default=1, help="inspect: batch size of the timed step")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="overrides train_params.seed (default 0)")
+    train = parser.add_argument_group("train")
+    train.add_argument("--log_dir", default="log", help="where new run folders are made (default: log)")
+    train.add_argument("--checkpoint", default=None,
+                       help="resume this run exactly: a NNNNNNNN-checkpoint.pth.tar or a run folder (its latest "
+                            "checkpoint); --config may then change train_params only")
+    train.add_argument("--init_checkpoint", default=None,
+                       help="start a new run from this checkpoint's weights (fine-tuning): new optimizer, epoch 0")
+    train.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"), default=None,
+                       help="overrides train_params.mixed_precision: bf16 autocast (CPU or GPU), fp16 with a "
+                            "gradient scaler (GPU)")
+    train.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                       help="overrides train_params.channels_last")
+    train.add_argument("--max_steps", type=positive_int, default=None,
+                       help="stop after this many training steps in all, with a checkpoint (resumable)")
     return parser.parse_args(argv)
 
 
@@ -64,22 +81,37 @@ def choose_device(name: str) -> "torch.device":  # noqa: F821 (torch is imported
     return device
 
 
+def train(args: argparse.Namespace) -> None:
+    """Train the generators (see train.py); torchrun starts one of these per process for DDP."""
+    from train import TrainOptions, run_training
+
+    run_training(TrainOptions(
+        config=args.config, checkpoint=args.checkpoint, init_checkpoint=args.init_checkpoint,
+        checkpoint_with_kp=args.checkpoint_with_kp, log_dir=args.log_dir, device=choose_device(args.device),
+        seed=args.seed, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
+        vgg_weights=args.vgg_weights, max_steps=args.max_steps, argv=args.command))
+
+
 def inspect(args: argparse.Namespace) -> None:
     """Build the config's model, time one step on generated images, and print what was built."""
     import torch
 
     from modules.config import load_config
+    from modules.errors import UserError
     from modules.models import build_loss, build_model
     from modules.summary import summarize
 
+    if args.config is None:
+        raise UserError("--mode inspect needs --config")
     config = load_config(args.config)
     device = choose_device(args.device)
-    torch.manual_seed(args.seed)
+    seed = config.train_params.seed if args.seed is None else args.seed
+    torch.manual_seed(seed)
     model = build_model(config, checkpoint_with_kp=args.checkpoint_with_kp)
     loss = build_loss(config, vgg_weights=args.vgg_weights,
                       vgg_source="--vgg_weights" if args.vgg_weights else "train_params.vgg_weights")
     summary = summarize(model, loss, config.dataset_params.size, device, batch_size=args.batch_size,
-                        seed=args.seed)
+                        seed=seed)
     kind = config.model_params.mask_params.kind
     print(f"config     {args.config}  ({kind} mask, frames {config.dataset_params.size[0]}x"
           f"{config.dataset_params.size[1]}, device {device}, batch {args.batch_size})")
@@ -101,11 +133,12 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    args.command = list(sys.argv) if argv is None else ["run.py", *argv]     # recorded in the run folder
     warnings.formatwarning = _format_warning
     from modules.errors import UserError
 
     try:
-        {"inspect": inspect}[args.mode](args)
+        {"train": train, "inspect": inspect}[args.mode](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

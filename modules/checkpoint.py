@@ -41,12 +41,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` with torch.save to a temporary file beside ``path``, then rename it into place.
 
-    A crash mid-write leaves the previous file intact: the rename is atomic on POSIX and Windows.
+    The file being written is ``<path>.<random>.tmp``. A crash or ``kill -9`` mid-write leaves the previous
+    file intact (the rename is atomic on POSIX and Windows) and at worst a stale ``.tmp`` file.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(obj, stream)

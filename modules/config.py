@@ -142,6 +142,13 @@ class TrainParams:
     epoch_milestones: list[int] = field(default_factory=list)
     # VGG-19 weights for the perceptual loss: 'imagenet' (torchvision), 'random' (tests), or a file path.
     vgg_weights: str = "imagenet"
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])    # Adam (DESIGN.md 1.6)
+    seed: int = 0                         # model init, data order and augmentation (--seed overrides)
+    num_workers: int = 2                  # DataLoader worker processes per training process
+    # Autocast: 'bf16' on CPU and GPU, 'fp16' (with a gradient scaler) on GPU only, 'no' for fp32.
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    channels_last: bool = False           # NHWC tensors: faster convolutions on CPU and tensor cores
+    log_freq: int = 10                    # training steps between TensorBoard scalar points
 
 
 @dataclass
@@ -416,7 +423,8 @@ def _check(config: Config, file: str) -> None:
               ("train_params.batch_size", config.train_params.batch_size),
               ("train_params.num_epochs", config.train_params.num_epochs),
               ("train_params.checkpoint_freq", config.train_params.checkpoint_freq),
-              ("train_params.num_repeats", config.train_params.num_repeats)]
+              ("train_params.num_repeats", config.train_params.num_repeats),
+              ("train_params.log_freq", config.train_params.log_freq)]
     for key, value in counts + sizes:
         if value < 1:
             raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
@@ -429,6 +437,15 @@ def _check(config: Config, file: str) -> None:
     train = config.train_params
     if train.lr_generator <= 0:
         raise ConfigError(f"{file}: train_params.lr_generator: expected a positive number, got {train.lr_generator}")
+    if len(train.betas) != 2 or not all(0 <= b < 1 for b in train.betas):
+        raise ConfigError(f"{file}: train_params.betas: expected two numbers in [0, 1) (Adam's beta1, beta2), "
+                          f"got {train.betas}")
+    if train.num_workers < 0:
+        raise ConfigError(f"{file}: train_params.num_workers: expected 0 or more, got {train.num_workers}")
+    milestones = train.epoch_milestones
+    if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+        raise ConfigError(f"{file}: train_params.epoch_milestones: expected increasing positive epochs, "
+                          f"got {milestones}")
     if any(w < 0 for w in train.loss_weights.perceptual) or train.loss_weights.l1 < 0:
         raise ConfigError(f"{file}: train_params.loss_weights: weights must be >= 0, got perceptual "
                           f"{train.loss_weights.perceptual}, l1 {train.loss_weights.l1}")

@@ -180,7 +180,7 @@ class PerceptualLoss(nn.Module):
             target_features = [[f.detach() for f in self.features(level)] for level in self.pyramid(target)]
         losses = []
         for prediction in predictions:
-            total = prediction.new_zeros(())
+            total = prediction.new_zeros((), dtype=torch.float32)
             for level, reference in zip(self.pyramid(prediction), target_features):
                 generated_features = self.features(level)
                 if len(generated_features) != len(self.weights):
@@ -188,6 +188,7 @@ class PerceptualLoss(nn.Module):
                                      f"{len(self.weights)} perceptual weights")
                 for weight, generated, real in zip(self.weights, generated_features, reference):
                     if weight:
-                        total = total + weight * (generated - real).abs().mean()
+                        # in fp32 under autocast: a bf16 mean of small differences loses the loss's digits
+                        total = total + weight * (generated.float() - real.float()).abs().mean()
             losses.append(total)
         return losses

@@ -60,10 +60,10 @@ class KeypointMaskLoss(nn.Module):
 
     def forward(self, output: GeneratorOutput, driving: torch.Tensor) -> LossTerms:
         low, high = self.perceptual([output.low_res_prediction, output.prediction], driving)
-        l1 = output.low_res_prediction.new_zeros(())
+        l1 = driving.new_zeros((), dtype=torch.float32)
         if self.l1_weight:
-            l1 = self.l1_weight * ((output.low_res_prediction - driving).abs().mean()
-                                   + (output.prediction - driving).abs().mean())
+            l1 = self.l1_weight * ((output.low_res_prediction.float() - driving).abs().mean()
+                                   + (output.prediction.float() - driving).abs().mean())
         return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1)
 
 

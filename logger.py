@@ -1,0 +1,228 @@
+"""Run folders, checkpoints and what a training run shows: log.txt, TensorBoard and train-vis images.
+
+A run folder is ``<log_dir>/<config-name>-<timestamp>/`` and holds
+
+    config.yaml                  the resolved config (what the run really used)
+    run.json                     one entry per start or resume: command line, seed, git commit, packages
+    log.txt                      one line per epoch with the mean losses, plus notes (data split, DDP, ...)
+    events.out.tfevents.*        TensorBoard: losses and learning rate per step, image grids per epoch
+    train-vis/%08d-train.png     source | source mask | driving | driving mask | low-res | high-res
+    %08d-checkpoint.pth.tar      FOMM's checkpoint names (the epoch); ``%08d-interrupted.pth.tar`` on Ctrl-C
+
+Checkpoints are written atomically (``modules.checkpoint.atomic_save``) and read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import datetime
+import glob
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from typing import Any, Mapping, Optional, Sequence
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import yaml
+
+from modules.checkpoint import atomic_save, read_checkpoint
+from modules.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "kpmask-train-1"
+# Entries a training checkpoint of this project must hold (FOMM's names first, then ours).
+CHECKPOINT_KEYS = ("kp_detector", "generator", "optimizer_generator", "epoch",
+                   "scheduler_generator", "step", "batch", "epoch_complete", "rng", "config", "format")
+PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpeg", "pillow", "scikit-image",
+            "tqdm", "tensorboard")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Run folder
+
+def make_run_dir(log_dir: str, config_path: str) -> str:
+    """A new ``<log_dir>/<config-name>-<YYYYmmdd-HHMMSS>/`` (a suffix is added if that name is taken)."""
+    name = os.path.splitext(os.path.basename(config_path))[0]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(log_dir, f"{name}-{stamp}")
+    run_dir, suffix = base, 1
+    while os.path.exists(run_dir):
+        suffix += 1
+        run_dir = f"{base}-{suffix}"
+    os.makedirs(run_dir)
+    return run_dir
+
+
+def _git_commit() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        result = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        commit = result.stdout.strip() if result.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + (" (with uncommitted changes)" if dirty and commit != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def write_run_info(run_dir: str, config_dict: Mapping[str, Any], *, argv: Sequence[str], seed: int,
+                   extra: Mapping[str, Any]) -> None:
+    """Save the resolved config and append this session (command, seed, commit, packages) to run.json."""
+    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as stream:
+        yaml.safe_dump(dict(config_dict), stream, sort_keys=False)
+    info_path = os.path.join(run_dir, "run.json")
+    sessions = []
+    if os.path.exists(info_path):
+        try:
+            with open(info_path, encoding="utf-8") as stream:
+                sessions = json.load(stream).get("sessions", [])
+        except (OSError, ValueError, AttributeError):
+            sessions = []         # a damaged run.json must not stop a resume; the new one replaces it
+    sessions.append({"started": datetime.datetime.now().isoformat(timespec="seconds"),
+                     "command": " ".join([sys.executable] + list(argv)), "seed": seed,
+                     "git_commit": _git_commit(), "packages": package_versions(), **extra})
+    with open(info_path + ".tmp", "w", encoding="utf-8") as stream:
+        json.dump({"sessions": sessions}, stream, indent=2)
+    os.replace(info_path + ".tmp", info_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+def checkpoint_path(run_dir: str, epoch: int, interrupted: bool = False) -> str:
+    return os.path.join(run_dir, f"{epoch:08d}-{'interrupted' if interrupted else 'checkpoint'}.pth.tar")
+
+
+def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
+    atomic_save(dict(state, format=CHECKPOINT_FORMAT), path)
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    """The checkpoint of ``run_dir`` with the most training steps (None if there is none)."""
+    best, best_key = None, None
+    for path in glob.glob(os.path.join(run_dir, "*.pth.tar")):
+        match = re.fullmatch(r"(\d{8})-(checkpoint|interrupted)\.pth\.tar", os.path.basename(path))
+        if not match:
+            continue
+        try:
+            step = int(read_checkpoint(path).get("step", -1))
+        except CheckpointError:
+            continue              # a damaged file is not a candidate
+        key = (step, match.group(2) == "checkpoint")
+        if best_key is None or key > best_key:
+            best, best_key = path, key
+    return best
+
+
+def load_training_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint written by this project's trainer (a folder means its latest checkpoint)."""
+    if os.path.isdir(path):
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: no readable NNNNNNNN-checkpoint.pth.tar in this folder")
+        path = found
+    checkpoint = read_checkpoint(path)
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        hint = ""
+        if "kp_detector" in checkpoint and "config" not in checkpoint:
+            hint = " (a FOMM checkpoint? pass it as --checkpoint_with_kp to start a run with its detector)"
+        raise CheckpointError(f"{path}: not a training checkpoint of this project: missing "
+                              f"{', '.join(missing)}{hint}")
+    checkpoint["path"] = path
+    return checkpoint
+
+
+def remove_stale_temporaries(run_dir: str) -> list[str]:
+    """Delete ``*.tmp`` files a killed process left behind while writing a checkpoint."""
+    stale = glob.glob(os.path.join(run_dir, "*.tmp"))
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pictures
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] (C = 1 or 3) -> (B, H, W, 3) uint8."""
+    images = images.detach().float().clamp(0, 1)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def training_grid(columns: Sequence[torch.Tensor], max_rows: int = 4) -> np.ndarray:
+    """Images side by side per sample, one row per batch element: (rows*H, len(columns)*W, 3) uint8.
+
+    columns: (B, C, h, w) tensors in [0, 1]; smaller ones (the masks) are scaled up with nearest
+    neighbours so that each cell shows exactly what the network saw.
+    """
+    height, width = max(c.shape[2] for c in columns), max(c.shape[3] for c in columns)
+    cells = []
+    for column in columns:
+        column = column[:max_rows].detach().float()
+        if column.shape[2:] != (height, width):
+            column = torch.nn.functional.interpolate(column, size=(height, width), mode="nearest")
+        cells.append(_to_uint8(column))
+    rows = [np.concatenate([cell[i] for cell in cells], axis=1) for i in range(len(cells[0]))]
+    return np.concatenate(rows, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run's log
+
+class RunLogger:
+    """log.txt, TensorBoard and train-vis images of one run. Create it on rank 0 only."""
+
+    def __init__(self, run_dir: str):
+        from torch.utils.tensorboard import SummaryWriter   # slow import: only where a run logs
+
+        self.run_dir = run_dir
+        os.makedirs(os.path.join(run_dir, "train-vis"), exist_ok=True)
+        self.text = open(os.path.join(run_dir, "log.txt"), "a", encoding="utf-8")
+        self.board = SummaryWriter(run_dir)
+
+    def note(self, message: str, echo: bool = True) -> None:
+        """A line for log.txt (and the terminal): data splits, resumes, DDP caveats."""
+        self.text.write(f"# {message}\n")
+        self.text.flush()
+        if echo:
+            print(message, flush=True)
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            self.board.add_scalar(name, value, step)
+
+    def epoch(self, epoch: int, step: int, losses: Mapping[str, float], lr: float, seconds: float,
+              samples: int) -> None:
+        terms = "; ".join(f"{name} - {value:.5f}" for name, value in losses.items())
+        self.text.write(f"{epoch:08d}) step {step}; lr {lr:.3g}; {terms}; {seconds:.1f} s, "
+                        f"{samples / max(seconds, 1e-9):.1f} samples/s\n")
+        self.text.flush()
+        self.scalars(step, {f"epoch/{name}": value for name, value in losses.items()})
+
+    def images(self, epoch: int, step: int, grid: np.ndarray) -> str:
+        path = os.path.join(self.run_dir, "train-vis", f"{epoch:08d}-train.png")
+        iio.imwrite(path, grid)
+        self.board.add_image("train/source|source_mask|driving|driving_mask|low_res|high_res", grid, step,
+                             dataformats="HWC")
+        return path
+
+    def close(self) -> None:
+        self.board.close()
+        self.text.close()
