@@ -108,7 +108,8 @@ def main() -> None:
                                  "--warmup", str(args.warmup), "--device", args.device],
                                 capture_output=True, text=True)
         if result.returncode:
-            print(f"{setting:<24} failed: {result.stderr.strip().splitlines()[-1]}")
+            lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+            print(f"{setting:<24} failed: {lines[-1]}")
             continue
         row = json.loads(result.stdout.strip().splitlines()[-1])
         rows.append(row)

@@ -56,8 +56,10 @@ class AntiAliasDownsample(nn.Module):
         if self.stride == 1:
             return image
         padded = F.pad(image, (self.pad,) * 4)
-        blurred = F.conv2d(padded, self.weight.to(image.dtype), groups=self.channels)
-        return blurred[:, :, ::self.stride, ::self.stride]
+        # A strided convolution computes only the kept pixels: the same values as blurring everything and
+        # slicing [::stride] (FOMM's way), stride**2 times fewer multiplications, and it avoids a oneDNN path
+        # that stalls for minutes on large bf16 channels_last depthwise kernels (29x29 at scale 0.125).
+        return F.conv2d(padded, self.weight.to(image.dtype), stride=self.stride, groups=self.channels)
 
 
 class DownBlock2d(nn.Module):

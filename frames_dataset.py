@@ -1,0 +1,441 @@
+"""FOMM's data layer: training pairs and test videos (FramesDataset), repeats, and animation pairs.
+
+The data folder holds ``train/`` and ``test/``, each with one entry per video (formats: modules/video_io.py).
+A folder without them is split at random with a fixed seed (20% of the video ids for testing, as FOMM) and
+the dataset's ``notes`` say so.
+
+Reproducibility: every random choice of an item (which video of an id, which two frames, flips, jitter) is
+drawn from ``item_rng(seed, epoch, index)``, so the same (seed, epoch, index) gives the identical item in any
+process, DataLoader worker or resumed run. Neither numpy's nor torch's global generator is touched. The epoch
+lives in shared memory, so ``set_epoch`` reaches DataLoader workers even when they are persistent.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from modules.config import AugmentationParams, DatasetParams
+from modules.errors import UserError
+from modules.video_io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, VideoError, VideoInfo, open_video,
+                              probe_video, video_kind, video_name)
+
+TEST_FRACTION = 0.2          # of the video ids, when the folder has no train/test split (FOMM: test_size=0.2)
+# The seed of that split: fixed (FOMM's 0), not random_seed, so a training run with --seed 5 and a later
+# reconstruction (any seed) see the same split and no test video is trained on.
+SPLIT_SEED = 0
+
+
+class DatasetWarning(UserWarning):
+    """A video left out of a dataset (unreadable, empty, too short), or pairs naming absent videos."""
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one item: a pure function of (seed, epoch, index)."""
+    # numpy takes only non-negative entropy; a negative --seed wraps (non-negative seeds are unchanged).
+    return np.random.default_rng([int(seed) % 2 ** 64, int(epoch), int(index)])
+
+
+def video_id(name: str) -> str:
+    """The person / clip-source id of a video: its name up to the first '#' (FOMM's naming)."""
+    return name.split("#", 1)[0]
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (n, H, W, 3) -> float32 (n, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float().div_(255)
+
+
+class _SharedEpoch:
+    """An epoch number that DataLoader workers (forked or spawned, persistent or not) read live."""
+
+    def __init__(self):
+        self.value = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def get(self) -> int:
+        return int(self.value)
+
+    def set(self, epoch: int) -> None:
+        self.value.fill_(int(epoch))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Augmentation
+
+def _adjust_contrast(frames: torch.Tensor, factor: float) -> torch.Tensor:
+    """torchvision's adjust_contrast: each frame (n, 3, H, W) blended with its own mean grey.
+
+    The mean is a float64 numpy sum: a torch reduction may round differently with another thread count (the
+    main process against a DataLoader worker), and an item must not depend on where it is made.
+    """
+    import torchvision.transforms.v2.functional as TF
+
+    grey = TF.rgb_to_grayscale(frames).numpy().reshape(len(frames), -1)
+    means = torch.from_numpy(grey.mean(axis=1, dtype=np.float64).astype(np.float32)).view(-1, 1, 1, 1)
+    return (factor * frames + (1 - factor) * means).clamp_(0, 1)
+
+
+class AugmentationDraw(NamedTuple):
+    """The random parameters of one item's augmentation (factors of 1 / hue 0 mean "unchanged")."""
+    time_flip: bool
+    horizontal_flip: bool
+    jitter_order: tuple[int, ...]     # permutation of (brightness, contrast, saturation, hue), as torchvision
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+
+
+class Augmentation:
+    """FOMM's flips and colour jitter, one draw applied to every frame of a clip.
+
+    Horizontal and time flip each with probability 0.5 (independently: FOMM never did both at once); the
+    jitter has torchvision ColorJitter's semantics: factors uniform in [max(0, 1 - b), 1 + b] for brightness,
+    contrast and saturation, a hue shift uniform in [-h, h] of a full turn, applied in a random order.
+    """
+
+    def __init__(self, params: AugmentationParams):
+        self.horizontal_flip = params.flip_param.horizontal_flip
+        self.time_flip = params.flip_param.time_flip
+        jitter = params.jitter_param
+        for key in ("brightness", "contrast", "saturation", "hue"):
+            value = getattr(jitter, key)
+            top = 0.5 if key == "hue" else math.inf
+            if not 0 <= value <= top:
+                raise UserError(f"dataset_params.augmentation_params.jitter_param.{key}: expected a number in "
+                                f"[0, {top}], got {value}")
+        self.jitter = jitter
+
+    def draw(self, rng: np.random.Generator) -> AugmentationDraw:
+        """The parameters; always the same count of numbers from ``rng``, whatever is enabled."""
+        u_time, u_flip = rng.random(2)
+        order = tuple(int(i) for i in rng.permutation(4))
+        u = rng.random(4)
+        j = self.jitter
+
+        def factor(b: float, u: float) -> float:
+            low = max(0.0, 1 - b)
+            return low + (1 + b - low) * u
+
+        return AugmentationDraw(
+            time_flip=self.time_flip and u_time < 0.5, horizontal_flip=self.horizontal_flip and u_flip < 0.5,
+            jitter_order=order, brightness=factor(j.brightness, u[0]), contrast=factor(j.contrast, u[1]),
+            saturation=factor(j.saturation, u[2]), hue=j.hue * (2 * u[3] - 1))
+
+    def apply(self, frames: torch.Tensor, draw: AugmentationDraw) -> torch.Tensor:
+        """frames (n, 3, H, W) in [0, 1] -> the same shape and range, every frame transformed alike."""
+        import torchvision.transforms.v2.functional as TF
+
+        if draw.time_flip:
+            frames = frames.flip(0)          # the clip reversed: for a pair, source and driving swap
+        if draw.horizontal_flip:
+            frames = frames.flip(-1)
+        operations = [(TF.adjust_brightness, draw.brightness, self.jitter.brightness),
+                      (_adjust_contrast, draw.contrast, self.jitter.contrast),
+                      (TF.adjust_saturation, draw.saturation, self.jitter.saturation),
+                      (TF.adjust_hue, draw.hue, self.jitter.hue)]
+        for i in draw.jitter_order:
+            function, value, enabled = operations[i]
+            if enabled:
+                frames = function(frames, value)
+        return frames.clamp_(0, 1).contiguous()
+
+    def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        return self.apply(frames, self.draw(rng))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The dataset
+
+def _candidates(folder: str) -> list[str]:
+    """Paths of the entries of ``folder`` that look like videos (hidden entries left out), sorted by name."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as error:
+        raise UserError(f"{folder}: cannot list the folder ({error.strerror})") from None
+    paths = [os.path.join(folder, name) for name in names if not name.startswith(".")]
+    return [path for path in paths if video_kind(path) is not None]
+
+
+def _probe(path: str, frame_shape: Sequence[int]) -> tuple[Optional[VideoInfo], Optional[str]]:
+    try:
+        return probe_video(path, frame_shape), None
+    except VideoError as error:
+        return None, error.problem
+
+
+class FramesDataset(Dataset):
+    """One data split. Training items are frame pairs, test items whole videos (see ``sample``)."""
+
+    def __init__(self, root_dir: str | os.PathLike, frame_shape: Sequence[int], id_sampling: bool = False,
+                 is_train: bool = True, augmentation_params: Optional[AugmentationParams] = None,
+                 random_seed: int = 0, pairs_list: Optional[str] = None):
+        self.root_dir = os.fspath(root_dir)
+        if len(frame_shape) not in (2, 3) or any(int(s) < 1 for s in frame_shape) or \
+                (len(frame_shape) == 3 and int(frame_shape[2]) != 3):
+            raise UserError(f"frame_shape: expected [height, width] or [height, width, 3], got {list(frame_shape)}")
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.id_sampling = id_sampling
+        self.is_train = is_train
+        self.random_seed = int(random_seed)
+        self.pairs_list = pairs_list
+        self.notes: list[str] = []
+        self._epoch = _SharedEpoch()
+        # FOMM augments training items only.
+        self.transform = Augmentation(augmentation_params) if is_train and augmentation_params else None
+
+        folder, paths = self._split_paths()
+        self.folder = folder                       # where this split's videos are (the root if split at random)
+        self.videos: list[str] = []                # usable video paths, sorted by name
+        self.names: list[str] = []
+        self._infos: list[VideoInfo] = []
+        # Probing mp4/mov runs one ffmpeg per file: threads overlap them (and the folder listings).
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            probes = list(pool.map(lambda p: _probe(p, frame_shape), paths))
+        seen = {}
+        for path, (info, problem) in zip(paths, probes):
+            name = video_name(path)
+            if info is not None and is_train and info.num_frames < 2:
+                info, problem = None, f"{info.num_frames} frame (a training pair needs 2 different frames)"
+            if info is not None and name in seen:
+                info, problem = None, f"{os.path.basename(seen[name])} has the same name {name!r}"
+            if info is None:
+                warnings.warn(f"{path}: skipped, {problem}", DatasetWarning, stacklevel=2)
+                continue
+            seen[name] = path
+            self.videos.append(path)
+            self.names.append(name)
+            self._infos.append(info)
+        if not self.videos:
+            found = f"all {len(paths)} found were skipped" if paths else "none found"
+            raise UserError(f"{folder}: no usable video for the {'train' if is_train else 'test'} split (expected "
+                            f"frame folders or {'/'.join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)} files; {found})")
+
+        self.ids = [video_id(name) for name in self.names]
+        if is_train and id_sampling:
+            # One item per id and epoch; the item picks one of the id's videos at random.
+            groups: dict[str, list[int]] = {}
+            for index, identity in enumerate(self.ids):
+                groups.setdefault(identity, []).append(index)
+            self._groups = [groups[identity] for identity in sorted(groups)]
+        else:
+            self._groups = [[index] for index in range(len(self.videos))]
+
+    @classmethod
+    def from_config(cls, dataset_params: DatasetParams, is_train: bool, random_seed: int = 0) -> "FramesDataset":
+        """The split named by ``dataset_params`` (seed: train_params.seed for training)."""
+        return cls(dataset_params.root_dir, dataset_params.frame_shape, id_sampling=dataset_params.id_sampling,
+                   is_train=is_train, augmentation_params=dataset_params.augmentation_params,
+                   random_seed=random_seed, pairs_list=dataset_params.pairs_list)
+
+    def _split_paths(self) -> tuple[str, list[str]]:
+        """(the split's folder, its candidate video paths), splitting the root at random if it has no split."""
+        root = self.root_dir
+        if not os.path.isdir(root):
+            hint = (f"; make the synthetic dataset with: python scripts/synthetic_dataset.py --out {root}"
+                    if "synthetic" in os.path.basename(os.path.normpath(root)) else "")
+            raise UserError(f"{root}: dataset folder not found (dataset_params.root_dir){hint}"
+                            if not os.path.exists(root)
+                            else f"{root}: expected a folder with train/ and test/ (dataset_params.root_dir)")
+        split = "train" if self.is_train else "test"
+        has_train, has_test = (os.path.isdir(os.path.join(root, s)) for s in ("train", "test"))
+        if has_train or has_test:
+            folder = os.path.join(root, split)
+            if not os.path.isdir(folder):
+                raise UserError(f"{folder}: folder not found ({root} has a {'test' if has_test else 'train'} "
+                                f"folder but no {split} folder)")
+            return folder, _candidates(folder)
+        paths = _candidates(root)
+        ids = sorted({video_id(video_name(path)) for path in paths})
+        # Ids, not videos: clips of one person must not land on both sides.
+        test_count = math.ceil(TEST_FRACTION * len(ids)) if len(ids) > 1 else 0
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(ids))
+        test_ids = {ids[i] for i in order[:test_count]}
+        chosen = [p for p in paths if (video_id(video_name(p)) in test_ids) == (not self.is_train)]
+        test_videos = sum(video_id(video_name(p)) in test_ids for p in paths)
+        self.notes.append(f"{root} has no train/test folders: its {len(paths)} videos ({len(ids)} ids) were split "
+                          f"at random with seed {SPLIT_SEED}, {test_count} ids ({test_videos} videos) for "
+                          f"testing and {len(ids) - test_count} ids ({len(paths) - test_videos} videos) for "
+                          f"training; this dataset is the {split} part")
+        if not chosen:
+            raise UserError(f"{root}: no videos left for the {split} split ({len(ids)} video id(s); the random "
+                             f"split needs at least 2, or make train/ and test/ folders)")
+        return root, chosen
+
+    # -- epochs and items
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Items of ``epoch`` from now on (call before iterating a DataLoader over this dataset)."""
+        self._epoch.set(epoch)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def num_frames(self, video_index: int) -> int:
+        return self._infos[video_index].num_frames
+
+    def video(self, index: int) -> Video:
+        """The ``index``-th video of ``self.videos`` (= item ``index`` unless training with id_sampling)."""
+        return open_video(self.videos[index], self.frame_shape, self._infos[index])
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict:
+        """Item ``index`` with every random choice from ``rng``.
+
+        Training: {"source", "driving": float32 (3, H, W) in [0, 1], two distinct frames of one video (the
+        earlier one is the source unless time-flipped), augmented alike; "name": that video's name}.
+        Test: {"video": float32 (T, 3, H, W) in [0, 1], "name"}; ``rng`` is not used.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range ({len(self)} items)")
+        if not self.is_train:
+            video = self.video(index)
+            return {"video": frames_to_tensor(video.read_all()), "name": video.name}
+        group = self._groups[index]
+        chosen = group[int(rng.integers(len(group)))]
+        frame_indices = np.sort(rng.choice(self.num_frames(chosen), 2, replace=False))
+        frames = frames_to_tensor(self.video(chosen).read(frame_indices))     # (2, 3, H, W)
+        if self.transform is not None:
+            frames = self.transform(frames, rng)
+        return {"source": frames[0], "driving": frames[1], "name": self.names[chosen]}
+
+    def __getitem__(self, index: int) -> dict:
+        return self.sample(index, item_rng(self.random_seed, self.epoch, index))
+
+
+class DatasetRepeater(Dataset):
+    """``num_repeats`` passes over a dataset as one epoch; each repeat draws its own frames and augmentation."""
+
+    def __init__(self, dataset: FramesDataset, num_repeats: int):
+        if num_repeats < 1:
+            raise UserError(f"train_params.num_repeats: expected a positive integer, got {num_repeats}")
+        self.dataset = dataset
+        self.num_repeats = int(num_repeats)
+        self._epoch = _SharedEpoch()
+
+    @property
+    def notes(self) -> list[str]:
+        return self.dataset.notes
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.set(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_repeats * len(self.dataset)
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict:
+        return self.dataset.sample(index % len(self.dataset), rng)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} out of range ({len(self)} items)")
+        # The generator follows the repeated index, so the repeats of one video differ.
+        return self.sample(index, item_rng(self.dataset.random_seed, self.epoch, index))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Animation pairs
+
+def _read_pairs_csv(path: str) -> list[tuple[str, str]]:
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: pairs list not found (dataset_params.pairs_list: a csv with columns "
+                        f"source,driving)")
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            reader = csv.DictReader(stream)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            if "source" not in fields or "driving" not in fields:
+                raise UserError(f"{path}: expected a csv whose header has the columns source and driving (video "
+                                f"names), got {', '.join(fields) if fields else 'no header'}")
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"{path}: cannot read as a csv ({error})") from None
+    return [(row["source"], row["driving"]) for row in rows]
+
+
+class PairedDataset(Dataset):
+    """(source video, driving video) pairs for animation, from the dataset's pairs_list or drawn at random.
+
+    Items: {"source_video", "driving_video": float32 (T, 3, H, W) in [0, 1], "source_name", "driving_name"}.
+    """
+
+    def __init__(self, initial_dataset: FramesDataset, number_of_pairs: int, seed: int = 0):
+        self.initial_dataset = initial_dataset
+        dataset = initial_dataset
+        if dataset.pairs_list is not None:
+            self.pairs = self._pairs_from_csv(dataset, number_of_pairs)
+        else:
+            self.pairs = self._random_pairs(dataset, number_of_pairs, seed)
+
+    @staticmethod
+    def _pairs_from_csv(dataset: FramesDataset, number_of_pairs: int) -> list[tuple[int, int]]:
+        # Names without extension (this project) or with it (FOMM's csv files name "xxx.mp4" entries).
+        lookup: dict[str, int] = {}
+        for index, (name, path) in enumerate(zip(dataset.names, dataset.videos)):
+            lookup.setdefault(name, index)
+            lookup.setdefault(os.path.basename(os.path.normpath(path)), index)
+        rows = _read_pairs_csv(dataset.pairs_list)
+        kept = [(lookup[s], lookup[d]) for s, d in rows if s in lookup and d in lookup]
+        missing = [s if s not in lookup else d for s, d in rows if s not in lookup or d not in lookup]
+        if missing:
+            warnings.warn(f"{dataset.pairs_list}: {len(missing)} of {len(rows)} pairs skipped, they name videos not "
+                          f"in {dataset.folder} (first: {missing[0]!r})", DatasetWarning, stacklevel=3)
+        return kept[:number_of_pairs]
+
+    @staticmethod
+    def _random_pairs(dataset: FramesDataset, number_of_pairs: int, seed: int) -> list[tuple[int, int]]:
+        count = len(dataset.videos)
+        if count < 2:
+            warnings.warn(f"{dataset.folder}: one video only, it drives itself", DatasetWarning, stacklevel=3)
+            return [(0, 0)][:number_of_pairs]
+        numbers = {identity: k for k, identity in enumerate(sorted(set(dataset.ids)))}
+        ids = [numbers[identity] for identity in dataset.ids]
+        by_id = len(numbers) > 1                 # different people when the names tell them apart
+
+        def valid(s: int, d: int) -> bool:
+            return s != d and (not by_id or ids[s] != ids[d])
+
+        sizes = np.bincount(ids)
+        total = count * count - (int((sizes ** 2).sum()) if by_id else count)
+        wanted = min(number_of_pairs, total)
+        rng = np.random.default_rng(seed % 2 ** 64)
+        if 2 * wanted >= total:
+            # Most of the valid pairs: list them all and shuffle (rejection would take long).
+            everything = [(s, d) for s in range(count) for d in range(count) if valid(s, d)]
+            return [everything[i] for i in rng.permutation(len(everything))[:wanted]]
+        pairs, seen = [], set()
+        while len(pairs) < wanted:
+            s, d = (int(v) for v in rng.integers(count, size=2))
+            if valid(s, d) and (s, d) not in seen:
+                seen.add((s, d))
+                pairs.append((s, d))
+        return pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def pair(self, index: int) -> tuple[int, int]:
+        """(source index, driving index) into ``initial_dataset.videos``: open them with ``.video(i)`` to stream."""
+        return self.pairs[index]
+
+    def __getitem__(self, index: int) -> dict:
+        source, driving = self.pairs[index]
+        dataset = self.initial_dataset
+        return {"source_video": frames_to_tensor(dataset.video(source).read_all()),
+                "driving_video": frames_to_tensor(dataset.video(driving).read_all()),
+                "source_name": dataset.names[source], "driving_name": dataset.names[driving]}
