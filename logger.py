@@ -22,6 +22,7 @@ import platform
 import re
 import subprocess
 import sys
+import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import imageio.v3 as iio
@@ -30,7 +31,7 @@ import torch
 import yaml
 
 from modules.checkpoint import atomic_save, read_checkpoint
-from modules.errors import CheckpointError
+from modules.errors import CheckpointError, UserError
 
 CHECKPOINT_FORMAT = "kpmask-train-1"
 # Entries a training checkpoint of this project must hold (FOMM's names first, then ours).
@@ -48,12 +49,17 @@ def make_run_dir(log_dir: str, config_path: str) -> str:
     name = os.path.splitext(os.path.basename(config_path))[0]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = os.path.join(log_dir, f"{name}-{stamp}")
+    os.makedirs(log_dir, exist_ok=True)
     run_dir, suffix = base, 1
-    while os.path.exists(run_dir):
-        suffix += 1
-        run_dir = f"{base}-{suffix}"
-    os.makedirs(run_dir)
-    return run_dir
+    while True:
+        try:
+            os.mkdir(run_dir)              # atomic: two runs started in the same second get different folders
+            return run_dir
+        except FileExistsError:
+            suffix += 1
+            run_dir = f"{base}-{suffix}"
+        except OSError as error:
+            raise UserError(f"{run_dir}: cannot create the run folder ({error.strerror or error})") from None
 
 
 def _git_commit() -> str:
@@ -82,8 +88,10 @@ def package_versions() -> dict[str, str]:
 def write_run_info(run_dir: str, config_dict: Mapping[str, Any], *, argv: Sequence[str], seed: int,
                    extra: Mapping[str, Any]) -> None:
     """Save the resolved config and append this session (command, seed, commit, packages) to run.json."""
-    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as stream:
+    config_path = os.path.join(run_dir, "config.yaml")
+    with open(config_path + ".tmp", "w", encoding="utf-8") as stream:
         yaml.safe_dump(dict(config_dict), stream, sort_keys=False)
+    os.replace(config_path + ".tmp", config_path)
     info_path = os.path.join(run_dir, "run.json")
     sessions = []
     if os.path.exists(info_path):
@@ -112,20 +120,20 @@ def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:
-    """The checkpoint of ``run_dir`` with the most training steps (None if there is none)."""
-    best, best_key = None, None
+    """The newest readable checkpoint of ``run_dir`` by name: highest epoch, a finished epoch before an
+    interrupted one (None if there is none). Only the files tried are read."""
+    candidates = []
     for path in glob.glob(os.path.join(run_dir, "*.pth.tar")):
         match = re.fullmatch(r"(\d{8})-(checkpoint|interrupted)\.pth\.tar", os.path.basename(path))
-        if not match:
-            continue
+        if match:
+            candidates.append(((int(match.group(1)), match.group(2) == "checkpoint"), path))
+    for _, path in sorted(candidates, reverse=True):
         try:
-            step = int(read_checkpoint(path).get("step", -1))
-        except CheckpointError:
-            continue              # a damaged file is not a candidate
-        key = (step, match.group(2) == "checkpoint")
-        if best_key is None or key > best_key:
-            best, best_key = path, key
-    return best
+            read_checkpoint(path)
+            return path
+        except CheckpointError as error:
+            warnings.warn(f"{error}; trying an older checkpoint", UserWarning, stacklevel=2)
+    return None
 
 
 def load_training_checkpoint(path: str) -> dict[str, Any]:
@@ -137,6 +145,9 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
         path = found
     checkpoint = read_checkpoint(path)
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if not missing and checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {checkpoint['format']!r}, this version reads "
+                              f"{CHECKPOINT_FORMAT!r}")
     if missing:
         hint = ""
         if "kp_detector" in checkpoint and "config" not in checkpoint:
@@ -189,13 +200,15 @@ def training_grid(columns: Sequence[torch.Tensor], max_rows: int = 4) -> np.ndar
 class RunLogger:
     """log.txt, TensorBoard and train-vis images of one run. Create it on rank 0 only."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, purge_step: Optional[int] = None):
+        """purge_step: on resume, the first step to come; TensorBoard drops the events of the abandoned
+        steps at and after it, so that curves are not drawn twice."""
         from torch.utils.tensorboard import SummaryWriter   # slow import: only where a run logs
 
         self.run_dir = run_dir
         os.makedirs(os.path.join(run_dir, "train-vis"), exist_ok=True)
         self.text = open(os.path.join(run_dir, "log.txt"), "a", encoding="utf-8")
-        self.board = SummaryWriter(run_dir)
+        self.board = SummaryWriter(run_dir, purge_step=purge_step)
 
     def note(self, message: str, echo: bool = True) -> None:
         """A line for log.txt (and the terminal): data splits, resumes, DDP caveats."""

@@ -14,8 +14,8 @@ frozen (eval mode, no gradient, not in the optimizer). What this loop adds to th
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
-import dataclasses
 import math
 import os
 import signal
@@ -24,17 +24,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 from tqdm import tqdm
 
 import logger as run_log
-from modules.checkpoint import read_checkpoint
 from modules.config import Config, config_from_dict, load_config
 from modules.errors import CheckpointError, ConfigError, UserError
-from modules.keypoint_detector import KPDetector, load_detector_state
 from modules.generator import GeneratorOutput
+from modules.keypoint_detector import KPDetector, load_detector_state
 from modules.models import KeypointMaskLoss, KeypointMaskModel, LossTerms, build_loss, build_model
 
 LOSS_NAMES = LossTerms._fields
@@ -88,7 +88,8 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # NCCL for CUDA tensors, gloo for the small CPU tensors (loss values, checksums) the loop all-reduces.
+    torch_dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return dist, device
 
 
@@ -117,7 +118,8 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         return self.batches_per_epoch - self.skip
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        entropy = np.random.SeedSequence([self.seed % 2 ** 64, self.epoch]).generate_state(2, dtype=np.uint32)
+        generator = torch.Generator().manual_seed(int(entropy[0]) << 31 | int(entropy[1]) >> 1)
         order = torch.randperm(self.dataset_size, generator=generator).tolist()
         mine = order[self.dist.rank::self.dist.world_size]
         for batch in range(self.skip, self.batches_per_epoch):
@@ -264,206 +266,290 @@ def forward_backward(train_model: nn.Module, loss_fn: KeypointMaskLoss, optimize
 
 def run_training(options: TrainOptions) -> str:
     """Train (or resume) as ``options`` say; returns the run folder."""
-    dist, device = init_distributed(torch.device(options.device))
+    if options.checkpoint and options.init_checkpoint:
+        raise UserError("--checkpoint (resume a run) and --init_checkpoint (start a new run from weights) "
+                        "exclude each other")
+    device = torch.device(options.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)          # else pinned-memory threads open a context on GPU 0
+    dist, device = init_distributed(device)
     try:
-        return _train(options, dist, device)
+        trainer = Trainer(options, dist, device)
+        try:
+            run_dir = trainer.fit()
+        except BaseException as error:
+            trainer.close(error)
+            raise
+        trainer.close()
+        if dist.enabled:
+            # Leave together: a rank tearing gloo down while rank 0 still writes the checkpoint can abort.
+            torch_dist.barrier()
+        return run_dir
     finally:
         if dist.enabled:
             torch_dist.destroy_process_group()
 
 
-def _train(options: TrainOptions, dist: Distributed, device: torch.device) -> str:
-    resume = run_log.load_training_checkpoint(options.checkpoint) if options.checkpoint else None
-    init = run_log.load_training_checkpoint(options.init_checkpoint) if options.init_checkpoint else None
-    if resume and init:
-        raise UserError("--checkpoint (resume a run) and --init_checkpoint (start a new run from weights) "
-                        "exclude each other")
-    config = _resolve_config(options, resume, init)
-    train = config.train_params
-    autocast_dtype = _autocast_dtype(train.mixed_precision, device)
-    if train.batch_size % dist.world_size:
-        raise ConfigError(f"{config.path}: train_params.batch_size {train.batch_size} is the global batch and must "
-                          f"divide among {dist.world_size} processes")
-    batch_size = train.batch_size // dist.world_size
-    notes: list[str] = []
+def _resume_position(checkpoint: dict, global_batch: int, batches_per_epoch: int, dataset_size: int,
+                     notes: list[str]) -> tuple[int, int]:
+    """(epoch, batch) at which a resumed run goes on."""
+    epoch, batch = int(checkpoint["epoch"]), int(checkpoint["batch"])
+    if checkpoint["epoch_complete"]:
+        return epoch + 1, 0
+    if int(checkpoint.get("dataset_size", dataset_size)) != dataset_size:
+        notes.append(f"the training set has changed size ({checkpoint['dataset_size']} -> {dataset_size} items): "
+                     f"epoch {epoch} goes on with the new order, not bit-identical to an uninterrupted run")
+    if int(checkpoint.get("global_batch", global_batch)) != global_batch:
+        batch = batch * int(checkpoint["global_batch"]) // global_batch
+        notes.append(f"batch size changed mid-epoch: resuming epoch {epoch} at batch {batch}")
+    return epoch, min(batch, batches_per_epoch)
 
-    # Data: every random choice is a function of (seed, epoch, index), so workers and ranks agree.
-    from frames_dataset import DatasetRepeater, FramesDataset
 
-    dataset = FramesDataset(root_dir=config.dataset_params.root_dir, frame_shape=config.dataset_params.frame_shape,
-                            id_sampling=config.dataset_params.id_sampling, is_train=True,
-                            augmentation_params=config.dataset_params.augmentation_params,
-                            random_seed=train.seed)
-    notes += dataset.notes
-    if train.num_repeats > 1:
-        dataset = DatasetRepeater(dataset, train.num_repeats)
-    sampler = EpochBatchSampler(len(dataset), batch_size, train.seed, dist)
-    if sampler.batches_per_epoch == 0:
-        raise ConfigError(f"{config.path}: train_params.batch_size {train.batch_size} is larger than an epoch "
-                          f"({len(dataset)} training items in {config.dataset_params.root_dir}; raise num_repeats "
-                          f"or lower batch_size)")
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=train.num_workers,
-                                         pin_memory=device.type == "cuda", worker_init_fn=_quiet_worker)
+def _apply_schedule_changes(checkpoint: dict, train: Any, optimizer: torch.optim.Optimizer,
+                            scheduler: torch.optim.lr_scheduler.MultiStepLR, notes: list[str]) -> None:
+    """Make a resumed optimizer follow the train_params of --config when they differ from the checkpoint's.
 
-    # Networks, loss, optimizer.
-    if resume is None and init is None and options.checkpoint_with_kp is None and dist.is_main:
-        notes.append("the keypoint detector has RANDOM weights (no --checkpoint_with_kp): masks carry no "
-                     "learned structure")
-    if resume and options.checkpoint_with_kp:
-        notes.append("--checkpoint_with_kp ignored: the resumed checkpoint holds its detector")
-    model = _build_model(config, options, resume or init)
-    loss_fn = build_loss(config, vgg_weights=options.vgg_weights,
-                         vgg_source="--vgg_weights" if options.vgg_weights else "train_params.vgg_weights")
-    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    loss_fn.to(device, memory_format=memory_format)
-    if dist.enabled:
-        if device.type == "cuda":
+    Left alone when nothing changed, so that an ordinary resume stays bit-identical.
+    """
+    before = checkpoint["config"]["train_params"]
+    changed = [key for key in ("lr_generator", "betas", "epoch_milestones")
+               if before.get(key) != getattr(train, key)]
+    if not changed:
+        return
+    milestones = sorted(train.epoch_milestones)
+    scheduler.milestones = type(scheduler.milestones)(milestones)
+    scheduler.base_lrs = [train.lr_generator for _ in optimizer.param_groups]
+    decays = bisect.bisect_right(milestones, scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = train.lr_generator
+        group["lr"] = train.lr_generator * scheduler.gamma ** decays
+        group["betas"] = tuple(train.betas)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    notes.append(f"train_params changed on resume ({', '.join(changed)}): learning rate now "
+                 f"{optimizer.param_groups[0]['lr']:.3g}")
+
+
+class Trainer:
+    """One training run: set up from options (new, resumed or fine-tuned), then ``fit()``."""
+
+    def __init__(self, options: TrainOptions, dist: Distributed, device: torch.device):
+        from frames_dataset import DatasetRepeater, FramesDataset
+
+        self.options, self.dist, self.device = options, dist, device
+        self.log: Optional[run_log.RunLogger] = None
+        self.progress: Optional[tqdm] = None
+        resume = run_log.load_training_checkpoint(options.checkpoint) if options.checkpoint else None
+        init = run_log.load_training_checkpoint(options.init_checkpoint) if options.init_checkpoint else None
+        self.config = config = _resolve_config(options, resume, init)
+        self.train = train = config.train_params
+        self.autocast_dtype = _autocast_dtype(train.mixed_precision, device)
+        if train.batch_size % dist.world_size:
+            raise ConfigError(f"{config.path}: train_params.batch_size {train.batch_size} is the global batch and "
+                              f"must divide among {dist.world_size} processes")
+        notes: list[str] = []
+        ignored = [(resume, options.seed is not None and options.seed != train.seed, "--seed",
+                    "a resumed run keeps its seed"),
+                   (resume, options.checkpoint_with_kp, "--checkpoint_with_kp", "the checkpoint holds its detector"),
+                   (init, options.checkpoint_with_kp, "--checkpoint_with_kp", "the checkpoint holds its detector")]
+        notes += [f"{flag} ignored: {why}" for checkpoint, given, flag, why in ignored if checkpoint and given]
+
+        # Networks and loss first: a wrong checkpoint or VGG path fails before a dataset is scanned.
+        self.model = model = _build_model(config, options, resume or init)
+        self.loss_fn = build_loss(config, vgg_weights=options.vgg_weights,
+                                  vgg_source="--vgg_weights" if options.vgg_weights else "train_params.vgg_weights")
+        self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+        model.to(device, memory_format=self.memory_format)
+        self.loss_fn.to(device, memory_format=self.memory_format)
+        if dist.enabled and device.type == "cuda":
             model.generator = nn.SyncBatchNorm.convert_sync_batchnorm(model.generator)
-        else:
+        elif dist.enabled:
             notes.append(f"DDP on CPU ({dist.world_size} processes, gloo): SyncBatchNorm needs GPUs, so each rank's "
-                         f"BatchNorm normalises its own {batch_size} samples; running statistics are rank 0's")
-    optimizer = torch.optim.Adam(model.generator.parameters(), lr=train.lr_generator, betas=tuple(train.betas))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, train.epoch_milestones, gamma=0.1)
-    scaler = torch.amp.GradScaler(device.type, enabled=train.mixed_precision == "fp16")
-    start_epoch, start_batch, step = 0, 0, 0
-    if resume:
-        optimizer.load_state_dict(resume["optimizer_generator"])
-        scheduler.load_state_dict(resume["scheduler_generator"])
-        scheduler.milestones = type(scheduler.milestones)(train.epoch_milestones)   # the config may move them
-        if "grad_scaler" in resume and scaler.is_enabled():
-            scaler.load_state_dict(resume["grad_scaler"])
-        _set_rng_state(resume["rng"], device)
-        step = int(resume["step"])
-        start_epoch, start_batch = int(resume["epoch"]), int(resume["batch"])
-        if resume["epoch_complete"]:
-            start_epoch, start_batch = start_epoch + 1, 0
-        elif int(resume.get("global_batch", train.batch_size)) != train.batch_size:
-            start_batch = int(resume["batch"]) * int(resume["global_batch"]) // train.batch_size
-            notes.append(f"batch size changed mid-epoch: resuming epoch {start_epoch} at batch {start_batch}")
-        notes.append(f"resumed from {resume['path']} (step {step}): continuing at epoch {start_epoch}, "
-                     f"batch {start_batch}")
-    elif init:
-        notes.append(f"weights initialised from {init['path']} (step {init['step']}); new optimizer and schedule")
-    train_model: nn.Module = model
-    if dist.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+                         f"BatchNorm normalises its own {train.batch_size // dist.world_size} samples; running "
+                         f"statistics are rank 0's")
+        # Data: every random choice is a function of (seed, epoch, index), so workers and ranks agree.
+        dataset = FramesDataset(root_dir=config.dataset_params.root_dir, frame_shape=config.dataset_params.frame_shape,
+                                id_sampling=config.dataset_params.id_sampling, is_train=True,
+                                augmentation_params=config.dataset_params.augmentation_params,
+                                random_seed=train.seed)
+        notes += dataset.notes
+        self.dataset = DatasetRepeater(dataset, train.num_repeats) if train.num_repeats > 1 else dataset
+        self.sampler = EpochBatchSampler(len(self.dataset), train.batch_size // dist.world_size, train.seed, dist)
+        if self.sampler.batches_per_epoch == 0:
+            raise ConfigError(f"{config.path}: train_params.batch_size {train.batch_size} is larger than an epoch "
+                              f"({len(self.dataset)} training items in {config.dataset_params.root_dir}; raise "
+                              f"num_repeats or lower batch_size)")
+        # Persistent workers: restarting them each epoch costs about a second, a lot for short epochs (the
+        # dataset's epoch lives in shared memory, so set_epoch() still reaches them). The loader's own
+        # generator keeps it from drawing on the global RNG, which a resume restores.
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=train.num_workers,
+            persistent_workers=train.num_workers > 0, pin_memory=device.type == "cuda",
+            worker_init_fn=_quiet_worker, generator=torch.Generator().manual_seed(train.seed % 2 ** 63))
 
-    # Run folder and logs (rank 0 only).
-    run_dir = os.path.dirname(os.path.abspath(resume["path"])) if resume else None
-    log = None
-    if dist.is_main:
-        if run_dir is None:
-            run_dir = run_log.make_run_dir(options.log_dir, options.config or "run")
-        stale = run_log.remove_stale_temporaries(run_dir)
-        log = run_log.RunLogger(run_dir)
-        run_log.write_run_info(run_dir, config.to_dict(), argv=options.argv, seed=train.seed,
-                               extra={"device": str(device), "world_size": dist.world_size,
-                                      "resumed_from": resume["path"] if resume else None})
-        notes += [f"removed {path}: a checkpoint write that never finished" for path in stale]
-        for message in [f"run folder {run_dir}"] + notes:
-            log.note(message)
+        # Where the run starts.
+        self.step, self.start_epoch, self.start_batch = 0, 0, 0
+        if resume:
+            self.step = int(resume["step"])
+            self.start_epoch, self.start_batch = _resume_position(
+                resume, train.batch_size, self.sampler.batches_per_epoch, len(self.dataset), notes)
+            notes.append(f"resumed from {resume['path']} (step {self.step}): continuing at epoch "
+                         f"{self.start_epoch}, batch {self.start_batch}")
+        elif init:
+            notes.append(f"weights initialised from {init['path']} (step {init['step']}); new optimizer, epoch 0")
 
-    epochs = train.num_epochs
-    total_steps = epochs * sampler.batches_per_epoch
-    if options.max_steps is not None:
-        total_steps = min(total_steps, options.max_steps)
-    progress = tqdm(total=total_steps, initial=min(step, total_steps), disable=not dist.is_main,
-                    dynamic_ncols=True, unit="step")
-
-    def save(epoch: int, batch: int, complete: bool) -> None:
+        self.optimizer = torch.optim.Adam(model.generator.parameters(), lr=train.lr_generator,
+                                          betas=tuple(train.betas))
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, train.epoch_milestones, gamma=0.1)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=train.mixed_precision == "fp16")
+        if resume:
+            self.optimizer.load_state_dict(resume["optimizer_generator"])
+            self.scheduler.load_state_dict(resume["scheduler_generator"])
+            _apply_schedule_changes(resume, train, self.optimizer, self.scheduler, notes)
+            if "grad_scaler" in resume and self.scaler.is_enabled():
+                self.scaler.load_state_dict(resume["grad_scaler"])
+            _set_rng_state(resume["rng"], device)
+        self.train_model: nn.Module = model
         if dist.enabled:
-            # Every rank must hold the same weights; a checksum per rank proves it before rank 0 writes.
-            sums = [torch.zeros((), dtype=torch.float64) for _ in range(dist.world_size)]
-            torch_dist.all_gather(sums, _parameter_checksum(model.generator))
-            if dist.is_main:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.total_steps = train.num_epochs * self.sampler.batches_per_epoch
+        if options.max_steps is not None:
+            self.total_steps = min(self.total_steps, options.max_steps)
+
+        # Run folder and logs (rank 0 only).
+        self.run_dir = os.path.dirname(os.path.abspath(resume["path"])) if resume else None
+        if dist.is_main:
+            if self.run_dir is None:
+                self.run_dir = run_log.make_run_dir(options.log_dir, options.config or "run")
+            stale = run_log.remove_stale_temporaries(self.run_dir)
+            self.log = run_log.RunLogger(self.run_dir, purge_step=self.step + 1 if resume else None)
+            run_log.write_run_info(self.run_dir, config.to_dict(), argv=options.argv, seed=train.seed,
+                                   extra={"device": str(device), "world_size": dist.world_size,
+                                          "resumed_from": resume["path"] if resume else None})
+            notes += [f"removed {path}: a checkpoint write that never finished" for path in stale]
+            for message in [f"run folder {self.run_dir}"] + notes:
+                self.log.note(message)
+            if resume is None and init is None and options.checkpoint_with_kp is None:
+                # build_model has already warned on the terminal
+                self.log.note("the keypoint detector has RANDOM weights (no --checkpoint_with_kp): masks carry "
+                              "no learned structure", echo=False)
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def save(self, epoch: int, batch: int, complete: bool) -> None:
+        """Checkpoint (rank 0 writes; under DDP every rank first proves it holds the same weights)."""
+        if self.dist.enabled:
+            sums = [torch.zeros((), dtype=torch.float64) for _ in range(self.dist.world_size)]
+            torch_dist.all_gather(sums, _parameter_checksum(self.model.generator))
+            if self.dist.is_main:
                 same = all(s.item() == sums[0].item() for s in sums)
-                log.note(f"DDP: parameters {'identical' if same else 'DIFFER'} on {dist.world_size} ranks "
-                         f"(checksum {sums[0].item():.10g})", echo=not same)
-        if not dist.is_main:
+                self.log.note(f"DDP: parameters {'identical' if same else 'DIFFER'} on {self.dist.world_size} "
+                              f"ranks (checksum {sums[0].item():.10g})", echo=not same)
+        if not self.dist.is_main:
             return
-        state = {"kp_detector": model.mask.detector.state_dict(), "generator": model.generator.state_dict(),
-                 "optimizer_generator": optimizer.state_dict(), "scheduler_generator": scheduler.state_dict(),
-                 "epoch": epoch, "epoch_complete": complete, "batch": batch, "step": step,
-                 "global_batch": train.batch_size, "world_size": dist.world_size, "seed": train.seed,
-                 "rng": _rng_state(device), "config": config.to_dict()}
-        if scaler.is_enabled():
-            state["grad_scaler"] = scaler.state_dict()
-        path = run_log.checkpoint_path(run_dir, epoch, interrupted=not complete)
-        run_log.save_checkpoint(path, state)
-        log.note(f"checkpoint {path} (epoch {epoch}, step {step})", echo=False)
+        state = {"kp_detector": self.model.mask.detector.state_dict(),
+                 "generator": self.model.generator.state_dict(),
+                 "optimizer_generator": self.optimizer.state_dict(),
+                 "scheduler_generator": self.scheduler.state_dict(),
+                 "epoch": epoch, "epoch_complete": complete, "batch": batch, "step": self.step,
+                 "global_batch": self.train.batch_size, "dataset_size": len(self.dataset),
+                 "world_size": self.dist.world_size, "seed": self.train.seed, "rng": _rng_state(self.device),
+                 "config": self.config.to_dict()}
+        if self.scaler.is_enabled():
+            state["grad_scaler"] = self.scaler.state_dict()
+        path = run_log.checkpoint_path(self.run_dir, epoch, interrupted=not complete)
+        try:
+            run_log.save_checkpoint(path, state)
+        except OSError as error:
+            raise CheckpointError(f"{path}: cannot write the checkpoint ({error.strerror or error}); the "
+                                  f"previous checkpoints are intact") from None
+        self.log.note(f"checkpoint {path} (epoch {epoch}, step {self.step})", echo=False)
 
-    def train_step(batch: dict) -> tuple[dict[str, float], bool, Any]:
-        """One optimizer step; returns the (all-rank mean) losses, whether any rank asked to stop, the output."""
-        source = batch["source"].to(device, non_blocking=True, memory_format=memory_format)
-        driving = batch["driving"].to(device, non_blocking=True, memory_format=memory_format)
-        terms, output = forward_backward(train_model, loss_fn, optimizer, scaler, autocast_dtype, source, driving)
+    def train_step(self, batch: dict, stop_requested: bool) -> tuple[dict[str, float], bool, tuple]:
+        """One optimizer step -> (all-rank mean losses, whether any rank asked to stop, tensors to show)."""
+        source = batch["source"].to(self.device, non_blocking=True, memory_format=self.memory_format)
+        driving = batch["driving"].to(self.device, non_blocking=True, memory_format=self.memory_format)
+        terms, output = forward_backward(self.train_model, self.loss_fn, self.optimizer, self.scaler,
+                                         self.autocast_dtype, source, driving)
         # One small all-reduce: mean losses for the log, and every rank sees the same NaN or stop request
-        # (a rank leaving alone would hang the others in their next all-reduce).
+        # (a rank leaving alone would hang the others in their next collective).
         values = torch.cat([torch.stack([t.detach().float() for t in terms]).double().cpu(),
-                            torch.tensor([float(stop.requested)], dtype=torch.float64)])
-        if dist.enabled:
+                            torch.tensor([float(stop_requested)], dtype=torch.float64)])
+        if self.dist.enabled:
             torch_dist.all_reduce(values)
-            values[:-1] /= dist.world_size
+            values[:-1] /= self.dist.world_size
         losses = dict(zip(LOSS_NAMES, values[:-1].tolist()))
         if not all(math.isfinite(v) for v in losses.values()):
             raise TrainingDiverged(
-                f"step {step + 1}: loss is not finite ({', '.join(f'{k} {v:.4g}' for k, v in losses.items())}); "
-                f"stopped before the update, the last checkpoint in {run_dir or options.log_dir} is intact "
-                f"(lower lr_generator, or train with mixed_precision: no)")
-        scaler.step(optimizer)
-        scaler.update()
-        return losses, values[-1].item() > 0, (source, driving, output)
+                f"step {self.step + 1}: loss is not finite ({', '.join(f'{k} {v:.4g}' for k, v in losses.items())}"
+                f"); stopped without applying this step, the last checkpoint in {self.run_dir} is intact (lower "
+                f"lr_generator, or train with mixed_precision: no)")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        shown = (source, output.source_mask, driving, output.driving_mask, output.low_res_prediction,
+                 output.prediction)
+        return losses, values[-1].item() > 0, shown
 
-    stopping = False
-    if start_epoch >= epochs and dist.is_main:
-        log.note(f"nothing to train: the run has done {epochs} epochs (raise train_params.num_epochs with --config)")
-    with StopRequest() as stop:
-        for epoch in range(start_epoch, epochs):
-            sampler.set_epoch(epoch, start_batch)
-            dataset.set_epoch(epoch)           # workers copy the dataset when the iterator starts
-            batch_index, start_batch = start_batch, 0
-            sums, batches, started, shown = dict.fromkeys(LOSS_NAMES, 0.0), 0, time.time(), None
-            stopping = False
-            model.train()
-            for batch in loader:
-                losses, stop_requested, (source, driving, output) = train_step(batch)
-                step, batch_index, batches = step + 1, batch_index + 1, batches + 1
-                sums = {k: sums[k] + v for k, v in losses.items()}
-                if batch_index == sampler.batches_per_epoch:   # keep the epoch's last batch for the picture
-                    shown = [t[:4].detach() for t in (source, output.source_mask, driving, output.driving_mask,
-                                                       output.low_res_prediction, output.prediction)]
-                if dist.is_main:
-                    progress.update(1)
-                    progress.set_description(f"epoch {epoch + 1}/{epochs}")
-                    progress.set_postfix({k.replace("perceptual_", ""): f"{v:.3f}" for k, v in losses.items()},
-                                         refresh=False)
-                    if step % train.log_freq == 0:
-                        log.scalars(step, {f"loss/{k}": v for k, v in losses.items()}
-                                    | {"loss/total": sum(losses.values()), "lr": optimizer.param_groups[0]["lr"]})
-                stopping = stop_requested or (options.max_steps is not None and step >= options.max_steps)
+    def fit(self) -> str:
+        train, epochs, log = self.train, self.train.num_epochs, self.log
+        limit = self.options.max_steps
+        if self.start_epoch >= epochs or (limit is not None and self.step >= limit):
+            if log:
+                log.note(f"nothing to train: the run is at epoch {self.start_epoch}, step {self.step} "
+                         f"(num_epochs {epochs}, max_steps {limit}); raise train_params.num_epochs with --config")
+            return self.run_dir
+        self.progress = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main,
+                             dynamic_ncols=True, unit="step")
+        start_batch, stopping = self.start_batch, False
+        with StopRequest() as stop:
+            for epoch in range(self.start_epoch, epochs):
+                self.sampler.set_epoch(epoch, start_batch)
+                self.dataset.set_epoch(epoch)          # shared memory: reaches the (persistent) workers too
+                batch_index, start_batch = start_batch, 0
+                sums, batches, started, shown = dict.fromkeys(LOSS_NAMES, 0.0), 0, time.time(), None
+                lr = self.optimizer.param_groups[0]["lr"]       # this epoch's (the scheduler steps after it)
+                self.model.train()
+                for batch in self.loader:
+                    losses, stopping, tensors = self.train_step(batch, stop.requested)
+                    self.step, batch_index, batches = self.step + 1, batch_index + 1, batches + 1
+                    sums = {k: sums[k] + v for k, v in losses.items()}
+                    if batch_index == self.sampler.batches_per_epoch:   # the epoch's last batch, for the picture
+                        shown = [t[:4].detach() for t in tensors]
+                    if log:
+                        self.progress.update(1)
+                        self.progress.set_description(f"epoch {epoch + 1}/{epochs}")
+                        self.progress.set_postfix({k.replace("perceptual_", ""): f"{v:.3f}"
+                                                   for k, v in losses.items()}, refresh=False)
+                        if self.step % train.log_freq == 0:
+                            log.scalars(self.step, {f"loss/{k}": v for k, v in losses.items()}
+                                        | {"loss/total": sum(losses.values()), "lr": lr})
+                    stopping = stopping or (limit is not None and self.step >= limit)
+                    if stopping:
+                        break
+                complete = batch_index >= self.sampler.batches_per_epoch
+                if complete:
+                    self.scheduler.step()
+                    if log:
+                        means = {k: v / max(batches, 1) for k, v in sums.items()}
+                        log.epoch(epoch, self.step, means | {"total": sum(means.values())}, lr,
+                                  time.time() - started, batches * train.batch_size)
+                        if shown is not None:
+                            log.images(epoch, self.step, run_log.training_grid(shown))
+                if stopping or (complete and ((epoch + 1) % train.checkpoint_freq == 0 or epoch + 1 == epochs)):
+                    self.save(epoch, batch_index, complete)
                 if stopping:
                     break
-            complete = batch_index == sampler.batches_per_epoch
-            if complete:
-                scheduler.step()
-                if dist.is_main:
-                    means = {k: v / max(batches, 1) for k, v in sums.items()}
-                    log.epoch(epoch, step, means | {"total": sum(means.values())}, optimizer.param_groups[0]["lr"],
-                              time.time() - started, batches * train.batch_size)
-                    if shown is not None:
-                        log.images(epoch, step, run_log.training_grid(shown))
-            if stopping or (complete and ((epoch + 1) % train.checkpoint_freq == 0 or epoch + 1 == epochs)):
-                save(epoch, batch_index, complete)
-            if stopping:
-                break
-    progress.close()
-    if dist.is_main:
-        if stopping:
-            log.note(f"stopped at step {step} (epoch {epoch}, batch {batch_index}); resume with "
-                     f"--checkpoint {run_dir}")
-        else:
-            log.note(f"finished {epochs} epochs, step {step}")
-        log.close()
-    return run_dir
+        if log:
+            log.note(f"stopped at step {self.step} (epoch {epoch}, batch {batch_index}); resume with --checkpoint "
+                     f"{self.run_dir}" if stopping else f"finished {epochs} epochs, step {self.step}")
+        return self.run_dir
+
+    def close(self, error: Optional[BaseException] = None) -> None:
+        """Flush and close the bar and the logs, also after an error (which goes into log.txt too)."""
+        if self.progress is not None:
+            self.progress.close()
+        if self.log is not None:
+            if error is not None:
+                self.log.note(f"error: {error}" if isinstance(error, UserError) else
+                              f"stopped by {type(error).__name__}: {error}", echo=False)
+            self.log.close()

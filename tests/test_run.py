@@ -30,7 +30,7 @@ def test_inspect_with_a_fomm_checkpoint(tmp_path):
     config = load_config(config_path("tiny-circles.yaml"))
     path = save_fomm_checkpoint(str(tmp_path / "tiny-cpk.pth.tar"),
                                 KPDetector(**config.model_params.detector_kwargs()).state_dict())
-    result = run("--config", config_path("tiny-circles.yaml"), "--checkpoint_with_kp", path)
+    result = run("--config", config_path("tiny-circles.yaml"), "--mode", "inspect", "--checkpoint_with_kp", path)
     assert result.returncode == 0, result.stderr
     assert f"detector   {path}" in result.stdout
     assert "detector has RANDOM weights" not in result.stderr
