@@ -362,7 +362,7 @@ def test_ddp_two_gloo_processes_match_one_process_averaging_gradients(tmp_path, 
     from modules.models import build_loss, build_model
     from train import Distributed, EpochBatchSampler
 
-    config_file = write_config(tmp_path, dataset_root, batch_size=4)
+    config_file = write_config(tmp_path, dataset_root, batch_size=4, channels_last=False)   # as the reference below
     log_dir = tmp_path / "log"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              os.path.join(ROOT, "run.py"), "--mode", "train", "--config", config_file,
