@@ -416,3 +416,17 @@ def test_ddp_two_gloo_processes_match_one_process_averaging_gradients(tmp_path, 
                               atol=1e-5, rtol=0), name
         compared += int(meaningful.sum())
     assert compared > 0.99 * sum(p.numel() for p in model.generator.parameters())
+
+
+def test_a_training_step_runs_no_backward_through_the_detector(tiny_model, tiny_loss):
+    from train import forward_backward
+
+    optimizer = torch.optim.Adam(tiny_model.generator.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    source, driving = torch.rand(2, 3, FRAME, FRAME), torch.rand(2, 3, FRAME, FRAME)
+    tiny_model.train()
+    _, output = forward_backward(tiny_model, tiny_loss, optimizer, scaler, None, source, driving)
+    assert output.source_mask.grad_fn is None and output.driving_mask.grad_fn is None   # no graph to go back
+    assert all(p.grad is None for p in tiny_model.mask.parameters())
+    assert not tiny_model.mask.detector.training                                       # BN statistics frozen
+    assert all(p.grad is not None for p in tiny_model.generator.parameters())
