@@ -17,7 +17,7 @@ $(STAMP): requirements.txt setup.py
 install: $(STAMP)
 
 # The main job on the bundled default: generate the synthetic dataset once, then train config/tiny-heatmap.yaml
-# on it (about 5 minutes on 2 CPU cores). The detector and VGG-19 are random (nothing can be downloaded here,
+# on it (about 4 minutes on 2 CPU cores). The detector and VGG-19 are random (nothing can be downloaded here,
 # and no detector is trained yet); the run says so.
 data/synthetic/train: $(STAMP)
 	$(BIN)/python scripts/synthetic_dataset.py --out data/synthetic --force

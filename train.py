@@ -539,6 +539,7 @@ class Trainer:
                     self.save(epoch, batch_index, complete)
                 if stopping:
                     break
+        self.progress.close()                          # before the last line, so it does not land mid-bar
         if log:
             log.note(f"stopped at step {self.step} (epoch {epoch}, batch {batch_index}); resume with --checkpoint "
                      f"{self.run_dir}" if stopping else f"finished {epochs} epochs, step {self.step}")
