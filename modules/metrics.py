@@ -1,0 +1,69 @@
+"""Frame metrics of the papers' tables that need no extra package: L1, PSNR and SSIM (DESIGN.md sec. 5).
+
+All take frames as float tensors (N, 3, H, W) in [0, 1] and return one value per frame (N,), so that a
+caller can average over frames (FOMM's protocol) or over videos as it chooses. The landmark metrics (AKD,
+MKR, AED) need detectors from an optional extra and live elsewhere.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# SSIM of Wang et al. (2004): an 11x11 Gaussian window of sigma 1.5 and these stabilising constants, on
+# images whose values span 1. scikit-image's structural_similarity(gaussian_weights=True, sigma=1.5,
+# use_sample_covariance=False, data_range=1) computes the same and is the reference of the tests.
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def _check(prediction: torch.Tensor, target: torch.Tensor) -> None:
+    if prediction.shape != target.shape or prediction.dim() != 4:
+        raise ValueError(f"expected two (N, C, H, W) tensors of one shape, got {tuple(prediction.shape)} and "
+                         f"{tuple(target.shape)}")
+
+
+def l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference per frame: (N,)."""
+    _check(prediction, target)
+    return (prediction.double() - target.double()).abs().flatten(1).mean(1)
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor, max_db: float = 100.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio per frame in dB for values in [0, 1]: (N,). Identical frames give max_db
+    (the true value is infinite, which would make every average infinite)."""
+    _check(prediction, target)
+    mse = (prediction.double() - target.double()).pow(2).flatten(1).mean(1)
+    return (-10 * torch.log10(mse.clamp_min(10 ** (-max_db / 10)))).clamp_max(max_db)
+
+
+def _gaussian_window(sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    radius = int(3.5 * sigma + 0.5)                    # 11 taps for sigma 1.5, as scikit-image truncates
+    positions = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    window = torch.exp(-positions ** 2 / (2 * sigma ** 2))
+    return window / window.sum()
+
+
+def _blur(images: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter over (N*C, 1, H, W), 'valid' region only (no padding artefacts)."""
+    taps = len(window)
+    images = F.conv2d(images, window.view(1, 1, taps, 1))
+    return F.conv2d(images, window.view(1, 1, 1, taps))
+
+
+def ssim(prediction: torch.Tensor, target: torch.Tensor, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """Structural similarity per frame, averaged over channels and the valid region: (N,)."""
+    _check(prediction, target)
+    n, c, h, w = prediction.shape
+    window = _gaussian_window(sigma, torch.float64, prediction.device)
+    if min(h, w) < len(window):
+        raise ValueError(f"SSIM needs frames of at least {len(window)}x{len(window)} pixels, got {h}x{w}")
+    x = prediction.double().reshape(n * c, 1, h, w)
+    y = target.double().reshape(n * c, 1, h, w)
+    mean_x, mean_y = _blur(x, window), _blur(y, window)
+    var_x = _blur(x * x, window) - mean_x ** 2
+    var_y = _blur(y * y, window) - mean_y ** 2
+    covariance = _blur(x * y, window) - mean_x * mean_y
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
+    index = ((2 * mean_x * mean_y + c1) * (2 * covariance + c2)) / \
+        ((mean_x ** 2 + mean_y ** 2 + c1) * (var_x + var_y + c2))
+    return index.reshape(n, -1).mean(1)

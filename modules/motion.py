@@ -1,0 +1,77 @@
+"""Relative motion: FOMM's animation normalisation, used by the circles mask (DESIGN.md sec. 3).
+
+The driving video moves the *source's* keypoints by how far its own keypoints moved since its first frame,
+so the source keeps its own body shape and position:
+
+    kp_new = kp_source + (kp_driving - kp_driving_initial) * scale
+    scale  = sqrt(area(hull(kp_source)) / area(hull(kp_driving_initial)))   with adapt_movement_scale, else 1
+    J_new  = J_driving @ inverse(J_driving_initial) @ J_source
+
+FOMM computes the hull areas from batch element 0 only; here each sample gets its own scale (the same
+thing when, as in animation, every sample shares one source and one initial driving frame).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+
+class MovedKeypoints(NamedTuple):
+    value: torch.Tensor                   # (B, K, 2) in [-1, 1], x first
+    jacobian: Optional[torch.Tensor]      # (B, K, 2, 2) or None
+
+
+def convex_hull_area(points: torch.Tensor) -> torch.Tensor:
+    """Area of the convex hull of each sample's points: (B, K, 2) -> (B,). Andrew's monotone chain."""
+    areas = []
+    for sample in points.detach().double().cpu():
+        ordered = sorted(set(map(tuple, sample.tolist())))
+        if len(ordered) < 3:
+            areas.append(0.0)
+            continue
+
+        def cross(o, a, b) -> float:
+            return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+        lower, upper = [], []
+        for point in ordered:
+            while len(lower) >= 2 and cross(lower[-2], lower[-1], point) <= 0:
+                lower.pop()
+            lower.append(point)
+        for point in reversed(ordered):
+            while len(upper) >= 2 and cross(upper[-2], upper[-1], point) <= 0:
+                upper.pop()
+            upper.append(point)
+        hull = lower[:-1] + upper[:-1]
+        # shoelace formula over the hull's corners, counter-clockwise
+        twice_area = sum(hull[i][0] * hull[(i + 1) % len(hull)][1] - hull[(i + 1) % len(hull)][0] * hull[i][1]
+                         for i in range(len(hull)))
+        areas.append(abs(twice_area) / 2)
+    return torch.tensor(areas, dtype=points.dtype, device=points.device)
+
+
+def relative_keypoints(kp_source: torch.Tensor, kp_driving: torch.Tensor, kp_driving_initial: torch.Tensor, *,
+                       jacobian_source: Optional[torch.Tensor] = None,
+                       jacobian_driving: Optional[torch.Tensor] = None,
+                       jacobian_driving_initial: Optional[torch.Tensor] = None,
+                       adapt_movement_scale: bool = False, use_relative_movement: bool = True,
+                       use_relative_jacobian: bool = True) -> MovedKeypoints:
+    """The keypoints (and Jacobians) that drive the source: kp_* (B, K, 2), jacobian_* (B, K, 2, 2).
+
+    Without use_relative_movement the driving keypoints are used as they are (absolute motion).
+    """
+    if not use_relative_movement:
+        return MovedKeypoints(kp_driving, jacobian_driving)
+    scale = torch.ones(kp_source.shape[0], dtype=kp_source.dtype, device=kp_source.device)
+    if adapt_movement_scale:
+        initial_area = convex_hull_area(kp_driving_initial)
+        if (initial_area <= 0).any():
+            raise ValueError("adapt_movement_scale: the initial driving keypoints span no area (all on a line)")
+        scale = torch.sqrt(convex_hull_area(kp_source) / initial_area)
+    value = kp_source + (kp_driving - kp_driving_initial) * scale.view(-1, 1, 1)
+    jacobian = jacobian_driving
+    if use_relative_jacobian and jacobian_source is not None and jacobian_driving is not None \
+            and jacobian_driving_initial is not None:
+        jacobian = jacobian_driving @ torch.linalg.inv(jacobian_driving_initial) @ jacobian_source
+    return MovedKeypoints(value, jacobian)
