@@ -518,3 +518,102 @@ class FfmpegVideo(Video):
                 yield self._fit(np.frombuffer(data, np.uint8).reshape(height, width, 3))
         finally:
             reader.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+
+WRITABLE_EXTENSIONS = (".mp4", ".mov", ".gif")
+
+
+def has_audio(path: str) -> bool:
+    """Whether an ffmpeg-readable file carries an audio stream (frame folders and images never do)."""
+    if not os.path.isfile(path) or os.path.splitext(path)[1].lower() not in FFMPEG_EXTENSIONS:
+        return False
+    result = _ffmpeg(["-i", path, "-map", "0:a:0?", "-c", "copy", "-t", "0", "-f", "null", "-"])
+    return bool(re.search(r"Stream #0:\d+.*: Audio:", result.stderr.decode(errors="replace")))
+
+
+class VideoWriter:
+    """Frames streamed to ffmpeg as they come (memory does not grow with the video), optionally with the audio
+    track of another file; the result appears under its name only when complete.
+
+        with VideoWriter("out.mp4", fps=25, audio_from="driving.mp4") as writer:
+            for batch in batches:                 # uint8 (n, H, W, 3) or (H, W, 3)
+                writer.write(batch)
+
+    The encoder writes ``.<name>.partial<ext>`` beside the result and renames it on success; an error (or a
+    Ctrl-C) inside the ``with`` removes it, so a failed run never leaves a broken file under the requested name.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, audio_from: Optional[str] = None, quality: int = 8):
+        self.path = os.fspath(path)
+        extension = os.path.splitext(self.path)[1].lower()
+        if extension not in WRITABLE_EXTENSIONS:
+            raise VideoError(self.path, f"cannot write {extension or 'a file without extension'} (expected "
+                                        f"{', '.join(WRITABLE_EXTENSIONS)})")
+        if not fps or fps <= 0:
+            raise VideoError(self.path, f"fps must be positive, got {fps}")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        self.partial = os.path.join(folder, f".{os.path.splitext(os.path.basename(self.path))[0]}.partial{extension}")
+        self.fps, self.quality, self.extension = float(fps), quality, extension
+        self.audio_from = audio_from if audio_from and extension != ".gif" and has_audio(audio_from) else None
+        self.frames = 0
+        self._encoder = None
+        self._size: Optional[tuple[int, int]] = None
+
+    def __enter__(self) -> "VideoWriter":
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        return self
+
+    def _open(self, height: int, width: int) -> None:
+        import imageio_ffmpeg
+
+        output_params = ["-map", "0:v:0"]
+        if self.extension == ".gif":
+            codec, pixel_format = "gif", "rgb8"
+        else:
+            codec, pixel_format = "libx264", "yuv420p"
+            if height % 2 or width % 2:          # yuv420p needs even sides: pad by one pixel, never resize
+                output_params += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+        if self.audio_from:
+            # Explicit maps: ffmpeg would otherwise take the best video stream of either input.
+            output_params += ["-map", "1:a:0"]
+        self._encoder = imageio_ffmpeg.write_frames(
+            self.partial, (width, height), fps=self.fps, codec=codec, pix_fmt_out=pixel_format,
+            quality=self.quality if codec == "libx264" else None, macro_block_size=1, output_params=output_params,
+            audio_path=self.audio_from, audio_codec="aac" if self.audio_from else None, ffmpeg_log_level="error")
+        self._encoder.send(None)                 # start the ffmpeg process
+        self._size = (height, width)
+
+    def write(self, frames: np.ndarray) -> None:
+        """uint8 frames (n, H, W, 3) or one (H, W, 3); every frame of a video must have the same size."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames (n, H, W, 3), got {frames.dtype} {frames.shape}")
+        if self._encoder is None:
+            self._open(*frames.shape[1:3])
+        elif frames.shape[1:3] != self._size:
+            raise ValueError(f"frame size {frames.shape[1:3]} differs from the video's {self._size}")
+        for frame in frames:
+            self._encoder.send(np.ascontiguousarray(frame))
+        self.frames += len(frames)
+
+    def __exit__(self, kind, error, traceback) -> None:
+        complete = kind is None and self.frames > 0
+        try:
+            if self._encoder is not None:
+                self._encoder.close()            # waits for ffmpeg to finish the file
+        except Exception:
+            complete = False
+            if kind is None:
+                raise
+        finally:
+            if complete:
+                os.replace(self.partial, self.path)
+            elif os.path.exists(self.partial):
+                os.remove(self.partial)
+        if kind is None and not complete:
+            raise VideoError(self.path, "no frames to write")

@@ -285,3 +285,73 @@ def test_video_to_frames_keeps_the_layout_and_resizes(tmp_path, capsys):
     assert "2 already there" in capsys.readouterr().out
     with pytest.raises(UserError, match=f"{tmp_path / 'none'}: input folder not found"):
         main([str(tmp_path / "none"), str(target)])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+
+def _clip_with_audio(path: str, size: int = 32, fps: int = 10, seconds: float = 1.0) -> str:
+    """A test clip with a sine audio track, made with the bundled ffmpeg."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+                    "-f", "lavfi", "-i", f"testsrc=size={size}x{size}:rate={fps}",
+                    "-f", "lavfi", "-i", "sine=frequency=440", "-t", str(seconds),
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", path], check=True)
+    return path
+
+
+def test_writer_streams_frames_keeps_fps_and_carries_audio(tmp_path):
+    from modules.video_io import VideoWriter, has_audio, open_video
+
+    driving = _clip_with_audio(str(tmp_path / "driving.mp4"), fps=10)
+    assert has_audio(driving)
+    out = str(tmp_path / "result.mp4")
+    frames = (np.arange(10)[:, None, None, None] * 25 * np.ones((10, 32, 32, 3))).astype(np.uint8)
+    with VideoWriter(out, fps=10, audio_from=driving) as writer:
+        writer.write(frames[:4])
+        writer.write(frames[4:])
+    video = open_video(out)
+    assert video.num_frames == 10 and video.fps == pytest.approx(10)
+    assert has_audio(out)
+    decoded = video.read(range(10)).astype(int).mean(axis=(1, 2, 3))
+    assert np.all(np.abs(decoded - np.arange(10) * 25) < 4)          # the frames, in order
+    assert sorted(os.listdir(tmp_path)) == ["driving.mp4", "result.mp4"]   # no partial file left
+
+
+def test_writer_without_audio_source_writes_silent_video_and_odd_sizes(tmp_path):
+    from modules.video_io import VideoWriter, has_audio, open_video
+
+    out = str(tmp_path / "odd.mp4")
+    with VideoWriter(out, fps=25) as writer:
+        writer.write(np.full((3, 33, 31, 3), 128, dtype=np.uint8))
+    assert not has_audio(out)
+    assert open_video(out).num_frames == 3
+
+
+def test_writer_leaves_nothing_behind_on_error(tmp_path):
+    from modules.video_io import VideoError, VideoWriter
+
+    out = tmp_path / "result.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(str(out), fps=25) as writer:
+            writer.write(np.zeros((2, 32, 32, 3), dtype=np.uint8))
+            raise RuntimeError("model failed")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(VideoError, match="no frames"):
+        with VideoWriter(str(out), fps=25):
+            pass
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(VideoError, match="cannot write .avi"):
+        VideoWriter(str(tmp_path / "x.avi"), fps=25)
+
+
+def test_writer_writes_gif(tmp_path):
+    from modules.video_io import VideoWriter, open_video
+
+    out = str(tmp_path / "result.gif")
+    with VideoWriter(out, fps=10, audio_from=None) as writer:
+        writer.write(np.zeros((5, 32, 32, 3), dtype=np.uint8))
+    assert open_video(out).num_frames == 5
