@@ -158,6 +158,19 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
+def load_model(path: str, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
+    """(config, model in eval mode on ``device``, checkpoint) from a training checkpoint or run folder."""
+    from modules.config import config_from_dict
+    from modules.keypoint_detector import KPDetector
+    from modules.models import build_model, load_model_weights
+
+    checkpoint = load_training_checkpoint(path)
+    config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
+    model = build_model(config, detector=KPDetector(**config.model_params.detector_kwargs()))
+    load_model_weights(model, checkpoint, checkpoint["path"])
+    return config, model.to(device).eval(), checkpoint
+
+
 def remove_stale_temporaries(run_dir: str) -> list[str]:
     """Delete ``*.tmp`` files a killed process left behind while writing a checkpoint."""
     stale = glob.glob(os.path.join(run_dir, "*.tmp"))

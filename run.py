@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-MODES = ("train", "inspect")
+MODES = ("train", "reconstruction", "inspect")
 
 
 def positive_int(text: str) -> int:
@@ -31,8 +31,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "--checkpoint: the checkpoint holds its config)")
     parser.add_argument("--mode", default="train", choices=MODES,
                         help="train: train the generators (a new run folder in --log_dir, or resume "
-                             "--checkpoint); inspect: build the networks, run one forward and one "
-                             "forward+backward on generated images, print parameters, shapes, time and memory")
+                             "--checkpoint); reconstruction: rebuild the test videos from their first frame "
+                             "with --checkpoint and report L1/PSNR/SSIM; inspect: build the networks, run one "
+                             "forward and one forward+backward on generated images, print parameters, shapes, "
+                             "time and memory")
     parser.add_argument("--checkpoint_with_kp", default=None,
                         help="FOMM checkpoint (vox-cpk.pth.tar, taichi-cpk.pth.tar, ...) holding the "
                              "pretrained kp_detector")
@@ -40,7 +42,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="overrides train_params.vgg_weights: imagenet, random, or a path to a "
                              "torchvision vgg19 state dict")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    parser.add_argument("--batch_size", type=positive_int, default=1, help="inspect: batch size of the timed step")
+    parser.add_argument("--batch_size", type=positive_int, default=None,
+                        help="inspect: batch of the timed step (default 1); reconstruction: frames generated at "
+                             "once (default 8)")
+    parser.add_argument("--exclude_first_frame", action="store_true", default=None,
+                        help="reconstruction: leave frame 0 (the source) out of the metrics, as the "
+                             "perturbed-masks paper does (default: FOMM's protocol, frame 0 counted)")
     parser.add_argument("--seed", type=int, default=None, help="overrides train_params.seed (default 0)")
     train = parser.add_argument_group("train")
     train.add_argument("--log_dir", default="log", help="where new run folders are made (default: log)")
@@ -92,6 +99,17 @@ def train(args: argparse.Namespace) -> None:
         vgg_weights=args.vgg_weights, max_steps=args.max_steps, argv=args.command))
 
 
+def reconstruction(args: argparse.Namespace) -> None:
+    """Reconstruct the test videos of the checkpoint's dataset (see reconstruction.py)."""
+    from modules.errors import UserError
+    from reconstruction import reconstruct
+
+    if args.checkpoint is None:
+        raise UserError("--mode reconstruction needs --checkpoint (a training checkpoint or its run folder)")
+    reconstruct(args.checkpoint, choose_device(args.device), batch_size=args.batch_size or 8,
+                exclude_first_frame=args.exclude_first_frame)
+
+
 def inspect(args: argparse.Namespace) -> None:
     """Build the config's model, time one step on generated images, and print what was built."""
     import torch
@@ -110,11 +128,12 @@ def inspect(args: argparse.Namespace) -> None:
     model = build_model(config, checkpoint_with_kp=args.checkpoint_with_kp)
     loss = build_loss(config, vgg_weights=args.vgg_weights,
                       vgg_source="--vgg_weights" if args.vgg_weights else "train_params.vgg_weights")
-    summary = summarize(model, loss, config.dataset_params.size, device, batch_size=args.batch_size,
+    batch_size = args.batch_size or 1
+    summary = summarize(model, loss, config.dataset_params.size, device, batch_size=batch_size,
                         seed=seed)
     kind = config.model_params.mask_params.kind
     print(f"config     {args.config}  ({kind} mask, frames {config.dataset_params.size[0]}x"
-          f"{config.dataset_params.size[1]}, device {device}, batch {args.batch_size})")
+          f"{config.dataset_params.size[1]}, device {device}, batch {batch_size})")
     print(f"detector   {args.checkpoint_with_kp or 'random weights (no --checkpoint_with_kp)'}")
     for name, count in summary.parameters.items():
         print(f"params     {name:<20} {count / 1e6:8.2f} M")
@@ -138,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from modules.errors import UserError
 
     try:
-        {"train": train, "inspect": inspect}[args.mode](args)
+        {"train": train, "reconstruction": reconstruction, "inspect": inspect}[args.mode](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -34,8 +34,9 @@ import logger as run_log
 from modules.config import Config, config_from_dict, load_config
 from modules.errors import CheckpointError, ConfigError, UserError
 from modules.generator import GeneratorOutput
-from modules.keypoint_detector import KPDetector, load_detector_state
-from modules.models import KeypointMaskLoss, KeypointMaskModel, LossTerms, build_loss, build_model
+from modules.keypoint_detector import KPDetector
+from modules.models import (KeypointMaskLoss, KeypointMaskModel, LossTerms, build_loss, build_model,
+                            load_model_weights)
 
 LOSS_NAMES = LossTerms._fields
 
@@ -202,22 +203,12 @@ def _resolve_config(options: TrainOptions, resume: Optional[dict], init: Optiona
     return config
 
 
-def _load_weights(model: KeypointMaskModel, checkpoint: dict) -> None:
-    load_detector_state(model.mask.detector, checkpoint["kp_detector"], checkpoint["path"])
-    try:
-        model.generator.load_state_dict(checkpoint["generator"], strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{checkpoint['path']}: generator does not fit the config "
-                              f"({str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else error})"
-                              ) from None
-
-
 def _build_model(config: Config, options: TrainOptions, weights: Optional[dict]) -> KeypointMaskModel:
     torch.manual_seed(config.train_params.seed)
     if weights is not None:
         # The detector comes from the checkpoint: build it empty and load it strictly.
         model = build_model(config, detector=KPDetector(**config.model_params.detector_kwargs()))
-        _load_weights(model, weights)
+        load_model_weights(model, weights, weights["path"])
     else:
         model = build_model(config, checkpoint_with_kp=options.checkpoint_with_kp)
     return model

@@ -155,6 +155,8 @@ class TrainParams:
 class ReconstructionParams:
     num_videos: Optional[int] = None
     format: str = ".mp4"
+    # FOMM's protocol counts frame 0 (the source itself); the perturbed-masks paper leaves it out.
+    exclude_first_frame: bool = False
 
 
 @dataclass

@@ -12,7 +12,8 @@ from torch import nn
 
 from modules.config import Config
 from modules.generator import GeneratorOutput, HighResGenerator, LowResGenerator, MaskGenerator
-from modules.keypoint_detector import KeypointMask, KPDetector, load_fomm_detector
+from modules.errors import CheckpointError
+from modules.keypoint_detector import KeypointMask, KPDetector, load_detector_state, load_fomm_detector
 from modules.losses import FeatureExtractor, PerceptualLoss, build_vgg19_features
 
 
@@ -48,6 +49,25 @@ class KeypointMaskModel(nn.Module):
         source_mask, driving_mask = masks.chunk(2, dim=0)
         return self.generator(source, source_mask, driving_mask)
 
+    def encode_source(self, source: torch.Tensor) -> SourceState:
+        """source (1, 3, H, W) -> its mask and keypoints, computed once for a whole driving video."""
+        output = self.mask(source)
+        return SourceState(source, output.mask, output.keypoints)
+
+    def animate(self, state: SourceState, driving: torch.Tensor) -> GeneratorOutput:
+        """Absolute motion: the driving frames' own masks. driving (B, 3, H, W) -> predictions (B, 3, H, W)."""
+        batch = driving.shape[0]
+        driving_mask = self.mask(driving).mask
+        return self.generator(state.image.expand(batch, -1, -1, -1), state.mask.expand(batch, -1, -1, -1),
+                              driving_mask)
+
+
+class SourceState(NamedTuple):
+    """What animation needs of the source, computed once per source image."""
+    image: torch.Tensor                   # (1, 3, H, W) in [0, 1]
+    mask: torch.Tensor                    # (1, 1, h, w) structural mask
+    keypoints: torch.Tensor               # (1, K, 2) in [-1, 1]
+
 
 class KeypointMaskLoss(nn.Module):
     """The paper's loss: the perceptual pyramid on both predictions against the driving frame (sec. 2.4),
@@ -65,6 +85,17 @@ class KeypointMaskLoss(nn.Module):
             l1 = self.l1_weight * ((output.low_res_prediction.float() - driving).abs().mean()
                                    + (output.prediction.float() - driving).abs().mean())
         return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1)
+
+
+def load_model_weights(model: KeypointMaskModel, checkpoint: dict, source: str) -> None:
+    """Strictly load a training checkpoint's ``kp_detector`` and ``generator`` into ``model``."""
+    load_detector_state(model.mask.detector, checkpoint["kp_detector"], source)
+    try:
+        model.generator.load_state_dict(checkpoint["generator"], strict=True)
+    except RuntimeError as error:
+        lines = str(error).splitlines()
+        raise CheckpointError(f"{source}: generator does not fit the config "
+                              f"({lines[1].strip() if len(lines) > 1 else error})") from None
 
 
 def build_detector(config: Config, checkpoint_with_kp: Optional[str] = None) -> KPDetector:

@@ -1,0 +1,84 @@
+"""Reconstruction through run.py on a tiny trained checkpoint: files, sane metrics, running twice."""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import warnings
+
+import imageio.v3 as iio
+import pytest
+import yaml
+
+from conftest import config_path
+
+import run
+from modules.video_io import open_video
+
+FRAME, FRAMES = 64, 8
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One training step of the tiny config on a small synthetic dataset -> the run folder."""
+    from scripts.synthetic_dataset import generate_dataset
+
+    root = tmp_path_factory.mktemp("reconstruction")
+    generate_dataset(str(root / "data"), seed=0, size=FRAME, num_train_identities=2, num_test_identities=2,
+                     clips_per_identity=1, num_frames=FRAMES, num_pairs=2)
+    with open(config_path("tiny-heatmap.yaml")) as stream:
+        data = yaml.safe_load(stream)
+    data["dataset_params"]["root_dir"] = str(root / "data")
+    data["train_params"].update(num_epochs=1, num_repeats=1, batch_size=2, num_workers=0)
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run.main(["--config", str(config), "--mode", "train", "--device", "cpu",
+                         "--log_dir", str(root / "log")]) == 0
+    (run_dir,) = glob.glob(str(root / "log" / "*"))
+    return run_dir
+
+
+def reconstruct(*args: str) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run.main(["--mode", "reconstruction", "--device", "cpu", *args])
+
+
+def test_reconstruction_writes_videos_strips_and_sane_metrics_and_runs_twice(trained_run):
+    for attempt in range(2):                                   # a second run replaces the first
+        assert reconstruct("--checkpoint", trained_run, "--batch_size", "3") == 0
+    out = os.path.join(trained_run, "reconstruction")
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert set(metrics) == {"protocol", "mean", "baselines", "skipped", "videos"}
+    assert metrics["protocol"]["frames_counted"] == 2 * FRAMES and "frame 0 included" in metrics["protocol"]["frames"]
+    assert set(metrics["videos"]) == {"id002#00", "id003#00"}
+    mean, copy = metrics["mean"], metrics["baselines"]["copy_source"]
+    assert 0 < mean["l1"] < 1 and -1 < mean["ssim"] < 1 and mean["psnr"] > 0
+    assert 0 < copy["l1"] < 1 and copy["ssim"] < 1                  # the source differs from later frames
+    assert set(metrics["skipped"]) == {"akd", "mkr", "aed"}
+    for name, row in metrics["videos"].items():
+        video = open_video(os.path.join(out, name + ".mp4"))
+        assert video.num_frames == FRAMES and video.read([0]).shape == (1, FRAME, 5 * FRAME, 3)
+        assert iio.imread(os.path.join(out, "png", name + ".png")).shape == (FRAME, FRAMES * FRAME, 3)
+        assert row["frames"] == FRAMES
+    rows = list(csv.DictReader(open(os.path.join(out, "metrics.csv"))))
+    assert [r["video"] for r in rows] == sorted(metrics["videos"])
+    assert float(rows[0]["prediction_l1"]) == pytest.approx(metrics["videos"][rows[0]["video"]]["prediction_l1"])
+
+
+def test_excluding_frame_0_counts_one_frame_less_per_video(trained_run):
+    assert reconstruct("--checkpoint", trained_run, "--exclude_first_frame") == 0
+    metrics = json.load(open(os.path.join(trained_run, "reconstruction", "metrics.json")))
+    assert metrics["protocol"]["frames_counted"] == 2 * (FRAMES - 1)
+    assert "except frame 0" in metrics["protocol"]["frames"]
+
+
+def test_reconstruction_needs_a_checkpoint_of_this_project(tmp_path, capsys):
+    capsys.readouterr()
+    assert reconstruct() == 2
+    assert "--mode reconstruction needs --checkpoint" in capsys.readouterr().err
+    assert reconstruct("--checkpoint", str(tmp_path / "none.pth.tar")) == 2
+    assert "checkpoint file not found" in capsys.readouterr().err
