@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-MODES = ("train", "reconstruction", "inspect")
+MODES = ("train", "reconstruction", "animate", "inspect")
 
 
 def positive_int(text: str) -> int:
@@ -32,7 +32,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--mode", default="train", choices=MODES,
                         help="train: train the generators (a new run folder in --log_dir, or resume "
                              "--checkpoint); reconstruction: rebuild the test videos from their first frame "
-                             "with --checkpoint and report L1/PSNR/SSIM; inspect: build the networks, run one "
+                             "with --checkpoint and report L1/PSNR/SSIM; animate: move --source_image like "
+                             "--driving_video with --checkpoint; inspect: build the networks, run one "
                              "forward and one forward+backward on generated images, print parameters, shapes, "
                              "time and memory")
     parser.add_argument("--checkpoint_with_kp", default=None,
@@ -49,6 +50,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="reconstruction: leave frame 0 (the source) out of the metrics, as the "
                              "perturbed-masks paper does (default: FOMM's protocol, frame 0 counted)")
     parser.add_argument("--seed", type=int, default=None, help="overrides train_params.seed (default 0)")
+    animate = parser.add_argument_group("animate")
+    animate.add_argument("--source_image", default=None, help="png/jpg image of any size (RGBA, grey, 16-bit too)")
+    animate.add_argument("--driving_video", default=None, help="mp4/mov/gif or a folder of frames, any size and fps")
+    animate.add_argument("--result_video", default=None,
+                         help="output .mp4/.mov/.gif (default: <source name>-animated.mp4 here)")
+    animate.add_argument("--motion", choices=("relative", "absolute"), default=None,
+                         help="circles checkpoints: relative (default) or absolute; heatmap ones are absolute")
+    animate.add_argument("--adapt_scale", action="store_true",
+                         help="relative motion scaled by the ratio of the source's and driver's keypoint hulls")
+    animate.add_argument("--fit", choices=("crop", "resize"), default="crop",
+                         help="how images of another shape meet the model's frame size: crop (centre crop to "
+                              "the aspect ratio, then resize; default) or resize (stretch)")
+    animate.add_argument("--visualize", action="store_true",
+                         help="write source | driving | driving mask | result side by side")
     train = parser.add_argument_group("train")
     train.add_argument("--log_dir", default="log", help="where new run folders are made (default: log)")
     train.add_argument("--checkpoint", default=None,
@@ -110,6 +125,20 @@ def reconstruction(args: argparse.Namespace) -> None:
                 exclude_first_frame=args.exclude_first_frame)
 
 
+def animate(args: argparse.Namespace) -> None:
+    """Animate one image by one video (see animate.py)."""
+    from animate import animate_single
+    from modules.errors import UserError
+
+    missing = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--source_image", args.source_image),
+                                        ("--driving_video", args.driving_video)) if value is None]
+    if missing:
+        raise UserError(f"--mode animate needs {', '.join(missing)}")
+    animate_single(args.checkpoint, args.source_image, args.driving_video, device=choose_device(args.device),
+                   result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
+                   batch_size=args.batch_size or 8, visualize=args.visualize)
+
+
 def inspect(args: argparse.Namespace) -> None:
     """Build the config's model, time one step on generated images, and print what was built."""
     import torch
@@ -157,7 +186,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from modules.errors import UserError
 
     try:
-        {"train": train, "reconstruction": reconstruction, "inspect": inspect}[args.mode](args)
+        {"train": train, "reconstruction": reconstruction, "animate": animate,
+         "inspect": inspect}[args.mode](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     packages=["modules"],
     # The top-level stage scripts are importable modules too (run.py is the console entry point).
-    py_modules=["run", "train", "logger", "frames_dataset", "reconstruction"],
+    py_modules=["run", "train", "logger", "frames_dataset", "reconstruction", "animate"],
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",   # the release paired with torch 2.1; later pairs work too

@@ -1,0 +1,125 @@
+"""Single-image animation through run.py: any image and video in, driving frame count, fps and audio out."""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import warnings
+
+import imageio.v2 as imageio
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import config_path
+
+import run
+from animate import fit_frame
+from modules.video_io import has_audio, open_video
+
+FRAME = 64
+
+
+def _train_tiny(root, config_name: str) -> str:
+    from scripts.synthetic_dataset import generate_dataset
+
+    data = root / "data"
+    if not data.exists():
+        generate_dataset(str(data), seed=0, size=FRAME, num_train_identities=2, num_test_identities=1,
+                         clips_per_identity=1, num_frames=6, num_pairs=0)
+    with open(config_path(config_name)) as stream:
+        config = yaml.safe_load(stream)
+    config["dataset_params"]["root_dir"] = str(data)
+    config["train_params"].update(num_epochs=1, num_repeats=1, batch_size=2, num_workers=0)
+    path = root / config_name
+    path.write_text(yaml.safe_dump(config))
+    log_dir = root / ("log-" + config_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run.main(["--config", str(path), "--mode", "train", "--device", "cpu", "--log_dir", str(log_dir)]) == 0
+    (run_dir,) = glob.glob(str(log_dir / "*"))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("animate")
+    return {"heatmap": _train_tiny(root, "tiny-heatmap.yaml"), "circles": _train_tiny(root, "tiny-circles.yaml")}
+
+
+def animate(*args: str) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run.main(["--mode", "animate", "--device", "cpu", *args])
+
+
+def odd_rgba_png(path) -> str:
+    rgba = np.random.default_rng(0).integers(0, 256, size=(37, 53, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(path)
+    return str(path)
+
+
+def test_odd_rgba_png_and_gif_give_the_driving_frame_count_and_fps(tmp_path, checkpoints):
+    gif = str(tmp_path / "driving.gif")
+    frames = [np.full((40, 30, 3), 20 * i, dtype=np.uint8) for i in range(7)]
+    imageio.mimsave(gif, frames, duration=100)                                   # 10 fps
+    out = str(tmp_path / "result.mp4")
+    assert animate("--checkpoint", checkpoints["heatmap"], "--source_image", odd_rgba_png(tmp_path / "s.png"),
+                   "--driving_video", gif, "--result_video", out) == 0
+    video = open_video(out)
+    assert video.num_frames == 7 and video.fps == pytest.approx(10)
+    assert video.read([0]).shape == (1, FRAME, FRAME, 3)
+
+
+def test_audio_is_carried_and_circles_animate_relatively_with_visualisation(tmp_path, checkpoints):
+    driving = str(tmp_path / "driving.mp4")
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=96x80:rate=12", "-f", "lavfi", "-i", "sine=frequency=300", "-t", "1",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", driving], check=True)
+    out = str(tmp_path / "result.mp4")
+    assert animate("--checkpoint", checkpoints["circles"], "--source_image", odd_rgba_png(tmp_path / "s.png"),
+                   "--driving_video", driving, "--result_video", out, "--adapt_scale", "--visualize",
+                   "--batch_size", "5") == 0
+    video = open_video(out)
+    assert video.num_frames == open_video(driving).num_frames == 12 and video.fps == pytest.approx(12)
+    assert video.read([0]).shape == (1, FRAME, 4 * FRAME, 3)                   # source | driving | mask | result
+    assert has_audio(out)
+
+
+def test_bad_inputs_are_one_line_errors_and_leave_no_result(tmp_path, checkpoints, capsys):
+    source = odd_rgba_png(tmp_path / "s.png")
+    out = str(tmp_path / "result.mp4")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    cases = [
+        (["--checkpoint", checkpoints["heatmap"], "--source_image", str(tmp_path / "none.png"), "--driving_video",
+          str(broken)], "none.png: file not found"),
+        (["--checkpoint", checkpoints["heatmap"], "--source_image", str(not_an_image), "--driving_video",
+          str(broken)], "cannot decode the image"),
+        (["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", str(broken)],
+         "broken.mp4"),
+        (["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", str(broken),
+          "--motion", "relative"], "heatmap mask, which has no keypoints to move"),
+        (["--source_image", source, "--driving_video", str(broken)], "--mode animate needs --checkpoint"),
+    ]
+    for args, fragment in cases:
+        capsys.readouterr()
+        assert animate(*args, "--result_video", out) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and fragment in error, error
+        assert not os.path.exists(out)
+    assert sorted(os.listdir(tmp_path)) == ["broken.mp4", "notes.png", "s.png"]
+
+
+def test_fit_crop_keeps_the_aspect_and_resize_stretches():
+    wide = np.zeros((20, 60, 3), dtype=np.uint8)
+    wide[:, 20:40] = 255                                       # a white centre third
+    cropped = fit_frame(wide, (16, 16), "crop")
+    stretched = fit_frame(wide, (16, 16), "resize")
+    assert cropped.shape == stretched.shape == (16, 16, 3)
+    assert cropped.mean() > 250                                # only the centre square is kept
+    assert 70 < stretched.mean() < 110                         # the whole picture, squeezed
