@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 import logger as run_log
+from frames_dataset import frames_to_tensor
 from modules.errors import UserError
 from modules.motion import relative_keypoints
 from modules.video_io import VideoWriter, load_image, open_video, resize_frame
@@ -42,23 +43,6 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
             top = (height - keep) // 2
             frame = frame[top:top + keep]
     return resize_frame(np.ascontiguousarray(frame), size)
-
-
-def _to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (n, H, W, 3) -> float (n, 3, H, W) in [0, 1]."""
-    frames = np.ascontiguousarray(frames)
-    if not frames.flags.writeable:                     # decoded buffers may be read-only; torch wants to own one
-        frames = frames.copy()
-    return torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float().div_(255)
-
-
-def _to_uint8(images: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    images = images.float()
-    if images.shape[-2:] != size:
-        images = torch.nn.functional.interpolate(images, size=size, mode="nearest")
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def animate_single(checkpoint_path: str, source_image: str, driving_video: str, *, device: torch.device,
@@ -84,11 +68,11 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     fps = video.fps or 25.0
 
     with torch.inference_mode(), VideoWriter(result_video, fps=fps, audio_from=driving_video) as writer:
-        state = model.encode_source(_to_tensor(source[None], device))     # once for the whole video
+        state = model.encode_source(frames_to_tensor(source[None]).to(device))     # once for the whole video
         initial = None
         progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
         for frames in video.iter_frames(batch_size):
-            driving = _to_tensor(np.stack([fit_frame(f, size, fit) for f in frames]), device)
+            driving = frames_to_tensor(np.stack([fit_frame(f, size, fit) for f in frames])).to(device)
             if motion == "relative":
                 kp_driving = model.mask(driving).keypoints
                 if initial is None:
@@ -103,9 +87,9 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
                 output = model.animate(state, driving)
             if visualize:
                 columns = [state.image.expand_as(driving), driving, output.driving_mask, output.prediction]
-                writer.write(np.concatenate([_to_uint8(c, size) for c in columns], axis=2))
+                writer.write(run_log.side_by_side(columns, size))
             else:
-                writer.write(_to_uint8(output.prediction, size))
+                writer.write(run_log.to_uint8(output.prediction, size))
             progress.update(len(frames))
         progress.close()
     print(f"{result_video}: {writer.frames} frames at {fps:g} fps ({motion} motion"

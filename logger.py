@@ -182,12 +182,20 @@ def remove_stale_temporaries(run_dir: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 # Pictures
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [0, 1] (C = 1 or 3) -> (B, H, W, 3) uint8."""
-    images = images.detach().float().clamp(0, 1)
+def to_uint8(images: torch.Tensor, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """(B, C, h, w) in [0, 1] (C = 1 or 3) -> (B, H, W, 3) uint8; with ``size``, scaled up with nearest
+    neighbours (masks), so that each pixel shows exactly what the network saw."""
+    images = images.detach().float()
+    if size is not None and tuple(images.shape[-2:]) != tuple(size):
+        images = torch.nn.functional.interpolate(images, size=size, mode="nearest")
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
-    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def side_by_side(columns: Sequence[torch.Tensor], size: tuple[int, int]) -> np.ndarray:
+    """Per sample, the columns' images next to each other: (B, H, len(columns)*W, 3) uint8."""
+    return np.concatenate([to_uint8(column, size) for column in columns], axis=2)
 
 
 def training_grid(columns: Sequence[torch.Tensor], max_rows: int = 4) -> np.ndarray:
@@ -196,15 +204,9 @@ def training_grid(columns: Sequence[torch.Tensor], max_rows: int = 4) -> np.ndar
     columns: (B, C, h, w) tensors in [0, 1]; smaller ones (the masks) are scaled up with nearest
     neighbours so that each cell shows exactly what the network saw.
     """
-    height, width = max(c.shape[2] for c in columns), max(c.shape[3] for c in columns)
-    cells = []
-    for column in columns:
-        column = column[:max_rows].detach().float()
-        if column.shape[2:] != (height, width):
-            column = torch.nn.functional.interpolate(column, size=(height, width), mode="nearest")
-        cells.append(_to_uint8(column))
-    rows = [np.concatenate([cell[i] for cell in cells], axis=1) for i in range(len(cells[0]))]
-    return np.concatenate(rows, axis=0)
+    size = (max(c.shape[2] for c in columns), max(c.shape[3] for c in columns))
+    rows = side_by_side([column[:max_rows] for column in columns], size)       # (rows, H, k*W, 3)
+    return np.concatenate(list(rows), axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import os
 import shutil
 from typing import Any, Optional
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -36,25 +37,11 @@ METRICS = {"l1": l1, "psnr": psnr, "ssim": ssim}
 SKIPPED = {name: "landmark and identity metrics are not bundled in this version" for name in ("akd", "mkr", "aed")}
 
 
-def _uint8(images: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(B, C, h, w) in [0, 1] -> (B, H, W, 3) uint8, nearest-upsampled (masks) to ``size``."""
-    images = images.detach().float()
-    if images.shape[-2:] != size:
-        images = torch.nn.functional.interpolate(images, size=size, mode="nearest")
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-
-
-def _to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float().div_(255)
-
-
 def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int = 8,
                 exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None,
                 out_dir: Optional[str] = None) -> dict[str, Any]:
     """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
-    from frames_dataset import FramesDataset
+    from frames_dataset import FramesDataset, frames_to_tensor
 
     config, model, checkpoint = run_log.load_model(checkpoint_path, device)
     params = config.reconstruction_params
@@ -81,7 +68,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
             state = None
             with VideoWriter(os.path.join(out_dir, video.name + params.format), fps=video.fps or 25) as writer:
                 for position, frames in _batches(video, batch_size):
-                    driving = _to_tensor(frames, device)
+                    driving = frames_to_tensor(frames).to(device)
                     if state is None:
                         state = model.encode_source(driving[:1])          # frame 0 is the source
                     output = model.animate(state, driving)
@@ -91,12 +78,10 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
                         values[f"prediction_{name}"] += metric(output.prediction[keep], driving[keep]).tolist()
                         values[f"copy_source_{name}"] += metric(source[keep], driving[keep]).tolist()
                     columns = [source, driving, output.driving_mask, output.low_res_prediction, output.prediction]
-                    writer.write(np.concatenate([_uint8(c, size) for c in columns], axis=2))
-                    strip.append(_uint8(output.prediction, size))
+                    writer.write(run_log.side_by_side(columns, size))
+                    strip.append(run_log.to_uint8(output.prediction, size))
                     progress.update(len(frames))
             high_res = np.concatenate(strip)                              # (T, H, W, 3)
-            import imageio.v3 as iio
-
             iio.imwrite(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(list(high_res), axis=1))
             counted = len(values["prediction_l1"])
             per_video[video.name] = {"frames": counted} | {k: float(np.mean(v)) for k, v in values.items()}
