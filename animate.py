@@ -1,8 +1,9 @@
-"""Animation of any image by any video:
+"""Animation of any image by any video, or of a dataset's test pairs:
 
     python run.py --mode animate --checkpoint CKPT --source_image IMG --driving_video VID
                   [--result_video OUT] [--motion relative|absolute] [--adapt_scale] [--fit crop|resize]
                   [--batch_size N] [--visualize]
+    python run.py --mode animate --checkpoint CKPT [--motion ...] [--adapt_scale]     # the dataset's pairs
 
 Frames are decoded, generated in batches and encoded as a stream: memory does not grow with the video's
 length, and the source mask is computed once. The result keeps the driving video's frame count and fps and
@@ -13,8 +14,10 @@ points to move); circles checkpoints move the source's keypoints by the driver's
 from __future__ import annotations
 
 import os
-from typing import Optional
+import shutil
+from typing import Iterator, Optional
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -45,20 +48,55 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
     return resize_frame(np.ascontiguousarray(frame), size)
 
 
+def _choose_motion(kind: str, config, motion: Optional[str], adapt_scale: bool, source: str) -> str:
+    """The motion a checkpoint animates with: heatmap absolute; circles relative unless told otherwise."""
+    if motion is None:
+        relative = kind == "circles" and config.animate_params.normalization_params.use_relative_movement
+        motion = "relative" if relative else "absolute"
+    if motion == "relative" and kind != "circles":
+        raise UserError(f"--motion relative: {source} has a {kind} mask, which has no keypoints to move; it "
+                        f"animates absolutely (use a circles checkpoint for relative motion)")
+    if adapt_scale and motion != "relative":
+        raise UserError("--adapt_scale scales relative motion; it needs --motion relative and a circles checkpoint")
+    return motion
+
+
+def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *, size: tuple[int, int],
+            device: torch.device, motion: str, adapt_scale: bool, visualize: bool, progress: tqdm,
+            strip: Optional[list] = None) -> None:
+    """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``."""
+    state = model.encode_source(frames_to_tensor(source[None]).to(device))     # once for the whole video
+    initial = None
+    for frames in batches:
+        driving = frames_to_tensor(frames).to(device)
+        if motion == "relative":
+            kp_driving = model.mask(driving).keypoints
+            if initial is None:
+                initial = kp_driving[:1]               # the driver's first frame: motion is measured from it
+            moved = relative_keypoints(state.keypoints.expand_as(kp_driving), kp_driving,
+                                       initial.expand_as(kp_driving), adapt_movement_scale=adapt_scale)
+            batch = len(driving)
+            output = model.generator(state.image.expand(batch, -1, -1, -1), state.mask.expand(batch, -1, -1, -1),
+                                     model.mask.mask_from_keypoints(moved.value, size))
+        else:
+            output = model.animate(state, driving)
+        prediction = run_log.to_uint8(output.prediction, size)
+        if visualize:
+            writer.write(run_log.side_by_side([state.image.expand_as(driving), driving, output.driving_mask,
+                                               output.prediction], size))
+        else:
+            writer.write(prediction)
+        if strip is not None:
+            strip.append(prediction)
+        progress.update(len(frames))
+
+
 def animate_single(checkpoint_path: str, source_image: str, driving_video: str, *, device: torch.device,
                    result_video: Optional[str] = None, motion: Optional[str] = None, adapt_scale: bool = False,
                    fit: str = "crop", batch_size: int = 8, visualize: bool = False) -> str:
     """Animate ``source_image`` by ``driving_video``; returns the result's path."""
     config, model, checkpoint = run_log.load_model(checkpoint_path, device)
-    kind = config.model_params.mask_params.kind
-    normalization = config.animate_params.normalization_params
-    if motion is None:
-        motion = "relative" if kind == "circles" and normalization.use_relative_movement else "absolute"
-    if motion == "relative" and kind != "circles":
-        raise UserError(f"--motion relative: {checkpoint['path']} has a {kind} mask, which has no keypoints to "
-                        f"move; it animates absolutely (use a circles checkpoint for relative motion)")
-    if adapt_scale and motion != "relative":
-        raise UserError("--adapt_scale scales relative motion; it needs --motion relative and a circles checkpoint")
+    motion = _choose_motion(config.model_params.mask_params.kind, config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
         raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
     size = config.dataset_params.size
@@ -66,32 +104,48 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     video = open_video(driving_video)
     result_video = result_video or os.path.splitext(os.path.basename(source_image))[0] + "-animated.mp4"
     fps = video.fps or 25.0
-
+    batches = (np.stack([fit_frame(frame, size, fit) for frame in frames]) for frames in video.iter_frames(batch_size))
+    progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
     with torch.inference_mode(), VideoWriter(result_video, fps=fps, audio_from=driving_video) as writer:
-        state = model.encode_source(frames_to_tensor(source[None]).to(device))     # once for the whole video
-        initial = None
-        progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
-        for frames in video.iter_frames(batch_size):
-            driving = frames_to_tensor(np.stack([fit_frame(f, size, fit) for f in frames])).to(device)
-            if motion == "relative":
-                kp_driving = model.mask(driving).keypoints
-                if initial is None:
-                    initial = kp_driving[:1]
-                moved = relative_keypoints(state.keypoints.expand_as(kp_driving), kp_driving,
-                                           initial.expand_as(kp_driving), adapt_movement_scale=adapt_scale)
-                driving_mask = model.mask.mask_from_keypoints(moved.value, size)
-                batch = len(driving)
-                output = model.generator(state.image.expand(batch, -1, -1, -1),
-                                         state.mask.expand(batch, -1, -1, -1), driving_mask)
-            else:
-                output = model.animate(state, driving)
-            if visualize:
-                columns = [state.image.expand_as(driving), driving, output.driving_mask, output.prediction]
-                writer.write(run_log.side_by_side(columns, size))
-            else:
-                writer.write(run_log.to_uint8(output.prediction, size))
-            progress.update(len(frames))
-        progress.close()
+        _stream(model, source, batches, writer, size=size, device=device, motion=motion, adapt_scale=adapt_scale,
+                visualize=visualize, progress=progress)
+    progress.close()
     print(f"{result_video}: {writer.frames} frames at {fps:g} fps ({motion} motion"
           f"{', audio carried over' if writer.audio_from else ''})")
     return result_video
+
+
+def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optional[str] = None,
+                    adapt_scale: bool = False, batch_size: int = 8, num_pairs: Optional[int] = None) -> str:
+    """Animate the test pairs of the checkpoint's dataset (``pairs_list`` or seeded random pairs of different
+    videos): source = a video's first frame, driving = another video. Writes ``animation/`` in the run folder:
+    ``<source>__<driving>.mp4`` and ``png/<source>__<driving>.png`` (the prediction's frames side by side)."""
+    from frames_dataset import FramesDataset, PairedDataset
+
+    config, model, checkpoint = run_log.load_model(checkpoint_path, device)
+    motion = _choose_motion(config.model_params.mask_params.kind, config, motion, adapt_scale, checkpoint["path"])
+    dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
+    pairs = PairedDataset(dataset, num_pairs or config.animate_params.num_pairs, seed=0)
+    out_dir = os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), "animation")
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)                          # running twice replaces the earlier results
+    os.makedirs(os.path.join(out_dir, "png"))
+    size = config.dataset_params.size
+    progress = tqdm(total=sum(dataset.num_frames(pairs.pair(i)[1]) for i in range(len(pairs))), unit="frame",
+                    dynamic_ncols=True)
+    with torch.inference_mode():
+        for index in range(len(pairs)):
+            source_index, driving_index = pairs.pair(index)
+            name = f"{dataset.names[source_index]}__{dataset.names[driving_index]}"
+            driving = dataset.video(driving_index)
+            strip: list[np.ndarray] = []
+            with VideoWriter(os.path.join(out_dir, name + config.animate_params.format),
+                             fps=driving.fps or 25.0) as writer:
+                _stream(model, dataset.video(source_index).read([0])[0], driving.iter_frames(batch_size), writer,
+                        size=size, device=device, motion=motion, adapt_scale=adapt_scale, visualize=False,
+                        progress=progress, strip=strip)
+            iio.imwrite(os.path.join(out_dir, "png", name + ".png"), np.concatenate(list(np.concatenate(strip)),
+                                                                                   axis=1))
+    progress.close()
+    print(f"animation of {len(pairs)} pairs ({motion} motion) -> {out_dir}")
+    return out_dir

@@ -127,13 +127,18 @@ def reconstruction(args: argparse.Namespace) -> None:
 
 def animate(args: argparse.Namespace) -> None:
     """Animate one image by one video (see animate.py)."""
-    from animate import animate_single
+    from animate import animate_dataset, animate_single
     from modules.errors import UserError
 
-    missing = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--source_image", args.source_image),
-                                        ("--driving_video", args.driving_video)) if value is None]
-    if missing:
-        raise UserError(f"--mode animate needs {', '.join(missing)}")
+    if args.checkpoint is None:
+        raise UserError("--mode animate needs --checkpoint (a training checkpoint or its run folder)")
+    if (args.source_image is None) != (args.driving_video is None):
+        raise UserError("--mode animate: give both --source_image and --driving_video (one image by one video), "
+                        "or neither (the test pairs of the checkpoint's dataset)")
+    if args.source_image is None:
+        animate_dataset(args.checkpoint, device=choose_device(args.device), motion=args.motion,
+                        adapt_scale=args.adapt_scale, batch_size=args.batch_size or 8)
+        return
     animate_single(args.checkpoint, args.source_image, args.driving_video, device=choose_device(args.device),
                    result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
                    batch_size=args.batch_size or 8, visualize=args.visualize)

@@ -27,11 +27,12 @@ def _train_tiny(root, config_name: str) -> str:
 
     data = root / "data"
     if not data.exists():
-        generate_dataset(str(data), seed=0, size=FRAME, num_train_identities=2, num_test_identities=1,
-                         clips_per_identity=1, num_frames=6, num_pairs=0)
+        generate_dataset(str(data), seed=0, size=FRAME, num_train_identities=2, num_test_identities=2,
+                         clips_per_identity=1, num_frames=6, num_pairs=2)
     with open(config_path(config_name)) as stream:
         config = yaml.safe_load(stream)
     config["dataset_params"]["root_dir"] = str(data)
+    config["dataset_params"]["pairs_list"] = str(data / "test-pairs.csv")
     config["train_params"].update(num_epochs=1, num_repeats=1, batch_size=2, num_workers=0)
     path = root / config_name
     path.write_text(yaml.safe_dump(config))
@@ -123,3 +124,62 @@ def test_fit_crop_keeps_the_aspect_and_resize_stretches():
     assert cropped.shape == stretched.shape == (16, 16, 3)
     assert cropped.mean() > 250                                # only the centre square is kept
     assert 70 < stretched.mean() < 110                         # the whole picture, squeezed
+
+
+def test_dataset_mode_animates_the_pairs_list_and_runs_twice(checkpoints):
+    import csv
+
+    run_dir = checkpoints["circles"]
+    for attempt in range(2):
+        assert animate("--checkpoint", run_dir, "--batch_size", "4") == 0
+    out = os.path.join(run_dir, "animation")
+    with open(yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["dataset_params"]["pairs_list"]) as stream:
+        pairs = [(row["source"], row["driving"]) for row in csv.DictReader(stream)]
+    names = sorted(f"{source}__{driving}" for source, driving in pairs)
+    assert sorted(os.path.splitext(n)[0] for n in os.listdir(out) if n.endswith(".mp4")) == names
+    for name in names:
+        assert open_video(os.path.join(out, name + ".mp4")).num_frames == 6
+        assert imageio.imread(os.path.join(out, "png", name + ".png")).shape == (FRAME, 6 * FRAME, 3)
+
+
+def test_animate_needs_both_image_and_video_or_neither(checkpoints, capsys):
+    capsys.readouterr()
+    assert animate("--checkpoint", checkpoints["heatmap"], "--source_image", "x.png") == 2
+    assert "give both --source_image and --driving_video" in capsys.readouterr().err
+
+
+def test_streaming_keeps_at_most_two_batches_of_frames_alive(tiny_model):
+    """1,000 driving frames go through in batches; the reader never has more than two batches alive at once."""
+    import weakref
+
+    import torch
+    from tqdm import tqdm
+
+    from animate import _stream
+
+    alive: list = []
+    most = 0
+
+    def reader():
+        nonlocal most
+        for start in range(0, 1000, 50):
+            batch = np.full((50, FRAME, FRAME, 3), start % 256, dtype=np.uint8)
+            alive.append(weakref.ref(batch))
+            most = max(most, sum(ref() is not None for ref in alive))
+            yield batch
+            del batch
+
+    class CountingWriter:
+        frames = 0
+
+        def write(self, frames):
+            self.frames += len(frames)
+
+    writer = CountingWriter()
+    tiny_model.eval()
+    with torch.inference_mode():
+        _stream(tiny_model, np.zeros((FRAME, FRAME, 3), dtype=np.uint8), reader(), writer, size=(FRAME, FRAME),
+                device=torch.device("cpu"), motion="absolute", adapt_scale=False, visualize=False,
+                progress=tqdm(disable=True))
+    assert writer.frames == 1000
+    assert most <= 2
