@@ -13,6 +13,7 @@ points to move); circles checkpoints move the source's keypoints by the driver's
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Iterator, Optional
@@ -61,25 +62,29 @@ def _choose_motion(kind: str, config, motion: Optional[str], adapt_scale: bool, 
     return motion
 
 
+def autocast(device: torch.device, precision: Optional[str]):
+    """bf16 autocast (CPU or GPU), fp16 (GPU), or nothing: 'no' / None."""
+    if precision in (None, "no"):
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError(f"--mixed_precision fp16 needs a CUDA device (this run is on {device}); use bf16 on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *, size: tuple[int, int],
             device: torch.device, motion: str, adapt_scale: bool, visualize: bool, progress: tqdm,
-            strip: Optional[list] = None) -> None:
+            strip: Optional[list] = None, precision: Optional[str] = None) -> None:
     """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``."""
-    state = model.encode_source(frames_to_tensor(source[None]).to(device))     # once for the whole video
+    layout = torch.channels_last            # NHWC convolutions: faster on CPU and on tensor cores
+    with autocast(device, precision):
+        state = model.encode_source(frames_to_tensor(source[None]).to(device, memory_format=layout))   # once
     initial = None
     for frames in batches:
-        driving = frames_to_tensor(frames).to(device)
-        if motion == "relative":
-            kp_driving = model.mask(driving).keypoints
-            if initial is None:
-                initial = kp_driving[:1]               # the driver's first frame: motion is measured from it
-            moved = relative_keypoints(state.keypoints.expand_as(kp_driving), kp_driving,
-                                       initial.expand_as(kp_driving), adapt_movement_scale=adapt_scale)
-            batch = len(driving)
-            output = model.generator(state.image.expand(batch, -1, -1, -1), state.mask.expand(batch, -1, -1, -1),
-                                     model.mask.mask_from_keypoints(moved.value, size))
-        else:
-            output = model.animate(state, driving)
+        driving = frames_to_tensor(frames).to(device, memory_format=layout)
+        with autocast(device, precision):
+            output, kp_driving = _generate(model, state, driving, motion, adapt_scale, initial, size)
+        if motion == "relative" and initial is None:
+            initial = kp_driving[:1]
         prediction = run_log.to_uint8(output.prediction, size)
         if visualize:
             writer.write(run_log.side_by_side([state.image.expand_as(driving), driving, output.driving_mask,
@@ -91,11 +96,29 @@ def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: Vi
         progress.update(len(frames))
 
 
+def _generate(model, state, driving: torch.Tensor, motion: str, adapt_scale: bool, initial: Optional[torch.Tensor],
+              size: tuple[int, int]):
+    """One batch: (GeneratorOutput, the driving keypoints or None)."""
+    if motion == "absolute":
+        return model.animate(state, driving), None
+    kp_driving = model.mask(driving).keypoints
+    if initial is None:
+        initial = kp_driving[:1]                   # the driver's first frame: motion is measured from it
+    moved = relative_keypoints(state.keypoints.expand_as(kp_driving).float(), kp_driving.float(),
+                               initial.expand_as(kp_driving).float(), adapt_movement_scale=adapt_scale)
+    batch = len(driving)
+    output = model.generator(state.image.expand(batch, -1, -1, -1), state.mask.expand(batch, -1, -1, -1),
+                             model.mask.mask_from_keypoints(moved.value, size))
+    return output, kp_driving
+
+
 def animate_single(checkpoint_path: str, source_image: str, driving_video: str, *, device: torch.device,
                    result_video: Optional[str] = None, motion: Optional[str] = None, adapt_scale: bool = False,
-                   fit: str = "crop", batch_size: int = 8, visualize: bool = False) -> str:
+                   fit: str = "crop", batch_size: int = 8, visualize: bool = False,
+                   precision: Optional[str] = None) -> str:
     """Animate ``source_image`` by ``driving_video``; returns the result's path."""
     config, model, checkpoint = run_log.load_model(checkpoint_path, device)
+    model.to(memory_format=torch.channels_last)
     motion = _choose_motion(config.model_params.mask_params.kind, config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
         raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
@@ -108,7 +131,7 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
     with torch.inference_mode(), VideoWriter(result_video, fps=fps, audio_from=driving_video) as writer:
         _stream(model, source, batches, writer, size=size, device=device, motion=motion, adapt_scale=adapt_scale,
-                visualize=visualize, progress=progress)
+                visualize=visualize, progress=progress, precision=precision)
     progress.close()
     print(f"{result_video}: {writer.frames} frames at {fps:g} fps ({motion} motion"
           f"{', audio carried over' if writer.audio_from else ''})")
@@ -116,13 +139,15 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
 
 
 def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optional[str] = None,
-                    adapt_scale: bool = False, batch_size: int = 8, num_pairs: Optional[int] = None) -> str:
+                    adapt_scale: bool = False, batch_size: int = 8, num_pairs: Optional[int] = None,
+                    precision: Optional[str] = None) -> str:
     """Animate the test pairs of the checkpoint's dataset (``pairs_list`` or seeded random pairs of different
     videos): source = a video's first frame, driving = another video. Writes ``animation/`` in the run folder:
     ``<source>__<driving>.mp4`` and ``png/<source>__<driving>.png`` (the prediction's frames side by side)."""
     from frames_dataset import FramesDataset, PairedDataset
 
     config, model, checkpoint = run_log.load_model(checkpoint_path, device)
+    model.to(memory_format=torch.channels_last)
     motion = _choose_motion(config.model_params.mask_params.kind, config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
     pairs = PairedDataset(dataset, num_pairs or config.animate_params.num_pairs, seed=0)
@@ -143,7 +168,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
                              fps=driving.fps or 25.0) as writer:
                 _stream(model, dataset.video(source_index).read([0])[0], driving.iter_frames(batch_size), writer,
                         size=size, device=device, motion=motion, adapt_scale=adapt_scale, visualize=False,
-                        progress=progress, strip=strip)
+                        progress=progress, strip=strip, precision=precision)
             iio.imwrite(os.path.join(out_dir, "png", name + ".png"), np.concatenate(list(np.concatenate(strip)),
                                                                                    axis=1))
     progress.close()
