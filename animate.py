@@ -14,6 +14,7 @@ points to move); circles checkpoints move the source's keypoints by the driver's
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from typing import Iterator, Optional
@@ -158,6 +159,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
     size = config.dataset_params.size
     progress = tqdm(total=sum(dataset.num_frames(pairs.pair(i)[1]) for i in range(len(pairs))), unit="frame",
                     dynamic_ncols=True)
+    scores: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         for index in range(len(pairs)):
             source_index, driving_index = pairs.pair(index)
@@ -169,8 +171,52 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
                 _stream(model, dataset.video(source_index).read([0])[0], driving.iter_frames(batch_size), writer,
                         size=size, device=device, motion=motion, adapt_scale=adapt_scale, visualize=False,
                         progress=progress, strip=strip, precision=precision)
-            iio.imwrite(os.path.join(out_dir, "png", name + ".png"), np.concatenate(list(np.concatenate(strip)),
-                                                                                   axis=1))
+            prediction = np.concatenate(strip)                                          # (T, H, W, 3)
+            iio.imwrite(os.path.join(out_dir, "png", name + ".png"), np.concatenate(list(prediction), axis=1))
+            truth = os.path.join(config.dataset_params.root_dir, "animation-gt", name)
+            if os.path.isdir(truth):
+                scores[name] = _score_against_truth(prediction, dataset.video(source_index).read([0])[0],
+                                                    driving.read_all(), open_video(truth, size).read_all())
     progress.close()
     print(f"animation of {len(pairs)} pairs ({motion} motion) -> {out_dir}")
+    if scores:
+        _write_animation_metrics(out_dir, scores, motion, checkpoint)
     return out_dir
+
+
+def _score_against_truth(prediction: np.ndarray, source: np.ndarray, driving: np.ndarray,
+                         truth: np.ndarray) -> dict[str, float]:
+    """L1 and SSIM of the prediction and of the two trivial baselines against the ground-truth animation
+    (the synthetic dataset's source identity moved by the driver's pose), averaged over frames."""
+    from modules.metrics import l1, ssim
+
+    count = min(len(prediction), len(truth), len(driving))
+    target = frames_to_tensor(truth[:count])
+    candidates = {"prediction": prediction[:count], "copy_source": np.repeat(source[None], count, axis=0),
+                  "copy_driving": driving[:count]}
+    scores = {"frames": count}
+    for who, frames in candidates.items():
+        frames = frames_to_tensor(frames)
+        scores[f"{who}_l1"] = l1(frames, target).mean().item()
+        scores[f"{who}_ssim"] = ssim(frames, target).mean().item()
+    return scores
+
+
+def _write_animation_metrics(out_dir: str, scores: dict, motion: str, checkpoint: dict) -> None:
+    keys = [k for k in next(iter(scores.values())) if k != "frames"]
+    total = sum(row["frames"] for row in scores.values())
+    mean = {k: sum(row[k] * row["frames"] for row in scores.values()) / total for k in keys}
+    result = {"protocol": {"target": "the synthetic dataset's ground-truth animation (source identity, driver's "
+                                     "pose)", "averaging": "over all frames of all pairs", "pairs": len(scores),
+                           "frames": total, "motion": motion, "checkpoint": checkpoint["path"],
+                           "step": int(checkpoint["step"])},
+              "mean": {"l1": mean["prediction_l1"], "ssim": mean["prediction_ssim"]},
+              "baselines": {who: {"l1": mean[f"{who}_l1"], "ssim": mean[f"{who}_ssim"]}
+                            for who in ("copy_source", "copy_driving")},
+              "skipped": {"akd": "needs the keypoint regressor of the synthetic dataset (next stage)"},
+              "pairs": scores}
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
+        json.dump(result, stream, indent=2)
+    print(f"  against the ground-truth animation: prediction l1 {mean['prediction_l1']:.4f} ssim "
+          f"{mean['prediction_ssim']:.4f}; copy source l1 {mean['copy_source_l1']:.4f}; copy driving l1 "
+          f"{mean['copy_driving_l1']:.4f}")

@@ -140,6 +140,22 @@ def test_dataset_mode_animates_the_pairs_list_and_runs_twice(checkpoints):
     for name in names:
         assert open_video(os.path.join(out, name + ".mp4")).num_frames == 6
         assert imageio.imread(os.path.join(out, "png", name + ".png")).shape == (FRAME, 6 * FRAME, 3)
+    # the synthetic pairs have ground-truth animations: scored, with both trivial baselines
+    import json
+
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert sorted(metrics["pairs"]) == names and metrics["protocol"]["frames"] == 6 * len(names)
+    assert 0 < metrics["mean"]["l1"] < 1 and -1 < metrics["mean"]["ssim"] < 1
+    for baseline in ("copy_source", "copy_driving"):
+        assert 0 < metrics["baselines"][baseline]["l1"] < 1
+    # the copy-driving baseline, recomputed from the files themselves
+    root = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["dataset_params"]["root_dir"]
+    total = 0.0
+    for name in names:
+        driving = open_video(os.path.join(root, "test", name.split("__")[1])).read_all().astype(np.float64)
+        truth = open_video(os.path.join(root, "animation-gt", name)).read_all().astype(np.float64)
+        total += np.abs(driving - truth).mean() / 255 * len(truth)
+    assert metrics["baselines"]["copy_driving"]["l1"] == pytest.approx(total / (6 * len(names)), rel=1e-6)
 
 
 def test_animate_needs_both_image_and_video_or_neither(checkpoints, capsys):
