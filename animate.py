@@ -13,13 +13,10 @@ points to move); circles checkpoints move the source's keypoints by the driver's
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 from typing import Iterator, Optional
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -28,6 +25,7 @@ import logger as run_log
 from frames_dataset import frames_to_tensor
 from modules.errors import UserError
 from modules.motion import relative_keypoints
+from modules.precision import autocast, autocast_dtype
 from modules.video_io import VideoWriter, load_image, open_video, resize_frame
 
 FITS = ("crop", "resize")
@@ -63,29 +61,22 @@ def _choose_motion(kind: str, config, motion: Optional[str], adapt_scale: bool, 
     return motion
 
 
-def autocast(device: torch.device, precision: Optional[str]):
-    """bf16 autocast (CPU or GPU), fp16 (GPU), or nothing: 'no' / None."""
-    if precision in (None, "no"):
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError(f"--mixed_precision fp16 needs a CUDA device (this run is on {device}); use bf16 on CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *, size: tuple[int, int],
             device: torch.device, motion: str, adapt_scale: bool, visualize: bool, progress: tqdm,
             strip: Optional[list] = None, precision: Optional[str] = None) -> None:
     """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``."""
     layout = torch.channels_last            # NHWC convolutions: faster on CPU and on tensor cores
-    with autocast(device, precision):
+    dtype = autocast_dtype(precision, device)
+    with autocast(device, dtype):
         state = model.encode_source(frames_to_tensor(source[None]).to(device, memory_format=layout))   # once
-    initial = None
+    initial = None                          # relative motion: the driver's first-frame keypoints
     for frames in batches:
         driving = frames_to_tensor(frames).to(device, memory_format=layout)
-        with autocast(device, precision):
-            output, kp_driving = _generate(model, state, driving, motion, adapt_scale, initial, size)
-        if motion == "relative" and initial is None:
-            initial = kp_driving[:1]
+        with autocast(device, dtype):
+            if motion == "absolute":
+                output = model.animate(state, driving)
+            else:
+                output, initial = _animate_relative(model, state, driving, initial, adapt_scale, size)
         prediction = run_log.to_uint8(output.prediction, size)
         if visualize:
             writer.write(run_log.side_by_side([state.image.expand_as(driving), driving, output.driving_mask,
@@ -97,20 +88,19 @@ def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: Vi
         progress.update(len(frames))
 
 
-def _generate(model, state, driving: torch.Tensor, motion: str, adapt_scale: bool, initial: Optional[torch.Tensor],
-              size: tuple[int, int]):
-    """One batch: (GeneratorOutput, the driving keypoints or None)."""
-    if motion == "absolute":
-        return model.animate(state, driving), None
+def _animate_relative(model, state, driving: torch.Tensor, initial: Optional[torch.Tensor], adapt_scale: bool,
+                      size: tuple[int, int]):
+    """One batch moved relatively -> (GeneratorOutput, the initial driving keypoints (1, K, 2)); ``initial``
+    None means this batch starts the video, and its first frame becomes the reference."""
     kp_driving = model.mask(driving).keypoints
     if initial is None:
-        initial = kp_driving[:1]                   # the driver's first frame: motion is measured from it
+        initial = kp_driving[:1]
     moved = relative_keypoints(state.keypoints.expand_as(kp_driving).float(), kp_driving.float(),
                                initial.expand_as(kp_driving).float(), adapt_movement_scale=adapt_scale)
     batch = len(driving)
     output = model.generator(state.image.expand(batch, -1, -1, -1), state.mask.expand(batch, -1, -1, -1),
                              model.mask.mask_from_keypoints(moved.value, size))
-    return output, kp_driving
+    return output, initial
 
 
 def animate_single(checkpoint_path: str, source_image: str, driving_video: str, *, device: torch.device,
@@ -152,10 +142,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
     motion = _choose_motion(config.model_params.mask_params.kind, config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
     pairs = PairedDataset(dataset, num_pairs or config.animate_params.num_pairs, seed=0)
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), "animation")
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)                          # running twice replaces the earlier results
-    os.makedirs(os.path.join(out_dir, "png"))
+    out_dir = run_log.fresh_results_dir(checkpoint, "animation")
     size = config.dataset_params.size
     progress = tqdm(total=sum(dataset.num_frames(pairs.pair(i)[1]) for i in range(len(pairs))), unit="frame",
                     dynamic_ncols=True)
@@ -172,7 +159,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
                         size=size, device=device, motion=motion, adapt_scale=adapt_scale, visualize=False,
                         progress=progress, strip=strip, precision=precision)
             prediction = np.concatenate(strip)                                          # (T, H, W, 3)
-            iio.imwrite(os.path.join(out_dir, "png", name + ".png"), np.concatenate(list(prediction), axis=1))
+            run_log.write_strip(os.path.join(out_dir, "png", name + ".png"), prediction)
             truth = os.path.join(config.dataset_params.root_dir, "animation-gt", name)
             if os.path.isdir(truth):
                 scores[name] = _score_against_truth(prediction, dataset.video(source_index).read([0])[0],

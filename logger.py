@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -88,10 +89,7 @@ def package_versions() -> dict[str, str]:
 def write_run_info(run_dir: str, config_dict: Mapping[str, Any], *, argv: Sequence[str], seed: int,
                    extra: Mapping[str, Any]) -> None:
     """Save the resolved config and append this session (command, seed, commit, packages) to run.json."""
-    config_path = os.path.join(run_dir, "config.yaml")
-    with open(config_path + ".tmp", "w", encoding="utf-8") as stream:
-        yaml.safe_dump(dict(config_dict), stream, sort_keys=False)
-    os.replace(config_path + ".tmp", config_path)
+    _write_text(os.path.join(run_dir, "config.yaml"), yaml.safe_dump(dict(config_dict), sort_keys=False))
     info_path = os.path.join(run_dir, "run.json")
     sessions = []
     if os.path.exists(info_path):
@@ -103,9 +101,14 @@ def write_run_info(run_dir: str, config_dict: Mapping[str, Any], *, argv: Sequen
     sessions.append({"started": datetime.datetime.now().isoformat(timespec="seconds"),
                      "command": " ".join([sys.executable] + list(argv)), "seed": seed,
                      "git_commit": _git_commit(), "packages": package_versions(), **extra})
-    with open(info_path + ".tmp", "w", encoding="utf-8") as stream:
-        json.dump({"sessions": sessions}, stream, indent=2)
-    os.replace(info_path + ".tmp", info_path)
+    _write_text(info_path, json.dumps({"sessions": sessions}, indent=2))
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write through ``<path>.tmp`` and rename: a crash never leaves half a file."""
+    with open(path + ".tmp", "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,14 +164,27 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
 def load_model(path: str, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """(config, model in eval mode on ``device``, checkpoint) from a training checkpoint or run folder."""
     from modules.config import config_from_dict
-    from modules.keypoint_detector import KPDetector
-    from modules.models import build_model, load_model_weights
+    from modules.models import model_from_checkpoint
 
     checkpoint = load_training_checkpoint(path)
     config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
-    model = build_model(config, detector=KPDetector(**config.model_params.detector_kwargs()))
-    load_model_weights(model, checkpoint, checkpoint["path"])
+    model = model_from_checkpoint(config, checkpoint, checkpoint["path"])
     return config, model.to(device).eval(), checkpoint
+
+
+def fresh_results_dir(checkpoint: Mapping[str, Any], name: str) -> str:
+    """``<run folder of the checkpoint>/<name>/`` with an empty ``png/`` inside; an earlier run's results there
+    are replaced, so a mode can run twice."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), name)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(os.path.join(folder, "png"))
+    return folder
+
+
+def write_strip(path: str, frames: np.ndarray) -> None:
+    """uint8 frames (T, H, W, 3) side by side in one png (H, T*W, 3): the layout FOMM's evaluation tools read."""
+    iio.imwrite(path, np.concatenate(list(frames), axis=1))
 
 
 def remove_stale_temporaries(run_dir: str) -> list[str]:

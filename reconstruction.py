@@ -21,10 +21,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from typing import Any, Optional
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -38,8 +36,7 @@ SKIPPED = {name: "landmark and identity metrics are not bundled in this version"
 
 
 def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int = 8,
-                exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None,
-                out_dir: Optional[str] = None) -> dict[str, Any]:
+                exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None) -> dict[str, Any]:
     """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
     from frames_dataset import FramesDataset, frames_to_tensor
 
@@ -51,10 +48,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
         num_videos = params.num_videos
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
     count = len(dataset) if num_videos is None else min(num_videos, len(dataset))   # not one too many (FOMM)
-    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), "reconstruction")
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)                      # running twice replaces the earlier results
-    os.makedirs(os.path.join(out_dir, "png"))
+    out_dir = run_log.fresh_results_dir(checkpoint, "reconstruction")
     size = config.dataset_params.size
     per_video: dict[str, dict[str, float]] = {}
     sums = {f"{who}_{name}": 0.0 for who in ("prediction", "copy_source") for name in METRICS}
@@ -67,13 +61,13 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
             strip = []
             state = None
             with VideoWriter(os.path.join(out_dir, video.name + params.format), fps=video.fps or 25) as writer:
-                for position, frames in _batches(video, batch_size):
+                for number, frames in enumerate(video.iter_frames(batch_size)):
                     driving = frames_to_tensor(frames).to(device)
                     if state is None:
                         state = model.encode_source(driving[:1])          # frame 0 is the source
                     output = model.animate(state, driving)
                     source = state.image.expand_as(driving)
-                    keep = slice(1 if exclude_first_frame and position == 0 else 0, None)
+                    keep = slice(1 if exclude_first_frame and number == 0 else 0, None)
                     for name, metric in METRICS.items():
                         values[f"prediction_{name}"] += metric(output.prediction[keep], driving[keep]).tolist()
                         values[f"copy_source_{name}"] += metric(source[keep], driving[keep]).tolist()
@@ -81,8 +75,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
                     writer.write(run_log.side_by_side(columns, size))
                     strip.append(run_log.to_uint8(output.prediction, size))
                     progress.update(len(frames))
-            high_res = np.concatenate(strip)                              # (T, H, W, 3)
-            iio.imwrite(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(list(high_res), axis=1))
+            run_log.write_strip(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(strip))
             counted = len(values["prediction_l1"])
             per_video[video.name] = {"frames": counted} | {k: float(np.mean(v)) for k, v in values.items()}
             for key in sums:
@@ -115,11 +108,3 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     print("  prediction   " + "  ".join(f"{k} {v:.4f}" for k, v in mean.items()))
     print("  copy source  " + "  ".join(f"{k} {v:.4f}" for k, v in result["baselines"]["copy_source"].items()))
     return result
-
-
-def _batches(video, batch_size: int):
-    """(index of the batch's first frame, uint8 frames (n, H, W, 3)) in order, streamed."""
-    position = 0
-    for frames in video.iter_frames(batch_size):
-        yield position, frames
-        position += len(frames)

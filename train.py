@@ -15,7 +15,6 @@ frozen (eval mode, no gradient, not in the optimizer). What this loop adds to th
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
 import os
 import signal
@@ -34,9 +33,9 @@ import logger as run_log
 from modules.config import Config, config_from_dict, load_config
 from modules.errors import CheckpointError, ConfigError, UserError
 from modules.generator import GeneratorOutput
-from modules.keypoint_detector import KPDetector
 from modules.models import (KeypointMaskLoss, KeypointMaskModel, LossTerms, build_loss, build_model,
-                            load_model_weights)
+                            model_from_checkpoint)
+from modules.precision import autocast, autocast_dtype
 
 LOSS_NAMES = LossTerms._fields
 
@@ -206,18 +205,8 @@ def _resolve_config(options: TrainOptions, resume: Optional[dict], init: Optiona
 def _build_model(config: Config, options: TrainOptions, weights: Optional[dict]) -> KeypointMaskModel:
     torch.manual_seed(config.train_params.seed)
     if weights is not None:
-        # The detector comes from the checkpoint: build it empty and load it strictly.
-        model = build_model(config, detector=KPDetector(**config.model_params.detector_kwargs()))
-        load_model_weights(model, weights, weights["path"])
-    else:
-        model = build_model(config, checkpoint_with_kp=options.checkpoint_with_kp)
-    return model
-
-
-def _autocast_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    if mode == "fp16" and device.type != "cuda":
-        raise UserError(f"mixed precision fp16 needs a CUDA device (this run is on {device}); use bf16 on CPU")
-    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+        return model_from_checkpoint(config, weights, weights["path"])
+    return build_model(config, checkpoint_with_kp=options.checkpoint_with_kp)
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -244,9 +233,7 @@ def forward_backward(train_model: nn.Module, loss_fn: KeypointMaskLoss, optimize
                      scaler: torch.amp.GradScaler, autocast_dtype: Optional[torch.dtype], source: torch.Tensor,
                      driving: torch.Tensor) -> tuple[LossTerms, GeneratorOutput]:
     """Predictions, losses and gradients of one batch (the caller checks the losses, then steps)."""
-    autocast = (torch.autocast(source.device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    with autocast:
+    with autocast(source.device, autocast_dtype):
         output = train_model(source, driving)
         terms = loss_fn(output, driving)
     optimizer.zero_grad(set_to_none=True)
@@ -333,7 +320,7 @@ class Trainer:
         init = run_log.load_training_checkpoint(options.init_checkpoint) if options.init_checkpoint else None
         self.config = config = _resolve_config(options, resume, init)
         self.train = train = config.train_params
-        self.autocast_dtype = _autocast_dtype(train.mixed_precision, device)
+        self.autocast_dtype = autocast_dtype(train.mixed_precision, device)
         if train.batch_size % dist.world_size:
             raise ConfigError(f"{config.path}: train_params.batch_size {train.batch_size} is the global batch and "
                               f"must divide among {dist.world_size} processes")
@@ -358,10 +345,7 @@ class Trainer:
                          f"BatchNorm normalises its own {train.batch_size // dist.world_size} samples; running "
                          f"statistics are rank 0's")
         # Data: every random choice is a function of (seed, epoch, index), so workers and ranks agree.
-        dataset = FramesDataset(root_dir=config.dataset_params.root_dir, frame_shape=config.dataset_params.frame_shape,
-                                id_sampling=config.dataset_params.id_sampling, is_train=True,
-                                augmentation_params=config.dataset_params.augmentation_params,
-                                random_seed=train.seed)
+        dataset = FramesDataset.from_config(config.dataset_params, is_train=True, random_seed=train.seed)
         notes += dataset.notes
         self.dataset = DatasetRepeater(dataset, train.num_repeats) if train.num_repeats > 1 else dataset
         self.sampler = EpochBatchSampler(len(self.dataset), train.batch_size // dist.world_size, train.seed, dist)

@@ -87,8 +87,10 @@ class KeypointMaskLoss(nn.Module):
         return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1)
 
 
-def load_model_weights(model: KeypointMaskModel, checkpoint: dict, source: str) -> None:
-    """Strictly load a training checkpoint's ``kp_detector`` and ``generator`` into ``model``."""
+def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> KeypointMaskModel:
+    """The networks of ``config`` with a training checkpoint's ``kp_detector`` and ``generator``, loaded strictly
+    (the detector is built empty: its weights come from the checkpoint, not from a FOMM file)."""
+    model = build_model(config, detector=KPDetector(**config.model_params.detector_kwargs()))
     load_detector_state(model.mask.detector, checkpoint["kp_detector"], source)
     try:
         model.generator.load_state_dict(checkpoint["generator"], strict=True)
@@ -96,6 +98,7 @@ def load_model_weights(model: KeypointMaskModel, checkpoint: dict, source: str) 
         lines = str(error).splitlines()
         raise CheckpointError(f"{source}: generator does not fit the config "
                               f"({lines[1].strip() if len(lines) > 1 else error})") from None
+    return model
 
 
 def build_detector(config: Config, checkpoint_with_kp: Optional[str] = None) -> KPDetector:
