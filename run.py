@@ -44,8 +44,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "torchvision vgg19 state dict")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--batch_size", type=positive_int, default=None,
-                        help="inspect: batch of the timed step (default 1); reconstruction: frames generated at "
-                             "once (default 8)")
+                        help="inspect: batch of the timed step (default 1); reconstruction and animate: frames "
+                             "generated at once (default 8)")
     parser.add_argument("--exclude_first_frame", action="store_true", default=None,
                         help="reconstruction: leave frame 0 (the source) out of the metrics, as the "
                              "perturbed-masks paper does (default: FOMM's protocol, frame 0 counted)")
@@ -67,8 +67,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train = parser.add_argument_group("train")
     train.add_argument("--log_dir", default="log", help="where new run folders are made (default: log)")
     train.add_argument("--checkpoint", default=None,
-                       help="resume this run exactly: a NNNNNNNN-checkpoint.pth.tar or a run folder (its latest "
-                            "checkpoint); --config may then change train_params only")
+                       help="a NNNNNNNN-checkpoint.pth.tar or a run folder (its latest checkpoint): train resumes "
+                            "it exactly (--config may then change train_params only); reconstruction and animate "
+                            "use its weights and config")
     train.add_argument("--init_checkpoint", default=None,
                        help="start a new run from this checkpoint's weights (fine-tuning): new optimizer, epoch 0")
     train.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"), default=None,
