@@ -2,14 +2,18 @@
 
     python run.py --mode animate --checkpoint CKPT --source_image IMG --driving_video VID
                   [--result_video OUT] [--motion relative|absolute] [--adapt_scale] [--fit crop|resize]
-                  [--batch_size N] [--visualize]
+                  [--find_best_frame] [--batch_size N] [--visualize]
     python run.py --mode animate --checkpoint CKPT [--motion ...] [--adapt_scale]     # the dataset's pairs
 
 Frames are decoded, generated in batches and encoded as a stream: memory does not grow with the video's
 length, and the source mask is computed once. The result keeps the driving video's frame count and fps and
 carries its audio track. Motion (DESIGN.md sec. 3): heatmap checkpoints animate absolutely (the mask has no
 points to move); circles checkpoints move the source's keypoints by the driver's motion since its first frame
-(relative, the default) or use the driver's keypoints as they are (absolute).
+(relative, the default) or use the driver's keypoints as they are (absolute). With ``--find_best_frame`` the
+relative motion is measured from the driving frame whose pose is closest to the source's instead.
+
+Dataset mode on the synthetic data also scores each pair against its ground-truth animation (L1, PSNR, SSIM,
+and AKD with the keypoint regressor), beside the copy-source and copy-driving baselines: ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from tqdm import tqdm
 import logger as run_log
 from frames_dataset import frames_to_tensor
 from modules.errors import UserError
+from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks
 from modules.motion import relative_keypoints
 from modules.precision import autocast, autocast_dtype
 from modules.video_io import VideoWriter, load_image, open_video, resize_frame
@@ -63,13 +68,17 @@ def _choose_motion(kind: str, config, motion: Optional[str], adapt_scale: bool, 
 
 def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *, size: tuple[int, int],
             device: torch.device, motion: str, adapt_scale: bool, visualize: bool, progress: tqdm,
-            strip: Optional[list] = None, precision: Optional[str] = None) -> None:
-    """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``."""
+            strip: Optional[list] = None, precision: Optional[str] = None,
+            reference: Optional[np.ndarray] = None) -> None:
+    """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``.
+    Relative motion is measured from ``reference`` (a fitted driving frame), by default the first frame."""
     layout = torch.channels_last            # NHWC convolutions: faster on CPU and on tensor cores
     dtype = autocast_dtype(precision, device)
+    initial = None                          # relative motion: the reference frame's keypoints (1, K, 2)
     with autocast(device, dtype):
         state = model.encode_source(frames_to_tensor(source[None]).to(device, memory_format=layout))   # once
-    initial = None                          # relative motion: the driver's first-frame keypoints
+        if reference is not None and motion == "relative":
+            initial = model.mask(frames_to_tensor(reference[None]).to(device, memory_format=layout)).keypoints
     for frames in batches:
         driving = frames_to_tensor(frames).to(device, memory_format=layout)
         with autocast(device, dtype):
@@ -106,27 +115,69 @@ def _animate_relative(model, state, driving: torch.Tensor, initial: Optional[tor
 def animate_single(checkpoint_path: str, source_image: str, driving_video: str, *, device: torch.device,
                    result_video: Optional[str] = None, motion: Optional[str] = None, adapt_scale: bool = False,
                    fit: str = "crop", batch_size: int = 8, visualize: bool = False,
-                   precision: Optional[str] = None) -> str:
+                   precision: Optional[str] = None, find_best_frame: bool = False) -> str:
     """Animate ``source_image`` by ``driving_video``; returns the result's path."""
     config, model, checkpoint = run_log.load_model(checkpoint_path, device)
     model.to(memory_format=torch.channels_last)
     motion = _choose_motion(config.model_params.mask_params.kind, config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
         raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
+    if find_best_frame and motion != "relative":
+        raise UserError("--find_best_frame picks the reference frame of relative motion; absolute motion has "
+                        "none (use a circles checkpoint with --motion relative)")
     size = config.dataset_params.size
     source = fit_frame(load_image(source_image), size, fit)
     video = open_video(driving_video)
+    reference = None
+    if find_best_frame:
+        best = best_frame(config, source, video, size, fit, batch_size)
+        reference = fit_frame(video.read([best])[0], size, fit)
     result_video = result_video or os.path.splitext(os.path.basename(source_image))[0] + "-animated.mp4"
     fps = video.fps or 25.0
     batches = (np.stack([fit_frame(frame, size, fit) for frame in frames]) for frames in video.iter_frames(batch_size))
     progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
     with torch.inference_mode(), VideoWriter(result_video, fps=fps, audio_from=driving_video) as writer:
         _stream(model, source, batches, writer, size=size, device=device, motion=motion, adapt_scale=adapt_scale,
-                visualize=visualize, progress=progress, precision=precision)
+                visualize=visualize, progress=progress, precision=precision, reference=reference)
     progress.close()
     print(f"{result_video}: {writer.frames} frames at {fps:g} fps ({motion} motion"
           f"{', audio carried over' if writer.audio_from else ''})")
     return result_video
+
+
+def best_frame(config, source: np.ndarray, video, size: tuple[int, int], fit: str, batch_size: int) -> int:
+    """The driving frame whose pose is closest to the source's (FOMM demo's --find_best_frame): landmarks of the
+    config's detector, each pose centred and scaled by its hull, compared over the landmarks found in both.
+
+    FOMM animates forwards and backwards from that frame; since every generated frame depends only on the
+    source, its own driving frame and the reference, one forward pass with that reference gives the same
+    frames in order, and keeps the stream."""
+    from modules.landmarks import MetricsUnavailable, make_landmarker, normalised_pose
+
+    try:
+        landmarker = make_landmarker(config, size)
+    except MetricsUnavailable as reason:
+        raise UserError(f"--find_best_frame needs landmarks: {reason}") from None
+    mine = landmarker.detect(source[None])
+    if not mine.found[0].any():
+        raise UserError(f"--find_best_frame: the {landmarker.name} detector finds no landmarks in the source image")
+    best, best_distance, index = None, np.inf, 0
+    for frames in tqdm(video.iter_frames(batch_size), total=-(-video.num_frames // batch_size), unit="batch",
+                       desc="best frame", dynamic_ncols=True, leave=False):
+        theirs = landmarker.detect(np.stack([fit_frame(frame, size, fit) for frame in frames]))
+        for points, found in zip(theirs.points, theirs.found):
+            both = found & mine.found[0]
+            if both.sum() >= 3:                 # a hull needs three points
+                difference = normalised_pose(points[both]) - normalised_pose(mine.points[0][both])
+                distance = float((difference ** 2).sum(axis=1).mean())
+                if distance < best_distance:
+                    best, best_distance = index, distance
+            index += 1
+    if best is None:
+        raise UserError(f"--find_best_frame: no frame of the driving video has three {landmarker.name} landmarks in "
+                        f"common with the source image")
+    print(f"best frame: {best} of {index} (normalised pose distance {best_distance:.4f})")
+    return best
 
 
 def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optional[str] = None,
@@ -146,64 +197,81 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
     size = config.dataset_params.size
     progress = tqdm(total=sum(dataset.num_frames(pairs.pair(i)[1]) for i in range(len(pairs))), unit="frame",
                     dynamic_ncols=True)
-    scores: dict[str, dict[str, float]] = {}
+    scorer = None                       # built on the first pair that has a ground truth
+    scores: dict[str, dict[str, list[float]]] = {}
     with torch.inference_mode():
         for index in range(len(pairs)):
             source_index, driving_index = pairs.pair(index)
             name = f"{dataset.names[source_index]}__{dataset.names[driving_index]}"
             driving = dataset.video(driving_index)
+            source = dataset.video(source_index).read([0])[0]
             strip: list[np.ndarray] = []
             with VideoWriter(os.path.join(out_dir, name + config.animate_params.format),
                              fps=driving.fps or 25.0) as writer:
-                _stream(model, dataset.video(source_index).read([0])[0], driving.iter_frames(batch_size), writer,
-                        size=size, device=device, motion=motion, adapt_scale=adapt_scale, visualize=False,
-                        progress=progress, strip=strip, precision=precision)
+                _stream(model, source, driving.iter_frames(batch_size), writer, size=size, device=device,
+                        motion=motion, adapt_scale=adapt_scale, visualize=False, progress=progress, strip=strip,
+                        precision=precision)
             prediction = np.concatenate(strip)                                          # (T, H, W, 3)
             run_log.write_strip(os.path.join(out_dir, "png", name + ".png"), prediction)
             truth = os.path.join(config.dataset_params.root_dir, "animation-gt", name)
             if os.path.isdir(truth):
-                scores[name] = _score_against_truth(prediction, dataset.video(source_index).read([0])[0],
-                                                    driving.read_all(), open_video(truth, size).read_all())
+                scorer = scorer or FrameScorer(config, size)
+                scores[name] = _score_against_truth(scorer, prediction, source, driving, open_video(truth, size),
+                                                    batch_size)
     progress.close()
     print(f"animation of {len(pairs)} pairs ({motion} motion) -> {out_dir}")
     if scores:
-        _write_animation_metrics(out_dir, scores, motion, checkpoint)
+        _write_animation_metrics(out_dir, scores, scorer, motion, checkpoint)
     return out_dir
 
 
-def _score_against_truth(prediction: np.ndarray, source: np.ndarray, driving: np.ndarray,
-                         truth: np.ndarray) -> dict[str, float]:
-    """L1 and SSIM of the prediction and of the two trivial baselines against the ground-truth animation
-    (the synthetic dataset's source identity moved by the driver's pose), averaged over frames."""
-    from modules.metrics import l1, ssim
-
-    count = min(len(prediction), len(truth), len(driving))
-    target = frames_to_tensor(truth[:count])
-    candidates = {"prediction": prediction[:count], "copy_source": np.repeat(source[None], count, axis=0),
-                  "copy_driving": driving[:count]}
-    scores = {"frames": count}
-    for who, frames in candidates.items():
-        frames = frames_to_tensor(frames)
-        scores[f"{who}_l1"] = l1(frames, target).mean().item()
-        scores[f"{who}_ssim"] = ssim(frames, target).mean().item()
+def _score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.ndarray, driving,
+                         truth, batch_size: int) -> dict[str, list[float]]:
+    """Per-frame scores of the prediction and of the two trivial baselines (copy the source frame, copy the
+    driving frame) against the ground-truth animation (the synthetic source identity moved by the driver's
+    pose): {"<candidate>_<metric>": values}."""
+    count = min(len(prediction), truth.num_frames, driving.num_frames)
+    source_tensor = frames_to_tensor(source[None])
+    source_landmarks = scorer.landmarks(source_tensor)
+    scores: dict[str, list[float]] = {}
+    for start in range(0, count, batch_size):
+        indices = list(range(start, min(start + batch_size, count)))
+        target = scorer.target(frames_to_tensor(truth.read(indices)))
+        copies = None if source_landmarks is None else repeat_landmarks(source_landmarks, len(indices))
+        candidates = (("prediction", frames_to_tensor(prediction[indices]), None),
+                      ("copy_source", source_tensor.expand(len(indices), -1, -1, -1), copies),
+                      ("copy_driving", frames_to_tensor(driving.read(indices)), None))
+        for who, frames, found in candidates:
+            for metric, values in scorer.score(frames, target, found).items():
+                scores.setdefault(f"{who}_{metric}", []).extend(values.tolist())
     return scores
 
 
-def _write_animation_metrics(out_dir: str, scores: dict, motion: str, checkpoint: dict) -> None:
-    keys = [k for k in next(iter(scores.values())) if k != "frames"]
-    total = sum(row["frames"] for row in scores.values())
-    mean = {k: sum(row[k] * row["frames"] for row in scores.values()) / total for k in keys}
+def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[float]]], scorer: FrameScorer,
+                             motion: str, checkpoint: dict) -> None:
+    pooled: dict[str, list[float]] = {}
+    for row in scores.values():
+        for key, values in row.items():
+            pooled.setdefault(key, []).extend(values)
+    table = {who: {metric: frame_mean(pooled[f"{who}_{metric}"]) for metric in scorer.metrics}
+             for who in ("prediction", "copy_source", "copy_driving")}
+    frames = sum(len(row["prediction_l1"]) for row in scores.values())
     result = {"protocol": {"target": "the synthetic dataset's ground-truth animation (source identity, driver's "
                                      "pose)", "averaging": "over all frames of all pairs", "pairs": len(scores),
-                           "frames": total, "motion": motion, "checkpoint": checkpoint["path"],
-                           "step": int(checkpoint["step"])},
-              "mean": {"l1": mean["prediction_l1"], "ssim": mean["prediction_ssim"]},
-              "baselines": {who: {"l1": mean[f"{who}_l1"], "ssim": mean[f"{who}_ssim"]}
-                            for who in ("copy_source", "copy_driving")},
-              "skipped": {"akd": "needs the keypoint regressor of the synthetic dataset (next stage)"},
-              "pairs": scores}
+                           "frames": frames, "motion": motion, "checkpoint": checkpoint["path"],
+                           "step": int(checkpoint["step"]),
+                           "landmarks": None if scorer.landmarker is None else scorer.landmarker.name,
+                           "akd_units": "pixels of a 256x256 frame"},
+              "mean": table["prediction"],
+              "baselines": {who: table[who] for who in ("copy_source", "copy_driving")},
+              "skipped": scorer.skipped,
+              "pairs": {name: {"frames": len(row["prediction_l1"])} | {key: frame_mean(v) for key, v in row.items()}
+                        for name, row in scores.items()}}
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
         json.dump(result, stream, indent=2)
-    print(f"  against the ground-truth animation: prediction l1 {mean['prediction_l1']:.4f} ssim "
-          f"{mean['prediction_ssim']:.4f}; copy source l1 {mean['copy_source_l1']:.4f}; copy driving l1 "
-          f"{mean['copy_driving_l1']:.4f}")
+    print("  against the ground-truth animation:")
+    for who, row in table.items():
+        print(f"    {who.replace('_', ' '):<12} " + "  ".join(
+            f"{k} {'n/a' if v is None else format(v, '.4f')}" for k, v in row.items()))
+    for metric, reason in scorer.skipped.items():
+        print(f"    {metric} skipped: {reason}")

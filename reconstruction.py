@@ -12,9 +12,10 @@ Writes into ``<run folder>/reconstruction/`` (replacing what an earlier run wrot
     metrics.json        {"protocol", "mean", "baselines", "skipped", "videos"}
     metrics.csv         one row per video
 
-Metrics here: L1, PSNR and SSIM for the prediction and for the trivial baseline that copies the source
-frame. The landmark metrics (AKD, MKR, AED) need detectors this version does not bundle; metrics.json says
-that they were skipped and why.
+Metrics (modules/evaluation.py): L1, PSNR and SSIM always; AKD, MKR and AED when the config's landmark
+detector (``metrics_params.landmarks``) can run here; metrics.json lists what was skipped and why. Every
+metric is also given for the trivial baseline that copies the source frame, so a table shows what the model
+adds.
 """
 from __future__ import annotations
 
@@ -28,11 +29,10 @@ import torch
 from tqdm import tqdm
 
 import logger as run_log
-from modules.metrics import l1, psnr, ssim
+from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks
 from modules.video_io import VideoWriter
 
-METRICS = {"l1": l1, "psnr": psnr, "ssim": ssim}
-SKIPPED = {name: "landmark and identity metrics are not bundled in this version" for name in ("akd", "mkr", "aed")}
+CANDIDATES = ("prediction", "copy_source")
 
 
 def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int = 8,
@@ -50,61 +50,86 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     count = len(dataset) if num_videos is None else min(num_videos, len(dataset))   # not one too many (FOMM)
     out_dir = run_log.fresh_results_dir(checkpoint, "reconstruction")
     size = config.dataset_params.size
-    per_video: dict[str, dict[str, float]] = {}
-    sums = {f"{who}_{name}": 0.0 for who in ("prediction", "copy_source") for name in METRICS}
-    frames_counted = 0
+    scorer = FrameScorer(config, size)
+    per_video: dict[str, dict[str, Any]] = {}
+    pooled: dict[str, list[float]] = {f"{who}_{name}": [] for who in CANDIDATES for name in scorer.metrics}
     progress = tqdm(total=sum(dataset.num_frames(i) for i in range(count)), unit="frame", dynamic_ncols=True)
     with torch.inference_mode():
         for index in range(count):
             video = dataset.video(index)
-            values = {key: [] for key in sums}
+            values: dict[str, list[float]] = {key: [] for key in pooled}
             strip = []
-            state = None
+            state = source_landmarks = None
             with VideoWriter(os.path.join(out_dir, video.name + params.format), fps=video.fps or 25) as writer:
                 for number, frames in enumerate(video.iter_frames(batch_size)):
                     driving = frames_to_tensor(frames).to(device)
                     if state is None:
                         state = model.encode_source(driving[:1])          # frame 0 is the source
+                        source_landmarks = scorer.landmarks(driving[:1])
                     output = model.animate(state, driving)
                     source = state.image.expand_as(driving)
-                    keep = slice(1 if exclude_first_frame and number == 0 else 0, None)
-                    for name, metric in METRICS.items():
-                        values[f"prediction_{name}"] += metric(output.prediction[keep], driving[keep]).tolist()
-                        values[f"copy_source_{name}"] += metric(source[keep], driving[keep]).tolist()
+                    first = 1 if exclude_first_frame and number == 0 else 0
+                    if first < len(driving):
+                        target = scorer.target(driving[first:])
+                        copies = None if source_landmarks is None else \
+                            repeat_landmarks(source_landmarks, len(driving) - first)
+                        for who, frames_out, found in (("prediction", output.prediction[first:], None),
+                                                       ("copy_source", source[first:], copies)):
+                            for name, per_frame in scorer.score(frames_out, target, found).items():
+                                values[f"{who}_{name}"] += per_frame.tolist()
                     columns = [source, driving, output.driving_mask, output.low_res_prediction, output.prediction]
                     writer.write(run_log.side_by_side(columns, size))
                     strip.append(run_log.to_uint8(output.prediction, size))
                     progress.update(len(frames))
             run_log.write_strip(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(strip))
-            counted = len(values["prediction_l1"])
-            per_video[video.name] = {"frames": counted} | {k: float(np.mean(v)) for k, v in values.items()}
-            for key in sums:
-                sums[key] += float(np.sum(values[key]))
-            frames_counted += counted
+            per_video[video.name] = {"frames": len(values["prediction_l1"])} | \
+                {key: frame_mean(v) for key, v in values.items()}
+            for key in pooled:
+                pooled[key] += values[key]
     progress.close()
-    mean = {name: sums[f"prediction_{name}"] / max(frames_counted, 1) for name in METRICS}
+    frames_counted = len(pooled["prediction_l1"])
+    table = {who: {name: frame_mean(pooled[f"{who}_{name}"]) for name in scorer.metrics} for who in CANDIDATES}
     result = {
         "protocol": {
             "source": "first frame of each test video", "driving": "every frame of the same video",
             "frames": "all frames except frame 0" if exclude_first_frame else "all frames, frame 0 included (FOMM)",
-            "averaging": "over all counted frames of all videos (FOMM)", "videos": count,
+            "averaging": "over all counted frames of all videos (FOMM); landmark metrics over the frames where "
+                         "they are defined", "videos": count,
             "frames_counted": frames_counted, "frame_size": list(size), "checkpoint": checkpoint["path"],
-            "step": int(checkpoint["step"]), "dataset": config.dataset_params.root_dir},
-        "mean": mean,
-        "baselines": {"copy_source": {name: sums[f"copy_source_{name}"] / max(frames_counted, 1)
-                                      for name in METRICS}},
-        "skipped": SKIPPED,
+            "step": int(checkpoint["step"]), "dataset": config.dataset_params.root_dir,
+            "landmarks": _describe_landmarks(scorer)},
+        "mean": table["prediction"],
+        "baselines": {"copy_source": table["copy_source"]},
+        "skipped": scorer.skipped,
         "videos": per_video,
     }
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
         json.dump(result, stream, indent=2)
     with open(os.path.join(out_dir, "metrics.csv"), "w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
-        keys = ["frames"] + list(sums)
+        keys = ["frames"] + list(pooled)
         writer.writerow(["video"] + keys)
         for name, row in per_video.items():
             writer.writerow([name] + [row[k] for k in keys])
     print(f"reconstruction of {count} videos ({frames_counted} frames) -> {out_dir}")
-    print("  prediction   " + "  ".join(f"{k} {v:.4f}" for k, v in mean.items()))
-    print("  copy source  " + "  ".join(f"{k} {v:.4f}" for k, v in result["baselines"]["copy_source"].items()))
+    for who, row in table.items():
+        print(f"  {who.replace('_', ' '):<12} " + "  ".join(f"{k} {_number(v)}" for k, v in row.items()))
+    for name, reason in scorer.skipped.items():
+        print(f"  {name} skipped: {reason}")
     return result
+
+
+def _number(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _describe_landmarks(scorer: FrameScorer) -> Optional[dict[str, Any]]:
+    """What detector the landmark metrics come from, and the units, for metrics.json."""
+    if scorer.landmarker is None:
+        return None
+    described = {"detector": scorer.landmarker.name, "points": scorer.landmarker.num_points,
+                 "akd_units": "pixels of a 256x256 frame"}
+    info = getattr(scorer.landmarker, "info", None)
+    if info:
+        described["regressor"] = info
+    return described

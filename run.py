@@ -59,6 +59,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          help="circles checkpoints: relative (default) or absolute; heatmap ones are absolute")
     animate.add_argument("--adapt_scale", action="store_true",
                          help="relative motion scaled by the ratio of the source's and driver's keypoint hulls")
+    animate.add_argument("--find_best_frame", action="store_true",
+                         help="relative motion: take as the driver's reference the frame whose pose (landmarks of "
+                              "metrics_params.landmarks) is closest to the source's, instead of frame 0")
     animate.add_argument("--fit", choices=("crop", "resize"), default="crop",
                          help="how images of another shape meet the model's frame size: crop (centre crop to "
                               "the aspect ratio, then resize; default) or resize (stretch)")
@@ -138,13 +141,17 @@ def animate(args: argparse.Namespace) -> None:
         raise UserError("--mode animate: give both --source_image and --driving_video (one image by one video), "
                         "or neither (the test pairs of the checkpoint's dataset)")
     if args.source_image is None:
+        if args.find_best_frame:
+            raise UserError("--find_best_frame is for one image by one video (--source_image, --driving_video); "
+                            "the dataset's pairs always start from the driver's frame 0")
         animate_dataset(args.checkpoint, device=choose_device(args.device), motion=args.motion,
                         adapt_scale=args.adapt_scale, batch_size=args.batch_size or 8,
                         precision=args.mixed_precision)
         return
     animate_single(args.checkpoint, args.source_image, args.driving_video, device=choose_device(args.device),
                    result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
-                   batch_size=args.batch_size or 8, visualize=args.visualize, precision=args.mixed_precision)
+                   batch_size=args.batch_size or 8, visualize=args.visualize, precision=args.mixed_precision,
+                   find_best_frame=args.find_best_frame)
 
 
 def inspect(args: argparse.Namespace) -> None:

@@ -23,6 +23,12 @@ setup(
         "tqdm",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # Landmark metrics (AKD, MKR, AED) and --find_best_frame on real videos. mediapipe 0.10.14 needs
+        # protobuf < 5; tensorboard 2.21 needs protobuf >= 6.31, so the extra holds tensorboard below it.
+        "metrics": ["mediapipe==0.10.14", "protobuf>=4.25,<5", "tensorboard<2.21", "dlib-bin",
+                    "face-recognition-models"],
+    },
     entry_points={"console_scripts": ["kpmask=run:main"]},
 )

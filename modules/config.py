@@ -174,6 +174,18 @@ class AnimateParams:
 
 
 @dataclass
+class MetricsParams:
+    # Which landmarks AKD/MKR (and --find_best_frame) use: a pose estimator for bodies (Tai-Chi), 68 face
+    # landmarks plus a face identity embedding for faces (VoxCeleb; AED too), the project's keypoint regressor
+    # for the synthetic dataset, or none. Body and face need the metrics extra (pip install -e .[metrics]).
+    landmarks: Literal["body", "face", "synthetic", "none"] = "body"
+    # synthetic: the regressor's checkpoint; null means <dataset root_dir>/keypoint-regressor.pth
+    keypoint_regressor: Optional[str] = None
+    # Pose and face detectors miss people in small frames (DESIGN.md sec. 5): below this side, skip them.
+    min_landmark_size: int = 128
+
+
+@dataclass
 class VisualizerParams:
     kp_size: int = 5
     draw_border: bool = True
@@ -187,6 +199,7 @@ class Config:
     train_params: TrainParams
     reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
     animate_params: AnimateParams = field(default_factory=AnimateParams)
+    metrics_params: MetricsParams = field(default_factory=MetricsParams)
     visualizer_params: VisualizerParams = field(default_factory=VisualizerParams)
     path: str = field(default="<dict>", metadata={"yaml": False})   # where it was read from
 

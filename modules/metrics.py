@@ -1,11 +1,13 @@
-"""Frame metrics of the papers' tables that need no extra package: L1, PSNR and SSIM (DESIGN.md sec. 5).
+"""The metrics of the papers' tables (DESIGN.md sec. 5), one value per frame.
 
-All take frames as float tensors (N, 3, H, W) in [0, 1] and return one value per frame (N,), so that a
-caller can average over frames (FOMM's protocol) or over videos as it chooses. The landmark metrics (AKD,
-MKR, AED) need detectors from an optional extra and live elsewhere.
+L1, PSNR and SSIM take frames as float tensors (N, 3, H, W) in [0, 1]. AKD, MKR and AED take the
+``Landmarks`` a detector found on the real and on the generated frames (modules/landmarks.py). Every metric
+returns one value per frame (N,), NaN where a frame has nothing to measure (no landmark found in both), so a
+caller averages over frames (FOMM's protocol) or over videos as it chooses, with ``np.nanmean``.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,3 +69,34 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, sigma: float = SSIM_SIG
     index = ((2 * mean_x * mean_y + c1) * (2 * covariance + c2)) / \
         ((mean_x ** 2 + mean_y ** 2 + c1) * (var_x + var_y + c2))
     return index.reshape(n, -1).mean(1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Landmark metrics. Landmarks are normalised to the frame (x / width, y / height), so AKD in the pixels of a
+# frame of side ``scale`` is the normalised difference times ``scale``: 256 gives the papers' figures.
+
+def akd(real, generated, scale: float = 256.0) -> np.ndarray:
+    """Average keypoint distance per frame: the mean absolute coordinate difference (x and y alike) over the
+    landmarks found in both frames, in pixels of a ``scale`` x ``scale`` frame. (T,), NaN if none in both."""
+    both = real.found & generated.found                                   # (T, N)
+    difference = np.abs(real.points - generated.points) * scale           # (T, N, 2)
+    total = (difference * both[..., None]).sum(axis=(1, 2))
+    count = both.sum(axis=1) * 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def mkr(real, generated) -> np.ndarray:
+    """Missing keypoint rate per frame: the share of landmarks found in the real frame but not in the generated
+    one. (T,), NaN where the real frame has none."""
+    present = real.found.sum(axis=1)
+    missing = (real.found & ~generated.found).sum(axis=1)
+    return np.where(present > 0, missing / np.maximum(present, 1), np.nan)
+
+
+def aed(real, generated) -> np.ndarray:
+    """Average Euclidean distance per frame between the identity embeddings of the real and the generated frame.
+    (T,), NaN where either has none."""
+    if real.embeddings is None or generated.embeddings is None:
+        return np.full(len(real.points), np.nan)
+    return np.linalg.norm(real.embeddings - generated.embeddings, axis=1)     # NaN rows stay NaN

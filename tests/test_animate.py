@@ -228,3 +228,88 @@ def test_bf16_animation_stays_close_to_fp32(tiny_model):
         results[precision] = np.concatenate(writer.frames).astype(np.float64)
     mse = np.mean((results["no"] - results["bf16"]) ** 2) / 255 ** 2
     assert 0 < mse and 10 * np.log10(1 / mse) > 35            # bf16 really ran, and stays within 35 dB PSNR
+
+
+class BrightnessPose:
+    """A stand-in landmark detector: a frame's pose is a fixed 4-point shape sheared by its mean brightness,
+    so the driving frame as bright as the source has the source's pose."""
+
+    name = "fake"
+    num_points = 4
+    min_size = 1
+
+    def detect(self, frames):
+        from modules.landmarks import Landmarks
+
+        shape = np.array([[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7]])
+        shear = frames.reshape(len(frames), -1).mean(1) / 255                    # (T,)
+        points = np.repeat(shape[None], len(frames), axis=0)
+        points[:, :, 0] += shear[:, None] * points[:, :, 1]
+        return Landmarks(points, np.ones((len(frames), 4), bool))
+
+
+def test_find_best_frame_measures_relative_motion_from_the_closest_pose_as_fomm_does(tmp_path, checkpoints,
+                                                                                     monkeypatch, capsys):
+    import torch
+    from tqdm import tqdm
+
+    import logger as run_log
+    import modules.landmarks
+    from animate import _stream
+
+    monkeypatch.setattr(modules.landmarks, "make_landmarker", lambda config, size: BrightnessPose())
+    rng = np.random.default_rng(1)
+    levels = [20, 200, 90, 160, 60]                                          # frame 2 matches the source (90)
+    frames = np.stack([np.clip(rng.normal(level, 8, (FRAME, FRAME, 3)), 0, 255).astype(np.uint8) for level in levels])
+    source = np.clip(rng.normal(90, 8, (FRAME, FRAME, 3)), 0, 255).astype(np.uint8)
+    folder = tmp_path / "driving"
+    folder.mkdir()
+    for number, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{number:05d}.png")
+    Image.fromarray(source).save(tmp_path / "source.png")
+    out = str(tmp_path / "best.mp4")
+    capsys.readouterr()
+    assert animate("--checkpoint", checkpoints["circles"], "--source_image", str(tmp_path / "source.png"),
+                   "--driving_video", str(folder), "--result_video", out, "--find_best_frame") == 0
+    assert "best frame: 2 of 5" in capsys.readouterr().out
+    assert open_video(out).num_frames == 5
+
+    # FOMM animates forwards and backwards from the best frame with it as the reference. Every frame depends
+    # only on the source, its own driving frame and the reference, so one forward pass with that reference
+    # gives exactly the frames of a video that starts at frame 2 (compared before encoding, which is lossy).
+    _, model, _ = run_log.load_model(checkpoints["circles"], torch.device("cpu"))
+
+    def generate(order, reference):
+        class Collect:
+            frames: list = []
+
+            def write(self, batch):
+                self.frames.append(batch)
+
+        writer = Collect()
+        driving = frames[order]
+        with torch.inference_mode():
+            _stream(model, source, iter([driving[i:i + 2] for i in range(0, 5, 2)]), writer, size=(FRAME, FRAME),
+                    device=torch.device("cpu"), motion="relative", adapt_scale=False, visualize=False,
+                    progress=tqdm(disable=True), reference=reference)
+        return np.concatenate(writer.frames).astype(int)
+
+    best = generate([0, 1, 2, 3, 4], frames[2])
+    assert np.array_equal(best[[2, 0, 1, 3, 4]], generate([2, 0, 1, 3, 4], None))
+    assert not np.array_equal(best, generate([0, 1, 2, 3, 4], None))          # the reference matters
+
+
+def test_find_best_frame_errors(tmp_path, checkpoints, capsys):
+    source = odd_rgba_png(tmp_path / "s.png")
+    driving = str(tmp_path / "driving.gif")
+    imageio.mimsave(driving, [np.full((40, 30, 3), 20 * i, dtype=np.uint8) for i in range(3)], duration=100)
+    cases = [(["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", driving,
+               "--find_best_frame"], "absolute motion has none"),
+             (["--checkpoint", checkpoints["circles"], "--find_best_frame"], "for one image by one video"),
+             (["--checkpoint", checkpoints["circles"], "--source_image", source, "--driving_video", driving,
+               "--find_best_frame"], "--find_best_frame needs landmarks: no keypoint regressor at")]
+    for args, fragment in cases:
+        capsys.readouterr()
+        assert animate(*args) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and fragment in error, error

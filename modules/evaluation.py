@@ -1,0 +1,107 @@
+"""One scorer for every results table: generated (or baseline) frames against the real ones, per frame.
+
+Reconstruction and dataset animation both ask the same question of a batch: how close are these frames to
+those? ``FrameScorer`` answers with L1, PSNR and SSIM always, and with AKD, MKR and AED when the config's
+landmark detector can run (modules/landmarks.py). What cannot be computed is listed in ``skipped`` with the
+reason, which goes into metrics.json as it is.
+
+Landmarks of the target frames are found once per batch and shared by every candidate (the prediction and
+the trivial baselines), so a baseline costs one more detection pass, not two.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from modules.landmarks import Landmarks, MetricsUnavailable, make_landmarker
+from modules.metrics import aed, akd, l1, mkr, psnr, ssim
+
+PIXEL_METRICS = {"l1": l1, "psnr": psnr, "ssim": ssim}
+LANDMARK_METRICS = {"akd": akd, "mkr": mkr, "aed": aed}
+
+# What each detector can measure, and why it cannot measure the rest.
+NOT_MEASURED = {
+    "body": {"aed": "AED on bodies needs a person re-identification network, which is not available offline"},
+    "face": {},
+    "synthetic": {"mkr": "the keypoint regressor always places every joint, so no keypoint can go missing",
+                  "aed": "there is no identity embedding network for the synthetic figures"},
+}
+
+
+class FrameScorer:
+    """Per-frame metrics of candidate frames against target frames.
+
+    ``scorer.target(frames)`` prepares a batch of real frames; ``scorer.score(candidate, target)`` then gives
+    ``{metric: (T,) array}`` for a candidate batch of the same length. Frames are float tensors (T, 3, H, W) in
+    [0, 1] (pixel metrics see them unrounded, as FOMM's L1 does; detectors see them as uint8). ``landmarks``
+    is exposed so a caller can find the landmarks of a frame it reuses (the source) once.
+    """
+
+    def __init__(self, config, frame_size: tuple[int, int], pixel_metrics: tuple[str, ...] = ("l1", "psnr", "ssim")):
+        self.pixel_metrics = {name: PIXEL_METRICS[name] for name in pixel_metrics}
+        self.skipped: dict[str, str] = {}
+        self.landmarker = None
+        try:
+            self.landmarker = make_landmarker(config, frame_size)
+        except MetricsUnavailable as reason:
+            self.skipped = {name: str(reason) for name in LANDMARK_METRICS}
+        self.landmark_metrics: dict = {}
+        if self.landmarker is not None:
+            self.skipped = dict(NOT_MEASURED[self.landmarker.name])
+            self.landmark_metrics = {name: metric for name, metric in LANDMARK_METRICS.items()
+                                     if name not in self.skipped}
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.pixel_metrics) + list(self.landmark_metrics)
+
+    def landmarks(self, frames: torch.Tensor) -> Optional[Landmarks]:
+        """Landmarks of frames (T, 3, H, W) in [0, 1], or None without a detector."""
+        if self.landmarker is None:
+            return None
+        return self.landmarker.detect(_to_uint8(frames))
+
+    def target(self, frames: torch.Tensor) -> "Target":
+        return Target(frames, self.landmarks(frames))
+
+    def score(self, candidate: torch.Tensor, target: "Target",
+              candidate_landmarks: Optional[Landmarks] = None) -> dict[str, np.ndarray]:
+        """Scores of ``candidate`` frames (T, 3, H, W) against ``target``: {metric: (T,)}.
+        ``candidate_landmarks`` skips the detection when the caller already has them."""
+        scores = {name: metric(candidate.float(), target.frames.float()).cpu().numpy()
+                  for name, metric in self.pixel_metrics.items()}
+        if self.landmark_metrics:
+            found = candidate_landmarks if candidate_landmarks is not None else self.landmarks(candidate)
+            for name, metric in self.landmark_metrics.items():
+                scores[name] = metric(target.landmarks, found)
+        return scores
+
+
+class Target:
+    """A batch of real frames with what scoring against them needs."""
+
+    def __init__(self, frames: torch.Tensor, landmarks: Optional[Landmarks]) -> None:
+        self.frames = frames                  # float (T, 3, H, W) in [0, 1]
+        self.landmarks = landmarks
+
+
+def repeat_landmarks(landmarks: Landmarks, count: int) -> Landmarks:
+    """One frame's landmarks repeated ``count`` times (the copy-source baseline's)."""
+    embeddings = None if landmarks.embeddings is None else np.repeat(landmarks.embeddings[:1], count, axis=0)
+    return Landmarks(np.repeat(landmarks.points[:1], count, axis=0), np.repeat(landmarks.found[:1], count, axis=0),
+                     embeddings)
+
+
+def frame_mean(values) -> Optional[float]:
+    """Mean over frames, leaving out frames with nothing to measure (NaN); None (JSON null) if none is left."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(T, 3, H, W) in [0, 1] -> uint8 (T, H, W, 3), rounded as a saved frame would be."""
+    frames = frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
