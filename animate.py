@@ -28,7 +28,7 @@ from tqdm import tqdm
 import logger as run_log
 from frames_dataset import frames_to_tensor
 from modules.errors import UserError
-from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks
+from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, skipped_lines
 from modules.motion import relative_keypoints
 from modules.precision import autocast, autocast_dtype
 from modules.video_io import VideoWriter, load_image, open_video, resize_frame
@@ -273,5 +273,5 @@ def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[floa
     for who, row in table.items():
         print(f"    {who.replace('_', ' '):<12} " + "  ".join(
             f"{k} {'n/a' if v is None else format(v, '.4f')}" for k, v in row.items()))
-    for metric, reason in scorer.skipped.items():
-        print(f"    {metric} skipped: {reason}")
+    for line in skipped_lines(scorer.skipped):
+        print("    " + line)

@@ -392,6 +392,10 @@ class PairedDataset(Dataset):
         rows = _read_pairs_csv(dataset.pairs_list)
         kept = [(lookup[s], lookup[d]) for s, d in rows if s in lookup and d in lookup]
         missing = [s if s not in lookup else d for s, d in rows if s not in lookup or d not in lookup]
+        if rows and not kept:
+            raise UserError(f"{dataset.pairs_list}: none of its {len(rows)} pairs names two videos of "
+                            f"{dataset.folder} (first: {rows[0][0]!r}, {rows[0][1]!r}); is pairs_list the csv "
+                            f"of this dataset?")
         if missing:
             warnings.warn(f"{dataset.pairs_list}: {len(missing)} of {len(rows)} pairs skipped, they name videos not "
                           f"in {dataset.folder} (first: {missing[0]!r})", DatasetWarning, stacklevel=3)

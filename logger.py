@@ -33,6 +33,7 @@ import yaml
 
 from modules.checkpoint import atomic_save, read_checkpoint
 from modules.errors import CheckpointError, UserError
+from modules.video_io import to_uint8  # noqa: F401  (run_log.to_uint8 in the stage scripts)
 
 CHECKPOINT_FORMAT = "kpmask-train-1"
 # Entries a training checkpoint of this project must hold (FOMM's names first, then ours).
@@ -197,17 +198,6 @@ def remove_stale_temporaries(run_dir: str) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------
 # Pictures
-
-def to_uint8(images: torch.Tensor, size: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """(B, C, h, w) in [0, 1] (C = 1 or 3) -> (B, H, W, 3) uint8; with ``size``, scaled up with nearest
-    neighbours (masks), so that each pixel shows exactly what the network saw."""
-    images = images.detach().float()
-    if size is not None and tuple(images.shape[-2:]) != tuple(size):
-        images = torch.nn.functional.interpolate(images, size=size, mode="nearest")
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-
 
 def side_by_side(columns: Sequence[torch.Tensor], size: tuple[int, int]) -> np.ndarray:
     """Per sample, the columns' images next to each other: (B, H, len(columns)*W, 3) uint8."""

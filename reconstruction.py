@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 import logger as run_log
-from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks
+from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, skipped_lines
 from modules.video_io import VideoWriter
 
 CANDIDATES = ("prediction", "copy_source")
@@ -114,8 +114,8 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     print(f"reconstruction of {count} videos ({frames_counted} frames) -> {out_dir}")
     for who, row in table.items():
         print(f"  {who.replace('_', ' '):<12} " + "  ".join(f"{k} {_number(v)}" for k, v in row.items()))
-    for name, reason in scorer.skipped.items():
-        print(f"  {name} skipped: {reason}")
+    for line in skipped_lines(scorer.skipped):
+        print("  " + line)
     return result
 
 

@@ -2,11 +2,12 @@
 
     python benchmarks/animate_speed.py [--checkpoint CKPT] [--batches 1 2 4 8] [--frames 16]
 
-Part 1 times ``model.animate`` (driving mask + both generators, the source encoded once) on 256x256 frames
-for each batch size, in fp32 and bf16 autocast, channels_last, each setting in a fresh process (peak memory is
-a per-process high-water mark), and gives the PSNR of the bf16 output against the fp32 output on the same
-frames. Without --checkpoint the taichi-256 networks have RANDOM weights (the PSNR then says little about a
-trained model, and the output says so). Part 2 animates a 100-frame and a 2,000-frame driving video with a
+Part 1 times ``model.animate`` (driving mask + both generators, the source encoded once) for each batch size,
+in fp32 and bf16 autocast, channels_last, each setting in a fresh process (peak memory is a per-process
+high-water mark), and gives the PSNR of the bf16 output against the fp32 output on the same frames. Without
+--checkpoint: the taichi-256 networks with RANDOM weights on noise frames (speed is representative, the PSNR
+says little about a trained model, and the output says so). With --checkpoint: its weights at its frame size,
+driven by its dataset's test frames when they are on disk. Part 2 animates a 100-frame and a 2,000-frame driving video with a
 tiny checkpoint through the real ``run.py --mode animate`` path and compares their peak memory.
 """
 from __future__ import annotations
@@ -24,21 +25,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def _model(checkpoint: str | None):
+def _model_and_frames(checkpoint: str | None, frames: int):
+    """(model in eval mode, source (1, 3, H, W), driving (frames, 3, H, W)). With a checkpoint: its weights, its
+    frame size and, when its dataset is on disk, real test frames (the first test video's frame 0 drives
+    nothing; the driving frames come from the next videos). Otherwise taichi-256 with random weights and noise."""
     import torch
 
     from modules.config import load_config
     from modules.models import build_model
 
+    generator = torch.Generator().manual_seed(1)
     if checkpoint:
         import logger
+        from frames_dataset import FramesDataset, frames_to_tensor
 
-        _, model, _ = logger.load_model(checkpoint, torch.device("cpu"))
-        return model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        return build_model(load_config(os.path.join(ROOT, "config", "taichi-256-heatmap.yaml"))).eval()
+        config, model, _ = logger.load_model(checkpoint, torch.device("cpu"))
+        height, width = config.dataset_params.size
+        try:
+            dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
+        except Exception:                                  # no dataset here: noise of the right size
+            dataset = None
+        if dataset is not None and len(dataset) >= 2:
+            source = frames_to_tensor(dataset.video(0).read([0]))
+            driving, index = [], 0
+            while sum(map(len, driving)) < frames:              # videos 1, 2, ..., cycling past the source's
+                driving.append(frames_to_tensor(dataset.video(1 + index % (len(dataset) - 1)).read_all()))
+                index += 1
+            return model, source, torch.cat(driving)[:frames]
+    else:
+        height = width = 256
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            model = build_model(load_config(os.path.join(ROOT, "config", "taichi-256-heatmap.yaml"))).eval()
+    return (model, torch.rand(1, 3, height, width, generator=generator),
+            torch.rand(frames, 3, height, width, generator=generator))
 
 
 def measure(precision: str, batch: int, frames: int, checkpoint: str | None) -> dict:
@@ -47,10 +68,10 @@ def measure(precision: str, batch: int, frames: int, checkpoint: str | None) -> 
 
     from modules.summary import peak_memory_mib
 
-    model = _model(checkpoint).to(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(1)
-    source = torch.rand(1, 3, 256, 256, generator=generator).contiguous(memory_format=torch.channels_last)
-    driving = torch.rand(frames, 3, 256, 256, generator=generator).contiguous(memory_format=torch.channels_last)
+    model, source, driving = _model_and_frames(checkpoint, frames)
+    model = model.to(memory_format=torch.channels_last)
+    source = source.contiguous(memory_format=torch.channels_last)
+    driving = driving.contiguous(memory_format=torch.channels_last)
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def run(chunk: torch.Tensor) -> torch.Tensor:
@@ -71,6 +92,7 @@ def measure(precision: str, batch: int, frames: int, checkpoint: str | None) -> 
     return {"precision": precision, "batch": batch, "frames_per_s": frames / seconds,
             "seconds_per_frame": seconds / frames, "gflops": flops_per_frame * frames / seconds / 1e9,
             "gflop_per_frame": flops_per_frame / 1e9, "peak_mib": peak_memory_mib(torch.device("cpu")),
+            "size": list(driving.shape[-2:]),
             "output": output_path}
 
 
@@ -125,7 +147,9 @@ def tiny_checkpoint(folder: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None, help="a 256x256 training checkpoint (default: random weights)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a training checkpoint: its weights, frame size and test frames (default: taichi-256 "
+                             "with random weights on noise)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--frames", type=int, default=16, help="frames timed per setting")
     parser.add_argument("--skip_streaming", action="store_true")
@@ -153,7 +177,9 @@ def main() -> None:
             outputs[(precision, batch)] = row["output"]
             print(f"{precision:<9} {batch:>5} {row['frames_per_s']:>9.2f} {row['seconds_per_frame']:>8.3f} "
                   f"{row['gflops']:>8.0f} {row['peak_mib']:>9.0f}", flush=True)
-    print(f"({row['gflop_per_frame']:.0f} GFLOP per 256x256 frame; channels_last; {torch.get_num_threads()} threads)")
+    height, width = row["size"]
+    print(f"({row['gflop_per_frame']:.1f} GFLOP per {height}x{width} frame; channels_last; "
+          f"{torch.get_num_threads()} threads)")
     for batch in args.batches:
         if ("fp32", batch) in outputs and ("bf16", batch) in outputs:
             reference, candidate = torch.load(outputs[("fp32", batch)]), torch.load(outputs[("bf16", batch)])

@@ -49,6 +49,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
+        # mkstemp makes the file readable by its owner only; give it the mode a plain open() would, so a
+        # checkpoint on a shared cluster disk is readable by the group as usual.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as stream:
             torch.save(obj, stream)
             stream.flush()

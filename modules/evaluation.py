@@ -17,6 +17,7 @@ import torch
 
 from modules.landmarks import Landmarks, MetricsUnavailable, make_landmarker
 from modules.metrics import aed, akd, l1, mkr, psnr, ssim
+from modules.video_io import to_uint8
 
 PIXEL_METRICS = {"l1": l1, "psnr": psnr, "ssim": ssim}
 LANDMARK_METRICS = {"akd": akd, "mkr": mkr, "aed": aed}
@@ -61,7 +62,7 @@ class FrameScorer:
         """Landmarks of frames (T, 3, H, W) in [0, 1], or None without a detector."""
         if self.landmarker is None:
             return None
-        return self.landmarker.detect(_to_uint8(frames))
+        return self.landmarker.detect(to_uint8(frames))
 
     def target(self, frames: torch.Tensor) -> "Target":
         return Target(frames, self.landmarks(frames))
@@ -94,14 +95,16 @@ def repeat_landmarks(landmarks: Landmarks, count: int) -> Landmarks:
                      embeddings)
 
 
+def skipped_lines(skipped: dict[str, str]) -> list[str]:
+    """'akd, mkr skipped: <reason>' lines, one per distinct reason, for the console."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(name)
+    return [f"{', '.join(names)} skipped: {reason}" for reason, names in by_reason.items()]
+
+
 def frame_mean(values) -> Optional[float]:
     """Mean over frames, leaving out frames with nothing to measure (NaN); None (JSON null) if none is left."""
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
     return float(values.mean()) if len(values) else None
-
-
-def _to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(T, 3, H, W) in [0, 1] -> uint8 (T, H, W, 3), rounded as a saved frame would be."""
-    frames = frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()

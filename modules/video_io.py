@@ -617,3 +617,16 @@ class VideoWriter:
                 os.remove(self.partial)
         if kind is None and not complete:
             raise VideoError(self.path, "no frames to write")
+
+
+def to_uint8(images: "torch.Tensor", size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """(B, C, h, w) in [0, 1] (C = 1 or 3) -> (B, H, W, 3) uint8, rounded as every saved frame is; with
+    ``size``, scaled up with nearest neighbours (masks), so that each pixel shows exactly what the network saw."""
+    images = images.detach().float()
+    if size is not None and tuple(images.shape[-2:]) != tuple(size):
+        import torch.nn.functional as F       # here, so that reading and writing videos needs no torch
+
+        images = F.interpolate(images, size=size, mode="nearest")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)

@@ -354,3 +354,6 @@ def test_bad_pairs_csv_is_a_user_error(tmp_path):
     wrong = write_pairs(tmp_path / "wrong.csv", "src,drv\na#1,b#1\n")
     with pytest.raises(UserError, match=f"{wrong}: expected a csv whose header has the columns source and driving"):
         PairedDataset(FramesDataset(root, SHAPE, is_train=False, pairs_list=wrong), 5)
+    other = write_pairs(tmp_path / "other.csv", "source,driving\nid032#00,id033#00\n")
+    with pytest.raises(UserError, match=f"{other}: none of its 1 pairs names two videos of .*this dataset"):
+        PairedDataset(FramesDataset(root, SHAPE, is_train=False, pairs_list=other), 5)

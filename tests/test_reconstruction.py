@@ -30,6 +30,7 @@ def trained_run(tmp_path_factory):
     with open(config_path("tiny-heatmap.yaml")) as stream:
         data = yaml.safe_load(stream)
     data["dataset_params"]["root_dir"] = str(root / "data")
+    data["dataset_params"]["pairs_list"] = str(root / "data" / "test-pairs.csv")
     data["train_params"].update(num_epochs=1, num_repeats=1, batch_size=2, num_workers=0)
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(data))
@@ -82,3 +83,47 @@ def test_reconstruction_needs_a_checkpoint_of_this_project(tmp_path, capsys):
     assert "--mode reconstruction needs --checkpoint" in capsys.readouterr().err
     assert reconstruct("--checkpoint", str(tmp_path / "none.pth.tar")) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
+
+
+def test_synthetic_akd_from_the_keypoint_regressor_in_reconstruction_and_animation(trained_run):
+    """With a keypoint regressor in the dataset folder, AKD joins the tables (reconstruction and animation
+    against the ground truth) and equals the regressor's own keypoints compared by hand; MKR and AED are
+    skipped with their reasons. The regressor's weights are untrained: AKD only has to be computed right."""
+    import numpy as np
+    import torch
+
+    from frames_dataset import FramesDataset
+    from modules.config import load_config
+    from modules.keypoint_regressor import KeypointRegressor, predict, save_regressor
+
+    config = load_config(os.path.join(trained_run, "config.yaml"))
+    root = config.dataset_params.root_dir
+    path = os.path.join(root, "keypoint-regressor.pth")
+    torch.manual_seed(3)
+    regressor = KeypointRegressor(channels=8).eval()
+    save_regressor(path, regressor, {"note": "untrained, for the test"})
+    try:
+        assert reconstruct("--checkpoint", trained_run, "--batch_size", "3") == 0
+        metrics = json.load(open(os.path.join(trained_run, "reconstruction", "metrics.json")))
+        assert set(metrics["skipped"]) == {"mkr", "aed"} and "always places every joint" in metrics["skipped"]["mkr"]
+        assert metrics["protocol"]["landmarks"]["detector"] == "synthetic"
+        # AKD by hand: the regressor on the saved prediction strips (the frames the scorer saw, rounded alike)
+        # and on the real frames, mean |difference| in 256-px pixels over all frames of all videos
+        dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
+        per_frame = []
+        for index in range(len(dataset)):
+            real = dataset.video(index).read_all()
+            strip = iio.imread(os.path.join(trained_run, "reconstruction", "png", dataset.names[index] + ".png"))
+            generated = strip.reshape(FRAME, -1, FRAME, 3).transpose(1, 0, 2, 3)
+            difference = np.abs(predict(regressor, real) - predict(regressor, generated)) * 256
+            per_frame += list(difference.reshape(len(real), -1).mean(1))
+        assert metrics["mean"]["akd"] == pytest.approx(float(np.mean(per_frame)), rel=1e-4)
+        assert metrics["baselines"]["copy_source"]["akd"] > 0
+
+        assert run.main(["--mode", "animate", "--device", "cpu", "--checkpoint", trained_run]) == 0
+        animation = json.load(open(os.path.join(trained_run, "animation", "metrics.json")))
+        assert animation["protocol"]["landmarks"] == "synthetic"
+        for row in [animation["mean"], *animation["baselines"].values()]:
+            assert set(row) == {"l1", "psnr", "ssim", "akd"} and row["akd"] >= 0
+    finally:
+        os.remove(path)

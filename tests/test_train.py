@@ -342,6 +342,16 @@ def test_kill_9_during_checkpoint_writes_never_leaves_a_broken_checkpoint(tmp_pa
     assert os.listdir(tmp_path) == [os.path.basename(path)]
 
 
+def test_atomic_save_gives_the_file_the_mode_of_a_plain_write(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_save({"step": 1}, str(tmp_path / "c.pth.tar"))
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / "c.pth.tar").st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777 == 0o644
+
+
 def test_sampler_ranks_together_make_the_single_process_batches():
     from train import Distributed, EpochBatchSampler
 
