@@ -131,7 +131,8 @@ def predict(model: KeypointRegressor, frames_uint8: np.ndarray, batch_size: int 
     model = model.to(device)
     out = [np.zeros((0, model.num_keypoints, 2), np.float32)]
     for start in range(0, len(frames_uint8), batch_size):
-        chunk = torch.from_numpy(frames_uint8[start:start + batch_size]).to(device)          # (b, H, W, 3)
+        # a copy: decoded frames may be read-only, which torch.from_numpy warns about
+        chunk = torch.from_numpy(np.array(frames_uint8[start:start + batch_size])).to(device)   # (b, H, W, 3)
         chunk = chunk.permute(0, 3, 1, 2).float().div_(255)                                   # (b, 3, H, W)
         out.append(model(chunk).float().cpu().numpy())
     return np.concatenate(out)
