@@ -1,4 +1,6 @@
 """User-facing errors: ``run.py`` prints their message as one line and exits non-zero, without a traceback."""
+import argparse
+import sys
 
 
 class UserError(Exception):
@@ -15,3 +17,12 @@ class CheckpointError(UserError):
 
 class ConfigWarning(UserWarning):
     """A config key that is accepted but has no effect (legacy FOMM / keypoint-mask keys)."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one "error: ..." line (no usage block) and exit status 2, like every
+    other bad input of the project's commands."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -58,6 +58,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run as a script: the repository's modules
+from modules.errors import OneLineArgumentParser  # noqa: E402
+
 # --------------------------------------------------------------------------------------------------- constants
 
 JOINTS: tuple[str, ...] = (
@@ -868,16 +871,8 @@ OPTION_OF: dict[str, str] = {
 }
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one "error: ..." line (no usage block) and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="synthetic_dataset.py",
+    parser = OneLineArgumentParser(prog="synthetic_dataset.py",
                             description="Write a synthetic articulated-figure video dataset with ground truth.")
     parser.add_argument("--out", required=True, help="output folder (refused if not empty, unless --force)")
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default 0)")

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from modules.errors import UserError  # noqa: E402
+from modules.errors import OneLineArgumentParser, UserError  # noqa: E402
 from modules.keypoint_regressor import (JOINTS, KeypointRegressor, pixels_to_normalised, predict,  # noqa: E402
                                         save_regressor)
 from modules.video_io import open_video  # noqa: E402
@@ -363,16 +363,8 @@ def train_regressor(data_root: str | os.PathLike = DEFAULT_DATA, out: Optional[s
 
 # ---------------------------------------------------------------------------------------------- command line
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one "error: ..." line (no usage block) and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="train_keypoint_regressor.py",
+    parser = OneLineArgumentParser(prog="train_keypoint_regressor.py",
                             description="Train the synthetic dataset's keypoint regressor (for the AKD metric).")
     parser.add_argument("--data", default=DEFAULT_DATA, help=f"dataset root (default {DEFAULT_DATA})")
     parser.add_argument("--out", default=None, help=f"checkpoint to write (default <data>/{OUT_NAME})")
