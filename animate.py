@@ -28,7 +28,7 @@ from tqdm import tqdm
 import logger as run_log
 from frames_dataset import frames_to_tensor
 from modules.errors import UserError
-from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, skipped_lines
+from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.motion import relative_keypoints
 from modules.precision import autocast, autocast_dtype
 from modules.video_io import VideoWriter, load_image, open_video, resize_frame
@@ -253,8 +253,7 @@ def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[floa
     for row in scores.values():
         for key, values in row.items():
             pooled.setdefault(key, []).extend(values)
-    table = {who: {metric: frame_mean(pooled[f"{who}_{metric}"]) for metric in scorer.metrics}
-             for who in ("prediction", "copy_source", "copy_driving")}
+    table = scorer.table(pooled, ("prediction", "copy_source", "copy_driving"))
     frames = sum(len(row["prediction_l1"]) for row in scores.values())
     result = {"protocol": {"target": "the synthetic dataset's ground-truth animation (source identity, driver's "
                                      "pose)", "averaging": "over all frames of all pairs", "pairs": len(scores),
@@ -270,8 +269,5 @@ def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[floa
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
         json.dump(result, stream, indent=2)
     print("  against the ground-truth animation:")
-    for who, row in table.items():
-        print(f"    {who.replace('_', ' '):<12} " + "  ".join(
-            f"{k} {'n/a' if v is None else format(v, '.4f')}" for k, v in row.items()))
-    for line in skipped_lines(scorer.skipped):
+    for line in table_lines(table, scorer.skipped):
         print("    " + line)

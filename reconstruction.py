@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 import logger as run_log
-from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, skipped_lines
+from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.video_io import VideoWriter
 
 CANDIDATES = ("prediction", "copy_source")
@@ -88,7 +88,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
                 pooled[key] += values[key]
     progress.close()
     frames_counted = len(pooled["prediction_l1"])
-    table = {who: {name: frame_mean(pooled[f"{who}_{name}"]) for name in scorer.metrics} for who in CANDIDATES}
+    table = scorer.table(pooled, CANDIDATES)
     result = {
         "protocol": {
             "source": "first frame of each test video", "driving": "every frame of the same video",
@@ -112,15 +112,9 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
         for name, row in per_video.items():
             writer.writerow([name] + [row[k] for k in keys])
     print(f"reconstruction of {count} videos ({frames_counted} frames) -> {out_dir}")
-    for who, row in table.items():
-        print(f"  {who.replace('_', ' '):<12} " + "  ".join(f"{k} {_number(v)}" for k, v in row.items()))
-    for line in skipped_lines(scorer.skipped):
+    for line in table_lines(table, scorer.skipped):
         print("  " + line)
     return result
-
-
-def _number(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _describe_landmarks(scorer: FrameScorer) -> Optional[dict[str, Any]]:

@@ -40,23 +40,23 @@ class FrameScorer:
     is exposed so a caller can find the landmarks of a frame it reuses (the source) once.
     """
 
-    def __init__(self, config, frame_size: tuple[int, int], pixel_metrics: tuple[str, ...] = ("l1", "psnr", "ssim")):
-        self.pixel_metrics = {name: PIXEL_METRICS[name] for name in pixel_metrics}
-        self.skipped: dict[str, str] = {}
+    def __init__(self, config, frame_size: tuple[int, int]) -> None:
         self.landmarker = None
         try:
             self.landmarker = make_landmarker(config, frame_size)
+            self.skipped: dict[str, str] = dict(NOT_MEASURED[self.landmarker.name])
         except MetricsUnavailable as reason:
             self.skipped = {name: str(reason) for name in LANDMARK_METRICS}
-        self.landmark_metrics: dict = {}
-        if self.landmarker is not None:
-            self.skipped = dict(NOT_MEASURED[self.landmarker.name])
-            self.landmark_metrics = {name: metric for name, metric in LANDMARK_METRICS.items()
-                                     if name not in self.skipped}
+        self.landmark_metrics = {name: metric for name, metric in LANDMARK_METRICS.items()
+                                 if name not in self.skipped}
 
     @property
     def metrics(self) -> list[str]:
-        return list(self.pixel_metrics) + list(self.landmark_metrics)
+        return list(PIXEL_METRICS) + list(self.landmark_metrics)
+
+    def table(self, pooled: dict[str, list[float]], candidates: tuple[str, ...]) -> dict[str, dict]:
+        """{candidate: {metric: mean over frames}} from per-frame values pooled as "<candidate>_<metric>"."""
+        return {who: {name: frame_mean(pooled[f"{who}_{name}"]) for name in self.metrics} for who in candidates}
 
     def landmarks(self, frames: torch.Tensor) -> Optional[Landmarks]:
         """Landmarks of frames (T, 3, H, W) in [0, 1], or None without a detector."""
@@ -72,7 +72,7 @@ class FrameScorer:
         """Scores of ``candidate`` frames (T, 3, H, W) against ``target``: {metric: (T,)}.
         ``candidate_landmarks`` skips the detection when the caller already has them."""
         scores = {name: metric(candidate.float(), target.frames.float()).cpu().numpy()
-                  for name, metric in self.pixel_metrics.items()}
+                  for name, metric in PIXEL_METRICS.items()}
         if self.landmark_metrics:
             found = candidate_landmarks if candidate_landmarks is not None else self.landmarks(candidate)
             for name, metric in self.landmark_metrics.items():
@@ -93,6 +93,13 @@ def repeat_landmarks(landmarks: Landmarks, count: int) -> Landmarks:
     embeddings = None if landmarks.embeddings is None else np.repeat(landmarks.embeddings[:1], count, axis=0)
     return Landmarks(np.repeat(landmarks.points[:1], count, axis=0), np.repeat(landmarks.found[:1], count, axis=0),
                      embeddings)
+
+
+def table_lines(table: dict[str, dict], skipped: dict[str, str]) -> list[str]:
+    """The console form of a results table: a row per candidate, then one line per distinct skip reason."""
+    lines = [f"{who.replace('_', ' '):<12} " + "  ".join(f"{k} {'n/a' if v is None else format(v, '.4f')}"
+                                                         for k, v in row.items()) for who, row in table.items()]
+    return lines + skipped_lines(skipped)
 
 
 def skipped_lines(skipped: dict[str, str]) -> list[str]:
