@@ -6,11 +6,13 @@
     python run.py --mode animate --checkpoint CKPT [--motion ...] [--adapt_scale]     # the dataset's pairs
 
 Frames are decoded, generated in batches and encoded as a stream: memory does not grow with the video's
-length, and the source mask is computed once. The result keeps the driving video's frame count and fps and
-carries its audio track. Motion (DESIGN.md sec. 3): heatmap checkpoints animate absolutely (the mask has no
-points to move); circles checkpoints move the source's keypoints by the driver's motion since its first frame
-(relative, the default) or use the driver's keypoints as they are (absolute). With ``--find_best_frame`` the
-relative motion is measured from the driving frame whose pose is closest to the source's instead.
+length, and the source's part (mask, keypoints) is computed once. The result keeps the driving video's frame
+count and fps and carries its audio track. Motion (DESIGN.md sec. 3): heatmap checkpoints animate absolutely
+(the mask has no points to move); circles and FOMM checkpoints move the source's keypoints by the driver's
+motion since its first frame (relative, the default; FOMM moves the Jacobians too) or use the driver's
+keypoints as they are (absolute). With ``--find_best_frame`` the relative motion is measured from the
+driving frame whose pose is closest to the source's instead. Official FOMM checkpoints run with
+``--config config/vox-256-fomm.yaml`` (or taichi) beside ``--checkpoint vox-cpk.pth.tar``.
 
 Dataset mode on the synthetic data also scores each pair against its ground-truth animation (L1, PSNR, SSIM,
 and AKD with the keypoint regressor), beside the copy-source and copy-driving baselines: ``metrics.json``.
@@ -29,7 +31,6 @@ import logger as run_log
 from frames_dataset import frames_to_tensor
 from modules.errors import UserError
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
-from modules.motion import relative_keypoints
 from modules.precision import autocast, autocast_dtype
 from modules.video_io import VideoWriter, load_image, open_video, resize_frame
 
@@ -53,23 +54,25 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
     return resize_frame(np.ascontiguousarray(frame), size)
 
 
-def _choose_motion(kind: str, config, motion: Optional[str], adapt_scale: bool, source: str) -> str:
-    """The motion a checkpoint animates with: heatmap absolute; circles relative unless told otherwise."""
+def _choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str) -> str:
+    """The motion a checkpoint animates with: heatmap absolute; circles and FOMM relative unless told otherwise."""
     if motion is None:
-        relative = kind == "circles" and config.animate_params.normalization_params.use_relative_movement
+        relative = config.relative_motion_possible and config.animate_params.normalization_params.use_relative_movement
         motion = "relative" if relative else "absolute"
-    if motion == "relative" and kind != "circles":
-        raise UserError(f"--motion relative: {source} has a {kind} mask, which has no keypoints to move; it "
-                        f"animates absolutely (use a circles checkpoint for relative motion)")
+    if motion == "relative" and not config.relative_motion_possible:
+        raise UserError(f"--motion relative: {source} has a {config.model_params.mask_params.kind} mask, which has "
+                        f"no keypoints to move; it animates absolutely (use a circles or FOMM checkpoint for "
+                        f"relative motion)")
     if adapt_scale and motion != "relative":
-        raise UserError("--adapt_scale scales relative motion; it needs --motion relative and a circles checkpoint")
+        raise UserError("--adapt_scale scales relative motion; it needs --motion relative and a circles or FOMM "
+                        "checkpoint")
     return motion
 
 
 def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *, size: tuple[int, int],
             device: torch.device, motion: str, adapt_scale: bool, visualize: bool, progress: tqdm,
             strip: Optional[list] = None, precision: Optional[str] = None,
-            reference: Optional[np.ndarray] = None) -> None:
+            reference: Optional[np.ndarray] = None, use_relative_jacobian: bool = True) -> None:
     """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``.
     Relative motion is measured from ``reference`` (a fitted driving frame), by default the first frame."""
     layout = torch.channels_last            # NHWC convolutions: faster on CPU and on tensor cores
@@ -78,18 +81,20 @@ def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: Vi
     with autocast(device, dtype):
         state = model.encode_source(frames_to_tensor(source[None]).to(device, memory_format=layout))   # once
         if reference is not None and motion == "relative":
-            initial = model.mask(frames_to_tensor(reference[None]).to(device, memory_format=layout)).keypoints
+            initial = model.keypoints(frames_to_tensor(reference[None]).to(device, memory_format=layout))
     for frames in batches:
         driving = frames_to_tensor(frames).to(device, memory_format=layout)
         with autocast(device, dtype):
             if motion == "absolute":
                 output = model.animate(state, driving)
             else:
-                output, initial = _animate_relative(model, state, driving, initial, adapt_scale, size)
+                if initial is None:         # the video's first frame is the reference
+                    initial = model.keypoints(driving[:1])
+                output = model.animate(state, driving, initial, adapt_scale=adapt_scale,
+                                       use_relative_jacobian=use_relative_jacobian)
         prediction = run_log.to_uint8(output.prediction, size)
         if visualize:
-            writer.write(run_log.side_by_side([state.image.expand_as(driving), driving, output.driving_mask,
-                                               output.prediction], size))
+            writer.write(run_log.side_by_side(model.visual_columns(state, driving, output), size))
         else:
             writer.write(prediction)
         if strip is not None:
@@ -97,29 +102,15 @@ def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: Vi
         progress.update(len(frames))
 
 
-def _animate_relative(model, state, driving: torch.Tensor, initial: Optional[torch.Tensor], adapt_scale: bool,
-                      size: tuple[int, int]):
-    """One batch moved relatively -> (GeneratorOutput, the initial driving keypoints (1, K, 2)); ``initial``
-    None means this batch starts the video, and its first frame becomes the reference."""
-    kp_driving = model.mask(driving).keypoints
-    if initial is None:
-        initial = kp_driving[:1]
-    moved = relative_keypoints(state.keypoints.expand_as(kp_driving).float(), kp_driving.float(),
-                               initial.expand_as(kp_driving).float(), adapt_movement_scale=adapt_scale)
-    batch = len(driving)
-    output = model.generator(state.image.expand(batch, -1, -1, -1), state.mask.expand(batch, -1, -1, -1),
-                             model.mask.mask_from_keypoints(moved.value, size))
-    return output, initial
-
-
 def animate_single(checkpoint_path: str, source_image: str, driving_video: str, *, device: torch.device,
                    result_video: Optional[str] = None, motion: Optional[str] = None, adapt_scale: bool = False,
                    fit: str = "crop", batch_size: int = 8, visualize: bool = False,
-                   precision: Optional[str] = None, find_best_frame: bool = False) -> str:
+                   precision: Optional[str] = None, find_best_frame: bool = False,
+                   config_path: Optional[str] = None) -> str:
     """Animate ``source_image`` by ``driving_video``; returns the result's path."""
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device)
+    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path)
     model.to(memory_format=torch.channels_last)
-    motion = _choose_motion(config.model_params.mask_params.kind, config, motion, adapt_scale, checkpoint["path"])
+    motion = _choose_motion(config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
         raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
     if find_best_frame and motion != "relative":
@@ -138,7 +129,8 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
     with torch.inference_mode(), VideoWriter(result_video, fps=fps, audio_from=driving_video) as writer:
         _stream(model, source, batches, writer, size=size, device=device, motion=motion, adapt_scale=adapt_scale,
-                visualize=visualize, progress=progress, precision=precision, reference=reference)
+                visualize=visualize, progress=progress, precision=precision, reference=reference,
+                use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
     progress.close()
     print(f"{result_video}: {writer.frames} frames at {fps:g} fps ({motion} motion"
           f"{', audio carried over' if writer.audio_from else ''})")
@@ -182,15 +174,15 @@ def best_frame(config, source: np.ndarray, video, size: tuple[int, int], fit: st
 
 def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optional[str] = None,
                     adapt_scale: bool = False, batch_size: int = 8, num_pairs: Optional[int] = None,
-                    precision: Optional[str] = None) -> str:
+                    precision: Optional[str] = None, config_path: Optional[str] = None) -> str:
     """Animate the test pairs of the checkpoint's dataset (``pairs_list`` or seeded random pairs of different
     videos): source = a video's first frame, driving = another video. Writes ``animation/`` in the run folder:
     ``<source>__<driving>.mp4`` and ``png/<source>__<driving>.png`` (the prediction's frames side by side)."""
     from frames_dataset import FramesDataset, PairedDataset
 
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device)
+    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path)
     model.to(memory_format=torch.channels_last)
-    motion = _choose_motion(config.model_params.mask_params.kind, config, motion, adapt_scale, checkpoint["path"])
+    motion = _choose_motion(config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
     pairs = PairedDataset(dataset, num_pairs or config.animate_params.num_pairs, seed=0)
     out_dir = run_log.fresh_results_dir(checkpoint, "animation")
@@ -210,7 +202,8 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
                              fps=driving.fps or 25.0) as writer:
                 _stream(model, source, driving.iter_frames(batch_size), writer, size=size, device=device,
                         motion=motion, adapt_scale=adapt_scale, visualize=False, progress=progress, strip=strip,
-                        precision=precision)
+                        precision=precision,
+                        use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
             prediction = np.concatenate(strip)                                          # (T, H, W, 3)
             run_log.write_strip(os.path.join(out_dir, "png", name + ".png"), prediction)
             truth = os.path.join(config.dataset_params.root_dir, "animation-gt", name)
@@ -258,7 +251,7 @@ def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[floa
     result = {"protocol": {"target": "the synthetic dataset's ground-truth animation (source identity, driver's "
                                      "pose)", "averaging": "over all frames of all pairs", "pairs": len(scores),
                            "frames": frames, "motion": motion, "checkpoint": checkpoint["path"],
-                           "step": int(checkpoint["step"]),
+                           "step": checkpoint.get("step"),
                            "landmarks": None if scorer.landmarker is None else scorer.landmarker.name,
                            "akd_units": "pixels of a 256x256 frame"},
               "mean": table["prediction"],

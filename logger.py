@@ -147,7 +147,11 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
         if found is None:
             raise CheckpointError(f"{path}: no readable NNNNNNNN-checkpoint.pth.tar in this folder")
         path = found
-    checkpoint = read_checkpoint(path)
+    return _validated(read_checkpoint(path), path)
+
+
+def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
+    """A read checkpoint checked to be a training checkpoint of this project, with its ``path`` added."""
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if not missing and checkpoint["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {checkpoint['format']!r}, this version reads "
@@ -162,13 +166,34 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
-def load_model(path: str, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
-    """(config, model in eval mode on ``device``, checkpoint) from a training checkpoint or run folder."""
-    from modules.config import config_from_dict
+def load_model(path: str, device: torch.device, config_path: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(config, model in eval mode on ``device``, checkpoint) from a training checkpoint of this project or its run
+    folder (which holds its config), or from a FOMM-format checkpoint (an official ``vox-cpk.pth.tar``: networks
+    only) together with ``config_path``, the config of the networks it holds."""
+    from modules.config import config_from_dict, load_config
     from modules.models import model_from_checkpoint
 
-    checkpoint = load_training_checkpoint(path)
-    config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
+    checkpoint = read_checkpoint(path) if os.path.isfile(path) else None     # a folder: its latest, below
+    if checkpoint is not None and not ("format" in checkpoint and "config" in checkpoint):
+        if not {"generator", "kp_detector"} <= set(checkpoint):
+            raise CheckpointError(f"{path}: neither a training checkpoint of this project nor a FOMM checkpoint "
+                                  f"(no 'generator' and 'kp_detector' entries; found {', '.join(sorted(checkpoint))})")
+        if config_path is None:
+            raise UserError(f"{path}: a FOMM-format checkpoint holds no config; pass --config with the networks it was "
+                            f"trained with (config/vox-256-fomm.yaml or config/taichi-256-fomm.yaml for the official "
+                            f"vox-cpk.pth.tar / taichi-cpk.pth.tar)")
+        config = load_config(config_path)
+        stem = os.path.basename(path)
+        for suffix in (".tar", ".pth", ".pt"):
+            stem = stem.removesuffix(suffix)
+        # results of a foreign file go into <its folder>/<its name>/, never over another file's
+        checkpoint = dict(checkpoint, path=path, results_root=os.path.join(os.path.dirname(os.path.abspath(path)), stem))
+    else:
+        checkpoint = load_training_checkpoint(path) if checkpoint is None else _validated(checkpoint, path)
+        if config_path is not None:
+            warnings.warn(f"--config {config_path} ignored: {checkpoint['path']} holds the config it was trained with",
+                          UserWarning, stacklevel=2)
+        config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
     model = model_from_checkpoint(config, checkpoint, checkpoint["path"])
     return config, model.to(device).eval(), checkpoint
 
@@ -176,7 +201,8 @@ def load_model(path: str, device: torch.device) -> tuple[Any, Any, dict[str, Any
 def fresh_results_dir(checkpoint: Mapping[str, Any], name: str) -> str:
     """``<run folder of the checkpoint>/<name>/`` with an empty ``png/`` inside; an earlier run's results there
     are replaced, so a mode can run twice."""
-    folder = os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), name)
+    root = checkpoint.get("results_root") or os.path.dirname(os.path.abspath(checkpoint["path"]))
+    folder = os.path.join(root, name)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     os.makedirs(os.path.join(folder, "png"))
@@ -250,11 +276,11 @@ class RunLogger:
         self.text.flush()
         self.scalars(step, {f"epoch/{name}": value for name, value in losses.items()})
 
-    def images(self, epoch: int, step: int, grid: np.ndarray) -> str:
+    def images(self, epoch: int, step: int, grid: np.ndarray,
+               columns: str = "source|source_mask|driving|driving_mask|low_res|high_res") -> str:
         path = os.path.join(self.run_dir, "train-vis", f"{epoch:08d}-train.png")
         iio.imwrite(path, grid)
-        self.board.add_image("train/source|source_mask|driving|driving_mask|low_res|high_res", grid, step,
-                             dataformats="HWC")
+        self.board.add_image(f"train/{columns}", grid, step, dataformats="HWC")
         return path
 
     def close(self) -> None:

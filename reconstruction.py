@@ -36,11 +36,12 @@ CANDIDATES = ("prediction", "copy_source")
 
 
 def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int = 8,
-                exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None) -> dict[str, Any]:
+                exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None,
+                config_path: Optional[str] = None) -> dict[str, Any]:
     """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
     from frames_dataset import FramesDataset, frames_to_tensor
 
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device)
+    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path)
     params = config.reconstruction_params
     if exclude_first_frame is None:
         exclude_first_frame = params.exclude_first_frame
@@ -77,8 +78,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
                                                        ("copy_source", source[first:], copies)):
                             for name, per_frame in scorer.score(frames_out, target, found).items():
                                 values[f"{who}_{name}"] += per_frame.tolist()
-                    columns = [source, driving, output.driving_mask, output.low_res_prediction, output.prediction]
-                    writer.write(run_log.side_by_side(columns, size))
+                    writer.write(run_log.side_by_side(model.visual_columns(state, driving, output, detail=True), size))
                     strip.append(run_log.to_uint8(output.prediction, size))
                     progress.update(len(frames))
             run_log.write_strip(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(strip))
@@ -96,7 +96,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
             "averaging": "over all counted frames of all videos (FOMM); landmark metrics over the frames where "
                          "they are defined", "videos": count,
             "frames_counted": frames_counted, "frame_size": list(size), "checkpoint": checkpoint["path"],
-            "step": int(checkpoint["step"]), "dataset": config.dataset_params.root_dir,
+            "step": checkpoint.get("step"), "dataset": config.dataset_params.root_dir,
             "landmarks": _describe_landmarks(scorer)},
         "mean": table["prediction"],
         "baselines": {"copy_source": table["copy_source"]},

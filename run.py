@@ -27,10 +27,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="kpmask", description="Image animation with keypoint masks (Toledano, Marmor, Gertz).")
     parser.add_argument("--config", default=None,
-                        help="YAML config, e.g. config/taichi-256-heatmap.yaml (optional when resuming with "
-                             "--checkpoint: the checkpoint holds its config)")
+                        help="YAML config, e.g. config/taichi-256-heatmap.yaml or config/tiny-fomm.yaml (optional "
+                             "with a --checkpoint of this project: it holds its config; needed beside an official FOMM "
+                             "checkpoint such as vox-cpk.pth.tar: config/vox-256-fomm.yaml)")
     parser.add_argument("--mode", default="train", choices=MODES,
-                        help="train: train the generators (a new run folder in --log_dir, or resume "
+                        help="train: train the config's model (keypoint-mask generators, or FOMM itself = stage "
+                             "one; a new run folder in --log_dir, or resume "
                              "--checkpoint); reconstruction: rebuild the test videos from their first frame "
                              "with --checkpoint and report L1/PSNR/SSIM; animate: move --source_image like "
                              "--driving_video with --checkpoint; inspect: build the networks, run one "
@@ -127,7 +129,7 @@ def reconstruction(args: argparse.Namespace) -> None:
     if args.checkpoint is None:
         raise UserError("--mode reconstruction needs --checkpoint (a training checkpoint or its run folder)")
     reconstruct(args.checkpoint, choose_device(args.device), batch_size=args.batch_size or 8,
-                exclude_first_frame=args.exclude_first_frame)
+                exclude_first_frame=args.exclude_first_frame, config_path=args.config)
 
 
 def animate(args: argparse.Namespace) -> None:
@@ -146,12 +148,12 @@ def animate(args: argparse.Namespace) -> None:
                             "the dataset's pairs always start from the driver's frame 0")
         animate_dataset(args.checkpoint, device=choose_device(args.device), motion=args.motion,
                         adapt_scale=args.adapt_scale, batch_size=args.batch_size or 8,
-                        precision=args.mixed_precision)
+                        precision=args.mixed_precision, config_path=args.config)
         return
     animate_single(args.checkpoint, args.source_image, args.driving_video, device=choose_device(args.device),
                    result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
                    batch_size=args.batch_size or 8, visualize=args.visualize, precision=args.mixed_precision,
-                   find_best_frame=args.find_best_frame)
+                   find_best_frame=args.find_best_frame, config_path=args.config)
 
 
 def inspect(args: argparse.Namespace) -> None:
@@ -160,7 +162,7 @@ def inspect(args: argparse.Namespace) -> None:
 
     from modules.config import load_config
     from modules.errors import UserError
-    from modules.models import build_loss, build_model
+    from modules.models import build_model, build_trainable
     from modules.summary import summarize
 
     if args.config is None:
@@ -170,17 +172,16 @@ def inspect(args: argparse.Namespace) -> None:
     seed = config.train_params.seed if args.seed is None else args.seed
     torch.manual_seed(seed)
     model = build_model(config, checkpoint_with_kp=args.checkpoint_with_kp)
-    loss = build_loss(config, vgg_weights=args.vgg_weights,
-                      vgg_source="--vgg_weights" if args.vgg_weights else "train_params.vgg_weights")
+    trainable = build_trainable(config, model, vgg_weights=args.vgg_weights,
+                                vgg_source="--vgg_weights" if args.vgg_weights else "train_params.vgg_weights")
     batch_size = args.batch_size or 1
-    summary = summarize(model, loss, config.dataset_params.size, device, batch_size=batch_size,
-                        seed=seed)
-    kind = config.model_params.mask_params.kind
-    print(f"config     {args.config}  ({kind} mask, frames {config.dataset_params.size[0]}x"
+    summary = summarize(trainable, config.dataset_params.size, device, batch_size=batch_size, seed=seed)
+    kind = "FOMM" if config.family == "fomm" else f"{config.model_params.mask_params.kind} mask"
+    print(f"config     {args.config}  ({kind}, frames {config.dataset_params.size[0]}x"
           f"{config.dataset_params.size[1]}, device {device}, batch {batch_size})")
     print(f"detector   {args.checkpoint_with_kp or 'random weights (no --checkpoint_with_kp)'}")
     for name, count in summary.parameters.items():
-        print(f"params     {name:<20} {count / 1e6:8.2f} M")
+        print(f"params     {name:<34} {count / 1e6:8.2f} M")
     for name, shape in summary.shapes.items():
         print(f"shape      {name:<20} {tuple(shape)}")
     print(f"time       forward             {summary.forward_s:8.3f} s")

@@ -1,8 +1,11 @@
 """Training: ``python run.py --config CONFIG --mode train [--checkpoint_with_kp FOMM_CKPT] [--log_dir DIR]``.
 
-The keypoint-mask paper's recipe (sec. 2.4, DESIGN.md 1.6): Adam (lr 2e-4, betas 0.5/0.999) on both
-generators, LR x0.1 at ``epoch_milestones``, the perceptual pyramid on both predictions. The detector is
-frozen (eval mode, no gradient, not in the optimizer). What this loop adds to the original:
+One loop for every model family (modules/family.py): the family says which networks are saved and which get
+an Adam optimizer (betas from the config, LR x0.1 at ``epoch_milestones``), and computes one step's losses
+and backward passes; the loop does the rest. Keypoint mask (the paper's recipe, sec. 2.4, DESIGN.md 1.6):
+the two generators are optimised, the detector is frozen (eval mode, no gradient, not in an optimizer).
+FOMM (stage one): generator, detector and discriminator, each with its own optimizer and learning rate.
+What this loop adds to the original code:
 
 - exact resume: a checkpoint holds weights, optimizer, scheduler, grad scaler, RNG states, the epoch, the
   batch within it and the config; data order and augmentation are functions of (seed, epoch, index), so a
@@ -32,12 +35,9 @@ from tqdm import tqdm
 import logger as run_log
 from modules.config import Config, config_from_dict, load_config
 from modules.errors import CheckpointError, ConfigError, UserError
-from modules.generator import GeneratorOutput
-from modules.models import (KeypointMaskLoss, KeypointMaskModel, LossTerms, build_loss, build_model,
-                            model_from_checkpoint)
+from modules.family import StepContext, Trainable
+from modules.models import build_model, build_trainable, model_from_checkpoint
 from modules.precision import autocast, autocast_dtype
-
-LOSS_NAMES = LossTerms._fields
 
 
 class TrainingDiverged(UserError):
@@ -173,8 +173,9 @@ def _first_difference(a: Any, b: Any, prefix: str) -> Optional[str]:
 
 
 def _check_same_model(checkpoint: dict, config: Config, flag: str) -> None:
-    difference = _first_difference(checkpoint["config"]["model_params"], config.to_dict()["model_params"],
-                                   "model_params")
+    # Both sides resolved by the same schema: defaults the older file did not write compare equal.
+    saved = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config").to_dict()
+    difference = _first_difference(saved["model_params"], config.to_dict()["model_params"], "model_params")
     if difference:
         raise ConfigError(f"{config.path}: model_params differ from {flag} {checkpoint['path']}: {difference} "
                           f"(the networks must be the same; only train_params may change)")
@@ -202,11 +203,16 @@ def _resolve_config(options: TrainOptions, resume: Optional[dict], init: Optiona
     return config
 
 
-def _build_model(config: Config, options: TrainOptions, weights: Optional[dict]) -> KeypointMaskModel:
+def _build_model(config: Config, options: TrainOptions, weights: Optional[dict]) -> nn.Module:
     torch.manual_seed(config.train_params.seed)
     if weights is not None:
         return model_from_checkpoint(config, weights, weights["path"])
     return build_model(config, checkpoint_with_kp=options.checkpoint_with_kp)
+
+
+def _short(loss_name: str) -> str:
+    """A loss name short enough for the progress bar: perceptual_low_res -> low_res, equivariance_value -> eq_value."""
+    return loss_name.replace("perceptual_", "").replace("equivariance_", "eq_").replace("feature_matching", "fm")
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -229,17 +235,9 @@ def _parameter_checksum(module: nn.Module) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # The loop
 
-def forward_backward(train_model: nn.Module, loss_fn: KeypointMaskLoss, optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler, autocast_dtype: Optional[torch.dtype], source: torch.Tensor,
-                     driving: torch.Tensor) -> tuple[LossTerms, GeneratorOutput]:
-    """Predictions, losses and gradients of one batch (the caller checks the losses, then steps)."""
-    with autocast(source.device, autocast_dtype):
-        output = train_model(source, driving)
-        terms = loss_fn(output, driving)
-    optimizer.zero_grad(set_to_none=True)
-    # The detector ran under no_grad inside the model: this backward touches the generators only.
-    scaler.scale(terms.total()).backward()
-    return terms, output
+def step_context(device: torch.device, dtype: Optional[torch.dtype], scaler: torch.amp.GradScaler) -> StepContext:
+    """Autocast as configured; backward through the gradient scaler (a no-op unless fp16)."""
+    return StepContext(autocast=lambda: autocast(device, dtype), backward=lambda loss: scaler.scale(loss).backward())
 
 
 def run_training(options: TrainOptions) -> str:
@@ -283,27 +281,28 @@ def _resume_position(checkpoint: dict, global_batch: int, batches_per_epoch: int
     return epoch, min(batch, batches_per_epoch)
 
 
-def _apply_schedule_changes(checkpoint: dict, train: Any, optimizer: torch.optim.Optimizer,
+def _apply_schedule_changes(checkpoint: dict, train: Any, name: str, optimizer: torch.optim.Optimizer,
                             scheduler: torch.optim.lr_scheduler.MultiStepLR, notes: list[str]) -> None:
-    """Make a resumed optimizer follow the train_params of --config when they differ from the checkpoint's.
-
-    Left alone when nothing changed, so that an ordinary resume stays bit-identical.
+    """Make the resumed optimizer of network ``name`` follow the train_params of --config when they differ from
+    the checkpoint's. Left alone when nothing changed, so that an ordinary resume stays bit-identical.
     """
-    before = checkpoint["config"]["train_params"]
-    changed = [key for key in ("lr_generator", "betas", "epoch_milestones")
-               if before.get(key) != getattr(train, key)]
+    before = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config").train_params
+    changed = [key for key in ("betas", "epoch_milestones") if getattr(before, key) != getattr(train, key)]
+    if before.learning_rate(name) != train.learning_rate(name):
+        changed.insert(0, f"lr_{name}")
     if not changed:
         return
+    lr = train.learning_rate(name)
     milestones = sorted(train.epoch_milestones)
     scheduler.milestones = type(scheduler.milestones)(milestones)
-    scheduler.base_lrs = [train.lr_generator for _ in optimizer.param_groups]
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     decays = bisect.bisect_right(milestones, scheduler.last_epoch)
     for group in optimizer.param_groups:
-        group["initial_lr"] = train.lr_generator
-        group["lr"] = train.lr_generator * scheduler.gamma ** decays
+        group["initial_lr"] = lr
+        group["lr"] = lr * scheduler.gamma ** decays
         group["betas"] = tuple(train.betas)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-    notes.append(f"train_params changed on resume ({', '.join(changed)}): learning rate now "
+    notes.append(f"train_params changed on resume ({', '.join(changed)}): {name} learning rate now "
                  f"{optimizer.param_groups[0]['lr']:.3g}")
 
 
@@ -333,13 +332,15 @@ class Trainer:
 
         # Networks and loss first: a wrong checkpoint or VGG path fails before a dataset is scanned.
         self.model = model = _build_model(config, options, resume or init)
-        self.loss_fn = build_loss(config, vgg_weights=options.vgg_weights,
-                                  vgg_source="--vgg_weights" if options.vgg_weights else "train_params.vgg_weights")
+        self.trainable: Trainable = build_trainable(
+            config, model, vgg_weights=options.vgg_weights,
+            vgg_source="--vgg_weights" if options.vgg_weights else "train_params.vgg_weights")
+        self.networks = self.trainable.networks()
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-        model.to(device, memory_format=self.memory_format)
-        self.loss_fn.to(device, memory_format=self.memory_format)
+        self.trainable.to(device, memory_format=self.memory_format)
         if dist.enabled and device.type == "cuda":
-            model.generator = nn.SyncBatchNorm.convert_sync_batchnorm(model.generator)
+            for name in self.trainable.optimized():      # converted in place (a network is never a BN itself)
+                nn.SyncBatchNorm.convert_sync_batchnorm(self.networks[name])
         elif dist.enabled:
             notes.append(f"DDP on CPU ({dist.world_size} processes, gloo): SyncBatchNorm needs GPUs, so each rank's "
                          f"BatchNorm normalises its own {train.batch_size // dist.world_size} samples; running "
@@ -372,21 +373,26 @@ class Trainer:
         elif init:
             notes.append(f"weights initialised from {init['path']} (step {init['step']}); new optimizer, epoch 0")
 
-        self.optimizer = torch.optim.Adam(model.generator.parameters(), lr=train.lr_generator,
-                                          betas=tuple(train.betas))
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, train.epoch_milestones, gamma=0.1)
+        # One Adam and one schedule per optimised network, saved as FOMM names them (optimizer_<network>).
+        self.optimizers = {name: torch.optim.Adam(self.networks[name].parameters(), lr=train.learning_rate(name),
+                                                  betas=tuple(train.betas)) for name in self.trainable.optimized()}
+        self.schedulers = {name: torch.optim.lr_scheduler.MultiStepLR(optimizer, train.epoch_milestones, gamma=0.1)
+                           for name, optimizer in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.mixed_precision == "fp16")
         if resume:
-            self.optimizer.load_state_dict(resume["optimizer_generator"])
-            self.scheduler.load_state_dict(resume["scheduler_generator"])
-            _apply_schedule_changes(resume, train, self.optimizer, self.scheduler, notes)
+            for name, optimizer in self.optimizers.items():
+                if f"optimizer_{name}" not in resume or f"scheduler_{name}" not in resume:
+                    raise CheckpointError(f"{resume['path']}: no optimizer_{name} / scheduler_{name} to resume")
+                optimizer.load_state_dict(resume[f"optimizer_{name}"])
+                self.schedulers[name].load_state_dict(resume[f"scheduler_{name}"])
+                _apply_schedule_changes(resume, train, name, optimizer, self.schedulers[name], notes)
             if "grad_scaler" in resume and self.scaler.is_enabled():
                 self.scaler.load_state_dict(resume["grad_scaler"])
             _set_rng_state(resume["rng"], device)
-        self.train_model: nn.Module = model
         if dist.enabled:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.trainable.distribute(lambda module: nn.parallel.DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == "cuda" else None))
+        self.context = step_context(device, self.autocast_dtype, self.scaler)
         self.total_steps = train.num_epochs * self.sampler.batches_per_epoch
         if options.max_steps is not None:
             self.total_steps = min(self.total_steps, options.max_steps)
@@ -404,7 +410,8 @@ class Trainer:
             notes += [f"removed {path}: a checkpoint write that never finished" for path in stale]
             for message in [f"run folder {self.run_dir}"] + notes:
                 self.log.note(message)
-            if resume is None and init is None and options.checkpoint_with_kp is None:
+            if resume is None and init is None and options.checkpoint_with_kp is None and \
+                    config.family == "keypoint_mask":
                 # build_model has already warned on the terminal
                 self.log.note("the keypoint detector has RANDOM weights (no --checkpoint_with_kp): masks carry "
                               "no learned structure", echo=False)
@@ -415,18 +422,19 @@ class Trainer:
         """Checkpoint (rank 0 writes; under DDP every rank first proves it holds the same weights)."""
         if self.dist.enabled:
             sums = [torch.zeros((), dtype=torch.float64) for _ in range(self.dist.world_size)]
-            torch_dist.all_gather(sums, _parameter_checksum(self.model.generator))
+            trained = nn.ModuleList([self.networks[name] for name in self.trainable.optimized()])
+            torch_dist.all_gather(sums, _parameter_checksum(trained))
             if self.dist.is_main:
                 same = all(s.item() == sums[0].item() for s in sums)
                 self.log.note(f"DDP: parameters {'identical' if same else 'DIFFER'} on {self.dist.world_size} "
                               f"ranks (checksum {sums[0].item():.10g})", echo=not same)
         if not self.dist.is_main:
             return
-        state = {"kp_detector": self.model.mask.detector.state_dict(),
-                 "generator": self.model.generator.state_dict(),
-                 "optimizer_generator": self.optimizer.state_dict(),
-                 "scheduler_generator": self.scheduler.state_dict(),
-                 "epoch": epoch, "epoch_complete": complete, "batch": batch, "step": self.step,
+        # FOMM's top-level keys (kp_detector, generator, [discriminator,] optimizer_*, epoch), then ours.
+        state = {name: network.state_dict() for name, network in self.networks.items()}
+        state |= {f"optimizer_{name}": optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+        state |= {f"scheduler_{name}": scheduler.state_dict() for name, scheduler in self.schedulers.items()}
+        state |= {"epoch": epoch, "epoch_complete": complete, "batch": batch, "step": self.step,
                  "global_batch": self.train.batch_size, "dataset_size": len(self.dataset),
                  "world_size": self.dist.world_size, "seed": self.train.seed, "rng": _rng_state(self.device),
                  "config": self.config.to_dict()}
@@ -440,12 +448,14 @@ class Trainer:
                                   f"previous checkpoints are intact") from None
         self.log.note(f"checkpoint {path} (epoch {epoch}, step {self.step})", echo=False)
 
-    def train_step(self, batch: dict, stop_requested: bool) -> tuple[dict[str, float], bool, tuple]:
-        """One optimizer step -> (all-rank mean losses, whether any rank asked to stop, tensors to show)."""
+    def train_step(self, batch: dict, stop_requested: bool) -> tuple[dict[str, float], bool, Any]:
+        """One optimizer step -> (all-rank mean losses, whether any rank asked to stop, the columns to show)."""
         source = batch["source"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         driving = batch["driving"].to(self.device, non_blocking=True, memory_format=self.memory_format)
-        terms, output = forward_backward(self.train_model, self.loss_fn, self.optimizer, self.scaler,
-                                         self.autocast_dtype, source, driving)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        step = self.trainable.training_step(source, driving, self.context)
+        terms = [step.losses[name] for name in self.trainable.loss_names]
         # One small all-reduce: mean losses for the log, and every rank sees the same NaN or stop request
         # (a rank leaving alone would hang the others in their next collective).
         values = torch.cat([torch.stack([t.detach().float() for t in terms]).double().cpu(),
@@ -453,17 +463,16 @@ class Trainer:
         if self.dist.enabled:
             torch_dist.all_reduce(values)
             values[:-1] /= self.dist.world_size
-        losses = dict(zip(LOSS_NAMES, values[:-1].tolist()))
+        losses = dict(zip(self.trainable.loss_names, values[:-1].tolist()))
         if not all(math.isfinite(v) for v in losses.values()):
             raise TrainingDiverged(
                 f"step {self.step + 1}: loss is not finite ({', '.join(f'{k} {v:.4g}' for k, v in losses.items())}"
                 f"); stopped without applying this step, the last checkpoint in {self.run_dir} is intact (lower "
                 f"lr_generator, or train with mixed_precision: no)")
-        self.scaler.step(self.optimizer)
+        for optimizer in self.optimizers.values():
+            self.scaler.step(optimizer)
         self.scaler.update()
-        shown = (source, output.source_mask, driving, output.driving_mask, output.low_res_prediction,
-                 output.prediction)
-        return losses, values[-1].item() > 0, shown
+        return losses, values[-1].item() > 0, step.shown
 
     def fit(self) -> str:
         train, epochs, log = self.train, self.train.num_epochs, self.log
@@ -481,20 +490,20 @@ class Trainer:
                 self.sampler.set_epoch(epoch, start_batch)
                 self.dataset.set_epoch(epoch)          # shared memory: reaches the (persistent) workers too
                 batch_index, start_batch = start_batch, 0
-                sums, batches, started, shown = dict.fromkeys(LOSS_NAMES, 0.0), 0, time.time(), None
-                lr = self.optimizer.param_groups[0]["lr"]       # this epoch's (the scheduler steps after it)
-                self.model.train()
+                sums, batches, started, shown = dict.fromkeys(self.trainable.loss_names, 0.0), 0, time.time(), None
+                lr = self.optimizers["generator"].param_groups[0]["lr"]  # this epoch's (schedules step after it)
+                self.trainable.train()
                 for batch in self.loader:
                     losses, stopping, tensors = self.train_step(batch, stop.requested)
                     self.step, batch_index, batches = self.step + 1, batch_index + 1, batches + 1
                     sums = {k: sums[k] + v for k, v in losses.items()}
                     if batch_index == self.sampler.batches_per_epoch:   # the epoch's last batch, for the picture
-                        shown = [t[:4].detach() for t in tensors]
+                        shown = [t[:4].detach() for t in tensors()]
                     if log:
                         self.progress.update(1)
                         self.progress.set_description(f"epoch {epoch + 1}/{epochs}")
-                        self.progress.set_postfix({k.replace("perceptual_", ""): f"{v:.3f}"
-                                                   for k, v in losses.items()}, refresh=False)
+                        self.progress.set_postfix({_short(k): f"{v:.3f}" for k, v in losses.items() if v},
+                                                  refresh=False)
                         if self.step % train.log_freq == 0:
                             log.scalars(self.step, {f"loss/{k}": v for k, v in losses.items()}
                                         | {"loss/total": sum(losses.values()), "lr": lr})
@@ -503,13 +512,14 @@ class Trainer:
                         break
                 complete = batch_index >= self.sampler.batches_per_epoch
                 if complete:
-                    self.scheduler.step()
+                    for scheduler in self.schedulers.values():
+                        scheduler.step()
                     if log:
                         means = {k: v / max(batches, 1) for k, v in sums.items()}
                         log.epoch(epoch, self.step, means | {"total": sum(means.values())}, lr,
                                   time.time() - started, batches * train.batch_size)
                         if shown is not None:
-                            log.images(epoch, self.step, run_log.training_grid(shown))
+                            log.images(epoch, self.step, run_log.training_grid(shown), self.trainable.shown_names)
                 if stopping or (complete and ((epoch + 1) % train.checkpoint_freq == 0 or epoch + 1 == epochs)):
                     self.save(epoch, batch_index, complete)
                 if stopping:

@@ -4,11 +4,12 @@
     python benchmarks/train_speed.py --settings tiny:fp32:nchw taichi-256:bf16:nhwc --steps 5
 
 Each setting runs in a fresh process (peak memory is a per-process high-water mark): build the networks
-with random weights, run warm-up steps, then time ``--steps`` steps of ``train.forward_backward`` plus the
-Adam update on random frames (data loading is measured apart, by benchmarks/data_speed.py). Settings are
-``config:precision:layout`` with config one of tiny (config/tiny-heatmap.yaml, batch 4), taichi-256 (the
-paper's networks, batch 1) and taichi-128 (the same networks on 128x128 frames, batch 2), precision fp32
-or bf16 (autocast), layout nchw or nhwc (channels_last).
+with random weights, run warm-up steps, then time ``--steps`` steps of the family's ``training_step`` (what
+train.py runs) plus the Adam updates on random frames (data loading is measured apart, by
+benchmarks/data_speed.py). Settings are ``config:precision:layout`` with config one of tiny
+(config/tiny-heatmap.yaml, batch 4), tiny-fomm (config/tiny-fomm.yaml, batch 4), taichi-256 (the paper's
+networks, batch 1), taichi-128 (the same networks on 128x128 frames, batch 2) and taichi-256-fomm (FOMM's,
+batch 1), precision fp32 or bf16 (autocast), layout nchw or nhwc (channels_last).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ CONFIGS = {  # name -> (config file, frame size or None for the config's, batch 
     "tiny": ("config/tiny-heatmap.yaml", None, 4),
     "taichi-256": ("config/taichi-256-heatmap.yaml", None, 1),
     "taichi-128": ("config/taichi-256-heatmap.yaml", 128, 2),
+    "tiny-fomm": ("config/tiny-fomm.yaml", None, 4),
+    "taichi-256-fomm": ("config/taichi-256-fomm.yaml", None, 1),
 }
 DEFAULT_SETTINGS = [f"{c}:{p}:{l}" for c in CONFIGS for p in ("fp32", "bf16") for l in ("nchw", "nhwc")]
 
@@ -37,9 +40,9 @@ def measure(setting: str, steps: int, warmup: int, device_name: str) -> dict:
     import torch
 
     from modules.config import config_from_dict, load_config
-    from modules.models import build_loss, build_model
+    from modules.models import build_model, build_trainable
     from modules.summary import peak_memory_mib
-    from train import forward_backward
+    from train import step_context
 
     name, precision, layout = setting.split(":")
     file, size, batch = CONFIGS[name]
@@ -52,14 +55,15 @@ def measure(setting: str, steps: int, warmup: int, device_name: str) -> dict:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # random detector and VGG: speed does not depend on weights
-        model = build_model(config)
-        loss_fn = build_loss(config, vgg_weights="random")
+        trainable = build_trainable(config, build_model(config), vgg_weights="random")
     memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-    model.to(device, memory_format=memory_format).train()
-    loss_fn.to(device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    trainable.to(device, memory_format=memory_format).train()
+    networks = trainable.networks()
+    optimizers = [torch.optim.Adam(networks[name].parameters(), lr=2e-4, betas=(0.5, 0.999))
+                  for name in trainable.optimized()]
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     dtype = torch.bfloat16 if precision == "bf16" else None
+    context = step_context(device, dtype, scaler)
     height, width = config.dataset_params.size
     source = torch.rand(batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
     driving = torch.rand(batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
@@ -68,9 +72,12 @@ def measure(setting: str, steps: int, warmup: int, device_name: str) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        terms, _ = forward_backward(model, loss_fn, optimizer, scaler, dtype, source, driving)
-        optimizer.step()
-        float(terms.total())
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        losses = trainable.training_step(source, driving, context).losses
+        for optimizer in optimizers:
+            optimizer.step()
+        float(sum(losses.values()))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

@@ -1,5 +1,9 @@
 """Typed, validated configs read from YAML (FOMM's section names plus ``mask_params``).
 
+``model_params.family`` chooses the model: ``keypoint_mask`` (the default: the paper's generators on a frozen
+detector's masks) or ``fomm`` (FOMM itself, stage one: detector, dense motion, occlusion-aware generator and
+discriminator trained together). Each family has its own ``model_params`` schema.
+
 ``load_config(path)`` reads the file with ``yaml.safe_load``, maps the legacy keys of FOMM and of the
 keypoint-mask repository explicitly (``LEGACY_MOVES``), warns about keys those configs carry but this model
 never uses (``IGNORED_KEYS``), and builds the dataclasses below. Every other problem (an unknown key, a
@@ -103,12 +107,9 @@ class MaskParams:
     kp_variance: float = 0.003            # Gaussian variance of the circles, normalised coordinates
 
 
-@dataclass
-class ModelParams:
+class _DetectorOwner:
     common_params: CommonParams
     kp_detector_params: KPDetectorParams
-    generator_params: GeneratorParams
-    mask_params: MaskParams = field(default_factory=MaskParams)
 
     def detector_kwargs(self) -> dict[str, Any]:
         """FOMM's KPDetector constructor arguments."""
@@ -120,14 +121,91 @@ class ModelParams:
 
 
 @dataclass
+class ModelParams(_DetectorOwner):
+    """The keypoint-mask model: a frozen FOMM detector's masks drive the low-res and high-res generators."""
+    common_params: CommonParams
+    kp_detector_params: KPDetectorParams
+    generator_params: GeneratorParams
+    mask_params: MaskParams = field(default_factory=MaskParams)
+    family: Literal["keypoint_mask"] = "keypoint_mask"
+
+
+@dataclass
+class DenseMotionParams:
+    block_expansion: int                  # hourglass width (64 in FOMM's 256 configs)
+    max_features: int
+    num_blocks: int
+    scale_factor: float = 0.25            # the flow is computed at frame * scale_factor
+    kp_variance: float = 0.01             # Gaussians of the heatmap differences, normalised coordinates
+
+
+@dataclass
+class FommGeneratorParams:
+    block_expansion: int
+    max_features: int
+    num_down_blocks: int
+    num_bottleneck_blocks: int
+    dense_motion_params: DenseMotionParams
+    estimate_occlusion_map: bool = True
+
+
+@dataclass
+class DiscriminatorParams:
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    block_expansion: int = 32
+    max_features: int = 512
+    num_blocks: int = 4
+    sn: bool = True                       # spectral norm (the official checkpoints have it)
+    use_kp: bool = False                  # keypoint Gaussians as extra input channels
+    kp_variance: float = 0.01
+
+
+@dataclass
+class FommModelParams(_DetectorOwner):
+    """FOMM (stage one): detector, dense motion and occlusion-aware generator, optional discriminator."""
+    common_params: CommonParams
+    kp_detector_params: KPDetectorParams
+    generator_params: FommGeneratorParams
+    discriminator_params: DiscriminatorParams = field(default_factory=DiscriminatorParams)
+    family: Literal["fomm"] = "fomm"
+    # grid_sample's align_corners in the dense motion, the generator and the equivariance transform. FOMM's
+    # official checkpoints were trained with PyTorch 1.0, which sampled like align_corners=True: keep true to
+    # run them. True is also what the coordinate grid means (pixel centres at -1 and +1).
+    align_corners: bool = True
+
+
+FAMILIES = {"keypoint_mask": ModelParams, "fomm": FommModelParams}
+
+
+@dataclass
 class LossWeights:
     perceptual: list[float]               # one weight per VGG-19 slice (relu1_1 ... relu5_1)
-    l1: float = 0.0                       # optional pixel L1 on both predictions (0 in the paper)
+    l1: float = 0.0                       # optional pixel L1 on the predictions (0 in the papers)
+    # FOMM only (its vox/taichi-256 values: 0, 1, [10, 10, 10, 10], 10, 10). With generator_gan 0 the
+    # discriminator is neither used nor trained, as in FOMM.
+    generator_gan: float = 0.0
+    discriminator_gan: float = 0.0
+    feature_matching: list[float] = field(default_factory=list)
+    equivariance_value: float = 0.0
+    equivariance_jacobian: float = 0.0
 
     @property
     def num_vgg_slices(self) -> int:
         """VGG-19 slices the loss needs: up to the deepest non-zero perceptual weight (at least one)."""
         return max((i + 1 for i, w in enumerate(self.perceptual) if w), default=1)
+
+
+@dataclass
+class TransformParams:
+    """FOMM's random TPS transform for the equivariance losses."""
+    sigma_affine: float = 0.05
+    sigma_tps: float = 0.005
+    points_tps: int = 5
+
+
+FOMM_TRAIN_KEYS = ("lr_discriminator", "lr_kp_detector", "transform_params")
+FOMM_LOSS_KEYS = ("generator_gan", "discriminator_gan", "feature_matching", "equivariance_value",
+                  "equivariance_jacobian")
 
 
 @dataclass
@@ -149,6 +227,15 @@ class TrainParams:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = False           # NHWC tensors: faster convolutions on CPU and tensor cores
     log_freq: int = 10                    # training steps between TensorBoard scalar points
+    # FOMM only: learning rates of the detector and discriminator (null: lr_generator), the TPS transform
+    lr_kp_detector: Optional[float] = None
+    lr_discriminator: Optional[float] = None
+    transform_params: TransformParams = field(default_factory=TransformParams)
+
+    def learning_rate(self, network: str) -> float:
+        """The learning rate of ``network`` (generator, kp_detector, discriminator)."""
+        value = getattr(self, f"lr_{network}", None)
+        return self.lr_generator if value is None else value
 
 
 @dataclass
@@ -195,7 +282,7 @@ class VisualizerParams:
 @dataclass
 class Config:
     dataset_params: DatasetParams
-    model_params: ModelParams
+    model_params: ModelParams | FommModelParams
     train_params: TrainParams
     reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
     animate_params: AnimateParams = field(default_factory=AnimateParams)
@@ -207,10 +294,25 @@ class Config:
         """The resolved config as plain YAML-able data (what a run folder saves)."""
         data = dataclasses.asdict(self)
         data.pop("path")
-        if self.model_params.mask_params.kind != "circles":
-            # Only circles animate relatively; writing it would make the saved config warn when reloaded.
+        if not self.relative_motion_possible:
+            # Only keypoints move relatively; writing it would make the saved config warn when reloaded.
             data["animate_params"].pop("normalization_params")
+        if self.family == "keypoint_mask":
+            # FOMM's training keys mean nothing here (and would warn as ignored keys when reloaded).
+            for key in FOMM_TRAIN_KEYS:
+                data["train_params"].pop(key)
+            for key in FOMM_LOSS_KEYS:
+                data["train_params"]["loss_weights"].pop(key)
         return data
+
+    @property
+    def family(self) -> str:
+        return self.model_params.family
+
+    @property
+    def relative_motion_possible(self) -> bool:
+        """Whether the model has keypoints to move (FOMM, the circles mask) or animates absolutely (heatmap)."""
+        return self.family == "fomm" or self.model_params.mask_params.kind == "circles"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,8 +367,15 @@ def _set_path(data: dict, dotted: str, value: Any, file: str, origin: str) -> No
     node[leaf] = value
 
 
-def _map_legacy(data: dict, file: str) -> None:
+def _map_legacy(data: dict, file: str, family: str = "keypoint_mask") -> None:
     """Rewrite FOMM / keypoint-mask repository keys in place into this schema."""
+    if family == "fomm":
+        # FOMM's own keys are this family's schema; only the detector's scale_factor moves.
+        found, value = _pop_path(data, "model_params.kp_detector_params.scale_factor")
+        if found:
+            _set_path(data, "model_params.common_params.scale_factor", value, file,
+                      "model_params.kp_detector_params.scale_factor")
+        return
     for old, new in LEGACY_MOVES.items():
         found, value = _pop_path(data, old)
         if found:
@@ -371,6 +480,9 @@ def _build(cls: type, data: dict, prefix: str, file: str) -> Any:
     values = {}
     for name, spec in fields.items():
         key = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(data.get(name)):
+            values[name] = data[name]             # already built (model_params, by its family's schema)
+            continue
         if name not in data:
             if spec.default is REQUIRED and spec.default_factory is REQUIRED:
                 raise ConfigError(f"{file}: missing key '{key}' ({_describe(hints[name])})")
@@ -382,7 +494,11 @@ def _build(cls: type, data: dict, prefix: str, file: str) -> Any:
 # ----------------------------------------------------------------------------------------------------------
 # Cross-field checks
 
-def frame_size_problem(size: int, model: ModelParams) -> Optional[str]:
+def _is_inverse_integer(scale: float) -> bool:
+    return 0 < scale <= 1 and abs(1 / scale - round(1 / scale)) <= 1e-6
+
+
+def frame_size_problem(size: int, model: ModelParams | FommModelParams) -> Optional[str]:
     """Why one frame side of ``size`` pixels cannot go through the networks, or None if it can."""
     scale = model.common_params.scale_factor
     detector_side = size * scale
@@ -395,10 +511,109 @@ def frame_size_problem(size: int, model: ModelParams) -> Optional[str]:
                 f"{kp_blocks} times")
     if detector_side - 6 + 2 * model.kp_detector_params.pad < 1:
         return f"the detector's {detector_side} px leave no heatmap after its 7x7 head"
-    hr_blocks = model.generator_params.high_res.num_blocks
-    if size % 2 ** hr_blocks:
-        return f"the high-res U-Net's {hr_blocks} blocks need a multiple of {2 ** hr_blocks}"
+    if model.family == "keypoint_mask":
+        hr_blocks = model.generator_params.high_res.num_blocks
+        if size % 2 ** hr_blocks:
+            return f"the high-res U-Net's {hr_blocks} blocks need a multiple of {2 ** hr_blocks}"
+        return None
+    generator = model.generator_params
+    dense = generator.dense_motion_params
+    motion_side = size * dense.scale_factor
+    if abs(motion_side - round(motion_side)) > 1e-6:
+        return f"{size} x dense_motion_params.scale_factor {dense.scale_factor} is not a whole number of pixels"
+    if round(motion_side) % 2 ** dense.num_blocks:
+        return (f"the dense motion network sees {round(motion_side)} px, which its {dense.num_blocks}-block "
+                f"hourglass cannot halve {dense.num_blocks} times")
+    if size % 2 ** generator.num_down_blocks:
+        return f"the generator's {generator.num_down_blocks} down blocks need a multiple of " \
+               f"{2 ** generator.num_down_blocks}"
     return None
+
+
+def _fail(file: str, key: str, expected: str, value: Any) -> typing.NoReturn:
+    raise ConfigError(f"{file}: {key}: expected {expected}, got {value}")
+
+
+def _check_positive(file: str, items: list[tuple[str, int]]) -> None:
+    for key, value in items:
+        if value < 1:
+            _fail(file, key, "a positive integer", value)
+
+
+def _check_widths(file: str, prefix: str, block_expansion: int, max_features: int) -> None:
+    _check_positive(file, [(f"{prefix}.block_expansion", block_expansion), (f"{prefix}.max_features", max_features)])
+    if max_features < block_expansion:
+        _fail(file, f"{prefix}.max_features", f"at least {prefix}.block_expansion ({block_expansion})", max_features)
+
+
+def _check_keypoint_mask(config: Config, file: str) -> None:
+    model = config.model_params
+    scale = model.common_params.scale_factor
+    generator = model.generator_params
+    if 2 ** generator.num_up_blocks * scale != 1:
+        raise ConfigError(f"{file}: model_params.generator_params.num_up_blocks: {generator.num_up_blocks} "
+                          f"up blocks turn frame*{scale} into frame*{2 ** generator.num_up_blocks * scale:g}; "
+                          f"expected 2**num_up_blocks = 1/scale_factor = {round(1 / scale)}")
+    _check_widths(file, "model_params.generator_params", generator.block_expansion, generator.max_features)
+    _check_widths(file, "model_params.generator_params.high_res", generator.high_res.block_expansion,
+                  generator.high_res.max_features)
+    _check_positive(file, [("model_params.generator_params.high_res.num_blocks", generator.high_res.num_blocks)])
+    if generator.num_bottleneck_blocks < 0:
+        _fail(file, "model_params.generator_params.num_bottleneck_blocks", "0 or more", generator.num_bottleneck_blocks)
+    if model.mask_params.kp_variance <= 0:
+        _fail(file, "model_params.mask_params.kp_variance", "a positive number", model.mask_params.kp_variance)
+    if not any(config.train_params.loss_weights.perceptual) and config.train_params.loss_weights.l1 == 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: every weight is 0, nothing would be trained")
+
+
+def _check_fomm(config: Config, file: str) -> None:
+    model, train = config.model_params, config.train_params
+    generator = model.generator_params
+    dense = generator.dense_motion_params
+    disc = model.discriminator_params
+    prefix = "model_params.generator_params"
+    _check_widths(file, prefix, generator.block_expansion, generator.max_features)
+    _check_widths(file, f"{prefix}.dense_motion_params", dense.block_expansion, dense.max_features)
+    _check_widths(file, "model_params.discriminator_params", disc.block_expansion, disc.max_features)
+    _check_positive(file, [(f"{prefix}.dense_motion_params.num_blocks", dense.num_blocks),
+                           ("model_params.discriminator_params.num_blocks", disc.num_blocks),
+                           ("train_params.transform_params.points_tps", train.transform_params.points_tps)])
+    for key, value in ((f"{prefix}.num_down_blocks", generator.num_down_blocks),
+                       (f"{prefix}.num_bottleneck_blocks", generator.num_bottleneck_blocks)):
+        if value < 0:
+            _fail(file, key, "0 or more", value)
+    if not _is_inverse_integer(dense.scale_factor):
+        _fail(file, f"{prefix}.dense_motion_params.scale_factor", "1/n for an integer n (0.25 in FOMM)",
+              dense.scale_factor)
+    if not disc.scales or not all(_is_inverse_integer(s) for s in disc.scales):
+        _fail(file, "model_params.discriminator_params.scales", "pyramid scales 1/n, e.g. [1]", disc.scales)
+    for key, value in ((f"{prefix}.dense_motion_params.kp_variance", dense.kp_variance),
+                       ("model_params.discriminator_params.kp_variance", disc.kp_variance)):
+        if value <= 0:
+            _fail(file, key, "a positive number", value)
+    for name in ("lr_kp_detector", "lr_discriminator"):
+        value = getattr(train, name)
+        if value is not None and value < 0:
+            _fail(file, f"train_params.{name}", "0 or more (0 freezes the network) or null", value)
+    transform = train.transform_params
+    if transform.sigma_affine < 0 or transform.sigma_tps < 0:
+        _fail(file, "train_params.transform_params", "sigma_affine and sigma_tps >= 0",
+              f"{transform.sigma_affine}, {transform.sigma_tps}")
+    weights = train.loss_weights
+    values = [weights.generator_gan, weights.discriminator_gan, weights.equivariance_value,
+              weights.equivariance_jacobian] + weights.feature_matching
+    if any(w < 0 for w in values):
+        _fail(file, "train_params.loss_weights", "weights >= 0", values)
+    if len(weights.feature_matching) > disc.num_blocks:
+        _fail(file, "train_params.loss_weights.feature_matching",
+              f"at most one weight per discriminator block ({disc.num_blocks})", weights.feature_matching)
+    if weights.equivariance_jacobian and not model.common_params.estimate_jacobian:
+        raise ConfigError(f"{file}: train_params.loss_weights.equivariance_jacobian is {weights.equivariance_jacobian} "
+                          f"but model_params.common_params.estimate_jacobian is false: there is no Jacobian to "
+                          f"constrain (set it to 0)")
+    if not any(weights.perceptual) and weights.l1 == 0 and weights.generator_gan == 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: perceptual, l1 and generator_gan are all 0, the "
+                          f"generator would learn nothing")
 
 
 def _check(config: Config, file: str) -> None:
@@ -411,45 +626,25 @@ def _check(config: Config, file: str) -> None:
         raise ConfigError(f"{file}: dataset_params.frame_shape: {shape[2]} channels but "
                           f"model_params.common_params.num_channels is {model.common_params.num_channels}")
     scale = model.common_params.scale_factor
-    inverse = 1 / scale if scale > 0 else 0
-    if not 0 < scale <= 1 or abs(inverse - round(inverse)) > 1e-6:
+    if not _is_inverse_integer(scale):
         raise ConfigError(f"{file}: model_params.common_params.scale_factor: expected 1/n for an integer n "
                           f"(0.25 in the paper), got {scale}")
-    generator = model.generator_params
-    if 2 ** generator.num_up_blocks * scale != 1:
-        raise ConfigError(f"{file}: model_params.generator_params.num_up_blocks: {generator.num_up_blocks} "
-                          f"up blocks turn frame*{scale} into frame*{2 ** generator.num_up_blocks * scale:g}; "
-                          f"expected 2**num_up_blocks = 1/scale_factor = {round(inverse)}")
     if model.common_params.num_channels != 3:
         raise ConfigError(f"{file}: model_params.common_params.num_channels: expected 3 (RGB: the VGG-19 loss "
                           f"and its ImageNet normalisation need colour images), got {model.common_params.num_channels}")
     if not 0 <= model.kp_detector_params.pad <= 3:
         raise ConfigError(f"{file}: model_params.kp_detector_params.pad: expected 0 to 3 (padding of the 7x7 "
                           f"heads; FOMM uses 0), got {model.kp_detector_params.pad}")
-    sizes = [("model_params.kp_detector_params.block_expansion", model.kp_detector_params.block_expansion),
-             ("model_params.kp_detector_params.max_features", model.kp_detector_params.max_features),
-             ("model_params.generator_params.block_expansion", generator.block_expansion),
-             ("model_params.generator_params.max_features", generator.max_features),
-             ("model_params.generator_params.high_res.block_expansion", generator.high_res.block_expansion),
-             ("model_params.generator_params.high_res.max_features", generator.high_res.max_features)]
-    counts = [("model_params.common_params.num_kp", model.common_params.num_kp),
-              ("model_params.kp_detector_params.num_blocks", model.kp_detector_params.num_blocks),
-              ("model_params.generator_params.high_res.num_blocks", generator.high_res.num_blocks),
-              ("train_params.batch_size", config.train_params.batch_size),
-              ("train_params.num_epochs", config.train_params.num_epochs),
-              ("train_params.checkpoint_freq", config.train_params.checkpoint_freq),
-              ("train_params.num_repeats", config.train_params.num_repeats),
-              ("train_params.log_freq", config.train_params.log_freq)]
-    for key, value in counts + sizes:
-        if value < 1:
-            raise ConfigError(f"{file}: {key}: expected a positive integer, got {value}")
-    for (width_key, width), (cap_key, cap) in zip(sizes[0::2], sizes[1::2]):
-        if cap < width:
-            raise ConfigError(f"{file}: {cap_key}: expected at least {width_key} ({width}), got {cap}")
-    if generator.num_bottleneck_blocks < 0:
-        raise ConfigError(f"{file}: model_params.generator_params.num_bottleneck_blocks: expected 0 or more, "
-                          f"got {generator.num_bottleneck_blocks}")
+    _check_widths(file, "model_params.kp_detector_params", model.kp_detector_params.block_expansion,
+                  model.kp_detector_params.max_features)
     train = config.train_params
+    _check_positive(file, [("model_params.common_params.num_kp", model.common_params.num_kp),
+                           ("model_params.kp_detector_params.num_blocks", model.kp_detector_params.num_blocks),
+                           ("train_params.batch_size", train.batch_size),
+                           ("train_params.num_epochs", train.num_epochs),
+                           ("train_params.checkpoint_freq", train.checkpoint_freq),
+                           ("train_params.num_repeats", train.num_repeats),
+                           ("train_params.log_freq", train.log_freq)])
     if train.lr_generator <= 0:
         raise ConfigError(f"{file}: train_params.lr_generator: expected a positive number, got {train.lr_generator}")
     if len(train.betas) != 2 or not all(0 <= b < 1 for b in train.betas):
@@ -464,18 +659,18 @@ def _check(config: Config, file: str) -> None:
     if any(w < 0 for w in train.loss_weights.perceptual) or train.loss_weights.l1 < 0:
         raise ConfigError(f"{file}: train_params.loss_weights: weights must be >= 0, got perceptual "
                           f"{train.loss_weights.perceptual}, l1 {train.loss_weights.l1}")
-    if model.kp_detector_params.temperature <= 0 or model.mask_params.kp_variance <= 0:
-        raise ConfigError(f"{file}: model_params: temperature and mask_params.kp_variance must be > 0")
-    weights = config.train_params.loss_weights.perceptual
+    if model.kp_detector_params.temperature <= 0:
+        _fail(file, "model_params.kp_detector_params.temperature", "a positive number",
+              model.kp_detector_params.temperature)
+    weights = train.loss_weights.perceptual
     if not 1 <= len(weights) <= 5:
         raise ConfigError(f"{file}: train_params.loss_weights.perceptual: expected 1 to 5 weights "
                           f"(relu1_1 ... relu5_1 of VGG-19), got {len(weights)}")
-    scales = config.train_params.scales
-    if not scales or any(not 0 < s <= 1 or abs(1 / s - round(1 / s)) > 1e-6 for s in scales):
+    scales = train.scales
+    if not scales or not all(_is_inverse_integer(s) for s in scales):
         raise ConfigError(f"{file}: train_params.scales: expected pyramid scales 1/n for integers n, e.g. "
                           f"[1, 0.5, 0.25, 0.125], got {scales}")
-    if not any(weights) and config.train_params.loss_weights.l1 == 0:
-        raise ConfigError(f"{file}: train_params.loss_weights: every weight is 0, nothing would be trained")
+    (_check_fomm if config.family == "fomm" else _check_keypoint_mask)(config, file)
     for axis, side in zip(("height", "width"), shape[:2]):
         problem = frame_size_problem(side, model)
         if problem:
@@ -488,7 +683,7 @@ def _check(config: Config, file: str) -> None:
                 advice = f"sizes that work near it: {', '.join(map(str, nearby))}"
             raise ConfigError(f"{file}: dataset_params.frame_shape: {axis} {side} does not fit ({problem}); "
                               f"{advice}")
-    deepest = config.train_params.loss_weights.num_vgg_slices - 1    # max-pools before that slice
+    deepest = train.loss_weights.num_vgg_slices - 1    # max-pools before that slice
     smallest_level = min(shape[:2]) * min(scales)
     if smallest_level < 2 ** deepest:
         raise ConfigError(f"{file}: train_params.scales: the {min(scales)} level of a {min(shape[:2])} px frame "
@@ -496,16 +691,29 @@ def _check(config: Config, file: str) -> None:
                           f"(needs {2 ** deepest} px after {deepest} max-pools)")
 
 
+def _family(data: dict, file: str) -> str:
+    model = data.get("model_params")
+    family = model.get("family", "keypoint_mask") if isinstance(model, dict) else "keypoint_mask"
+    if family not in FAMILIES:
+        raise ConfigError(f"{file}: model_params.family: expected one of {', '.join(map(repr, FAMILIES))}, "
+                          f"got {family!r}")
+    return family
+
+
 def config_from_dict(data: dict, file: str = "<dict>") -> Config:
     """Validate and build a Config from plain data (a parsed YAML document)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a YAML mapping at the top level, got {type(data).__name__}")
     data = _deep_copy(data)
-    _map_legacy(data, file)
+    family = _family(data, file)
+    _map_legacy(data, file, family)
+    if isinstance(data.get("model_params"), dict):
+        # The family picks the schema of model_params; _build takes the finished dataclass as it is.
+        data["model_params"] = _convert(FAMILIES[family], data["model_params"], "model_params", file)
     config = _build(Config, data, "", file)
     config.path = file
     _check(config, file)
-    if config.model_params.mask_params.kind != "circles" and "animate_params" in data and \
+    if not config.relative_motion_possible and "animate_params" in data and \
             "normalization_params" in (data.get("animate_params") or {}):
         warnings.warn(f"{file}: animate_params.normalization_params has no effect with a "
                       f"{config.model_params.mask_params.kind} mask (it animates absolutely)", ConfigWarning,

@@ -192,3 +192,40 @@ class PerceptualLoss(nn.Module):
                         total = total + weight * (generated.float() - real.float()).abs().mean()
             losses.append(total)
         return losses
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FOMM's other terms (Siarohin et al. 2019, sec. 3.4; weights from its vox/taichi-256 configs)
+
+def equivariance_value_loss(kp_driving: torch.Tensor, kp_transformed: torch.Tensor, transform) -> torch.Tensor:
+    """mean |z - T(z')| where z' are the keypoints found in the transformed frame: (B, K, 2) each -> scalar."""
+    return (kp_driving.float() - transform.warp_coordinates(kp_transformed.float())).abs().mean()
+
+
+def equivariance_jacobian_loss(jacobian_driving: torch.Tensor, kp_transformed: torch.Tensor,
+                               jacobian_transformed: torch.Tensor, transform) -> torch.Tensor:
+    """mean |I - inverse(J_z) (dT(z') J_z')|: the Jacobians must follow the transform too. (B, K, 2, 2) each."""
+    moved = transform.jacobian(kp_transformed.float()) @ jacobian_transformed.float()
+    product = torch.linalg.inv(jacobian_driving.float()) @ moved
+    return (torch.eye(2, dtype=product.dtype, device=product.device) - product).abs().mean()
+
+
+def lsgan_generator_loss(generated_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum over scales of mean (1 - D(G))^2."""
+    return sum(((1 - m.float()) ** 2).mean() for m in generated_maps)
+
+
+def lsgan_discriminator_loss(real_maps: Sequence[torch.Tensor], generated_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum over scales of mean (1 - D(x))^2 + D(G)^2."""
+    return sum(((1 - r.float()) ** 2 + g.float() ** 2).mean() for r, g in zip(real_maps, generated_maps))
+
+
+def feature_matching_loss(real_features: Sequence[Sequence[torch.Tensor]],
+                          generated_features: Sequence[Sequence[torch.Tensor]], weights: Sequence[float]) -> torch.Tensor:
+    """sum over scales and discriminator blocks i of weights[i] * mean |D_i(x) - D_i(G)| (zero weights skipped)."""
+    total = torch.zeros(())
+    for real_scale, generated_scale in zip(real_features, generated_features):
+        for weight, real, generated in zip(weights, real_scale, generated_scale):
+            if weight:
+                total = total.to(generated.device) + weight * (real.float() - generated.float()).abs().mean()
+    return total

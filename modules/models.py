@@ -1,6 +1,9 @@
-"""The keypoint-mask model: a frozen detector's masks, the two generators, and their training losses.
+"""The model families behind one interface (modules/family.py), and the keypoint-mask family itself: a frozen
+detector's masks, the two generators, and their training losses.
 
-``build_model(config)`` is the one place that turns a ``Config`` into networks.
+``build_model(config)``, ``build_trainable(config, model)`` and ``model_from_checkpoint(config, checkpoint)``
+are the one place that turns a ``Config`` into networks, whatever its ``model_params.family``; the FOMM family
+lives in modules/fomm.py.
 """
 from __future__ import annotations
 
@@ -11,10 +14,13 @@ import torch
 from torch import nn
 
 from modules.config import Config
-from modules.generator import GeneratorOutput, HighResGenerator, LowResGenerator, MaskGenerator
 from modules.errors import CheckpointError
+from modules.family import Keypoints, StepContext, StepOutput, Trainable
+from modules.fomm import FommModel, FommTraining, build_fomm_model, fomm_from_checkpoint
+from modules.generator import GeneratorOutput, HighResGenerator, LowResGenerator, MaskGenerator
 from modules.keypoint_detector import KeypointMask, KPDetector, load_detector_state, load_fomm_detector
 from modules.losses import FeatureExtractor, PerceptualLoss, build_vgg19_features
+from modules.motion import relative_keypoints
 
 
 class RandomDetectorWarning(UserWarning):
@@ -49,17 +55,42 @@ class KeypointMaskModel(nn.Module):
         source_mask, driving_mask = masks.chunk(2, dim=0)
         return self.generator(source, source_mask, driving_mask)
 
+    @property
+    def relative_motion_possible(self) -> bool:
+        return self.mask.kind == "circles"
+
     def encode_source(self, source: torch.Tensor) -> SourceState:
         """source (1, 3, H, W) -> its mask and keypoints, computed once for a whole driving video."""
         output = self.mask(source)
         return SourceState(source, output.mask, output.keypoints)
 
-    def animate(self, state: SourceState, driving: torch.Tensor) -> GeneratorOutput:
-        """Absolute motion: the driving frames' own masks. driving (B, 3, H, W) -> predictions (B, 3, H, W)."""
+    def keypoints(self, frames: torch.Tensor) -> Keypoints:
+        output = self.mask(frames)
+        return Keypoints(output.keypoints, output.jacobian)
+
+    def animate(self, state: SourceState, driving: torch.Tensor, initial: Optional[Keypoints] = None,
+                adapt_scale: bool = False, use_relative_jacobian: bool = True) -> GeneratorOutput:
+        """driving (B, 3, H, W) -> predictions (B, 3, H, W). Absolute motion: the driving frames' own masks.
+        Relative (circles only), given the driver's reference keypoints ``initial`` (1, K, 2): the circles of
+        the source's keypoints moved by the driver's motion since the reference (DESIGN.md sec. 3)."""
         batch = driving.shape[0]
-        driving_mask = self.mask(driving).mask
+        if initial is None:
+            driving_mask = self.mask(driving).mask
+        else:
+            if not self.relative_motion_possible:
+                raise ValueError(f"a {self.mask.kind} mask has no keypoints to move: it animates absolutely")
+            kp_driving = self.mask(driving).keypoints.float()
+            moved = relative_keypoints(state.keypoints.expand_as(kp_driving).float(), kp_driving,
+                                       initial.value.expand_as(kp_driving).float(), adapt_movement_scale=adapt_scale)
+            driving_mask = self.mask.mask_from_keypoints(moved.value, tuple(driving.shape[-2:]))
         return self.generator(state.image.expand(batch, -1, -1, -1), state.mask.expand(batch, -1, -1, -1),
                               driving_mask)
+
+    def visual_columns(self, state: SourceState, driving: torch.Tensor, output: GeneratorOutput,
+                       detail: bool = False) -> list[torch.Tensor]:
+        """source | driving | driving mask | [low-res |] prediction."""
+        low = [output.low_res_prediction] if detail else []
+        return [state.image.expand_as(driving), driving, output.driving_mask, *low, output.prediction]
 
 
 class SourceState(NamedTuple):
@@ -87,9 +118,43 @@ class KeypointMaskLoss(nn.Module):
         return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1)
 
 
-def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> KeypointMaskModel:
-    """The networks of ``config`` with a training checkpoint's ``kp_detector`` and ``generator``, loaded strictly
-    (the detector is built empty: its weights come from the checkpoint, not from a FOMM file)."""
+class KeypointMaskTraining(Trainable):
+    """The keypoint-mask family's training step: the perceptual pyramid on both predictions, the generators
+    alone optimised (the detector stays frozen, and is saved only so that the checkpoint is self-contained)."""
+
+    loss_names = LossTerms._fields
+    shown_names = "source|source_mask|driving|driving_mask|low_res|high_res"
+
+    def __init__(self, model: KeypointMaskModel, loss: KeypointMaskLoss):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.forward_model: nn.Module = model
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"kp_detector": self.model.mask.detector, "generator": self.model.generator}
+
+    def optimized(self) -> list[str]:
+        return ["generator"]
+
+    def distribute(self, wrap) -> None:
+        self.forward_model = wrap(self.model)
+
+    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext) -> StepOutput:
+        with context.autocast():
+            output = self.forward_model(source, driving)
+            terms = self.loss(output, driving)
+        # The detector ran under no_grad inside the model: this backward touches the generators only.
+        context.backward(terms.total())
+        return StepOutput(terms._asdict(), lambda: [source, output.source_mask, driving, output.driving_mask,
+                                                    output.low_res_prediction, output.prediction])
+
+
+def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> KeypointMaskModel | FommModel:
+    """The networks of ``config`` with a checkpoint's weights (FOMM's keys), loaded strictly. For the
+    keypoint-mask family the detector is built empty: its weights come from the checkpoint."""
+    if config.family == "fomm":
+        return fomm_from_checkpoint(config, checkpoint, source)
     model = build_model(config, detector=KPDetector(**config.model_params.detector_kwargs()))
     load_detector_state(model.mask.detector, checkpoint["kp_detector"], source)
     try:
@@ -121,13 +186,43 @@ def build_generator(config: Config) -> MaskGenerator:
 
 
 def build_model(config: Config, *, detector: Optional[KPDetector] = None,
-                checkpoint_with_kp: Optional[str] = None) -> KeypointMaskModel:
-    """The networks for ``config``: the detector given (or loaded from ``checkpoint_with_kp``, or random with
-    a warning), frozen inside ``KeypointMask``, and the two generators."""
+                checkpoint_with_kp: Optional[str] = None) -> KeypointMaskModel | FommModel:
+    """The networks for ``config``. Keypoint mask: the detector given (or loaded from ``checkpoint_with_kp``, or
+    random with a warning), frozen inside ``KeypointMask``, and the two generators. FOMM: its three networks,
+    random (stage one trains the detector; ``checkpoint_with_kp`` starts it from a FOMM checkpoint's)."""
+    if config.family == "fomm":
+        model = build_fomm_model(config)
+        if checkpoint_with_kp:
+            model.kp_detector.load_state_dict(load_fomm_detector(
+                checkpoint_with_kp, config.model_params.detector_kwargs()).state_dict())
+        return model
     if detector is None:
         detector = build_detector(config, checkpoint_with_kp)
     mask_params = config.model_params.mask_params
     return KeypointMaskModel(KeypointMask(detector, mask_params.kind, mask_params.kp_variance), build_generator(config))
+
+
+def build_trainable(config: Config, model: KeypointMaskModel | FommModel, *, vgg_weights: Optional[str] = None,
+                    vgg_source: str = "train_params.vgg_weights",
+                    feature_extractor: Optional[FeatureExtractor] = None) -> Trainable:
+    """The family's training side for ``model``: its losses bound to its networks."""
+    if config.family == "fomm":
+        return FommTraining(model, build_perceptual(config, vgg_weights, vgg_source, feature_extractor), config)
+    return KeypointMaskTraining(model, build_loss(config, vgg_weights=vgg_weights, vgg_source=vgg_source,
+                                                  feature_extractor=feature_extractor))
+
+
+def build_perceptual(config: Config, vgg_weights: Optional[str] = None, vgg_source: str = "train_params.vgg_weights",
+                     feature_extractor: Optional[FeatureExtractor] = None) -> PerceptualLoss:
+    """The multi-scale perceptual loss of ``config`` (VGG-19 only as deep as its weights need)."""
+    train = config.train_params
+    num_slices = train.loss_weights.num_vgg_slices
+    if feature_extractor is None:
+        if vgg_weights is None:
+            vgg_weights = train.vgg_weights
+        feature_extractor = build_vgg19_features(vgg_weights, num_slices=num_slices, source=vgg_source)
+    return PerceptualLoss(feature_extractor, train.scales, train.loss_weights.perceptual[:num_slices],
+                          config.model_params.common_params.num_channels)
 
 
 def build_loss(config: Config, *, vgg_weights: Optional[str] = None, vgg_source: str = "train_params.vgg_weights",
@@ -139,13 +234,6 @@ def build_loss(config: Config, *, vgg_weights: Optional[str] = None, vgg_source:
     feature_extractor: replaces VGG-19 altogether (tests inject a tiny one); it must return one feature map
     per perceptual weight up to the last non-zero one.
     """
-    train = config.train_params
     # Only the VGG slices up to the deepest non-zero weight are built and run.
-    num_slices = train.loss_weights.num_vgg_slices
-    if feature_extractor is None:
-        if vgg_weights is None:
-            vgg_weights = train.vgg_weights
-        feature_extractor = build_vgg19_features(vgg_weights, num_slices=num_slices, source=vgg_source)
-    perceptual = PerceptualLoss(feature_extractor, train.scales, train.loss_weights.perceptual[:num_slices],
-                                config.model_params.common_params.num_channels)
-    return KeypointMaskLoss(perceptual, train.loss_weights.l1)
+    return KeypointMaskLoss(build_perceptual(config, vgg_weights, vgg_source, feature_extractor),
+                            config.train_params.loss_weights.l1)

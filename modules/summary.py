@@ -4,6 +4,7 @@ Used by ``run.py --mode inspect`` (the smoke run of a fresh install) and by ``be
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from modules.models import KeypointMaskLoss, KeypointMaskModel
+from modules.family import StepContext, Trainable
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -42,8 +43,8 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def summarize(model: KeypointMaskModel, loss: KeypointMaskLoss, frame_size: tuple[int, int],
-              device: torch.device, batch_size: int = 1, seed: int = 0) -> Summary:
+def summarize(trainable: Trainable, frame_size: tuple[int, int], device: torch.device, batch_size: int = 1,
+              seed: int = 0) -> Summary:
     """Parameter counts, one timed forward (no grad) and one timed forward+backward with the loss.
 
     The inputs are generated (seeded smooth random images), so nothing is read from disk.
@@ -55,10 +56,14 @@ def summarize(model: KeypointMaskModel, loss: KeypointMaskLoss, frame_size: tupl
     images = nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
     images = images.clamp(0, 1)
     source, driving = images.to(device).chunk(2, dim=0)
-    model, loss = model.to(device), loss.to(device)
-    parameters = {"kp_detector": count_parameters(model.mask.detector),
-                  "low_res_generator": count_parameters(model.generator.low_res),
-                  "high_res_generator": count_parameters(model.generator.high_res)}
+    trainable = trainable.to(device)
+    model = trainable.model
+    parameters = {}
+    for name, network in trainable.networks().items():
+        parts = [(f"{name}.{child}", module) for child, module in network.named_children()
+                 if child in ("low_res", "high_res", "dense_motion_network")]
+        parameters[name] = count_parameters(network)
+        parameters.update({label: count_parameters(module) for label, module in parts})
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -72,13 +77,13 @@ def summarize(model: KeypointMaskModel, loss: KeypointMaskLoss, frame_size: tupl
     shapes = {name: tuple(getattr(output, name).shape) for name in output._fields}
     shapes["source"] = tuple(source.shape)
 
-    model.train()
-    model.zero_grad(set_to_none=True)
+    trainable.train()
+    trainable.zero_grad(set_to_none=True)
     _synchronize(device)
     start = time.perf_counter()
-    terms = loss(model(source, driving), driving)
-    terms.total().backward()
+    step = trainable.training_step(source, driving, StepContext(autocast=contextlib.nullcontext,
+                                                                backward=lambda loss: loss.backward()))
     _synchronize(device)
     forward_backward_s = time.perf_counter() - start
-    loss = {name: float(value.detach()) for name, value in terms._asdict().items()}
+    loss = {name: float(value.detach()) for name, value in step.losses.items()}
     return Summary(parameters, shapes, forward_s, forward_backward_s, peak_memory_mib(device), loss)

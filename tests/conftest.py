@@ -35,6 +35,17 @@ def tiny_circles_config():
 
 
 @pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory):
+    """A small synthetic dataset of 64 px frames: 4 training identities, one 8-frame clip each, 2 test pairs."""
+    from scripts.synthetic_dataset import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(str(root), seed=0, size=64, num_train_identities=4, num_test_identities=2,
+                     clips_per_identity=1, num_frames=8, num_pairs=2)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
 def original():
     """What the original FOMM / keypoint-mask code computed (copy of shared/fixtures/original-masks-small.pt)."""
     return torch.load(os.path.join(DATA, "original-masks-small.pt"), weights_only=True)

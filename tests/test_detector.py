@@ -16,14 +16,16 @@ TAICHI_256 = dict(block_expansion=32, num_kp=10, num_channels=3, max_features=10
                   temperature=0.1, estimate_jacobian=True, scale_factor=0.25)
 
 
-def fomm_keys() -> dict[str, tuple[int, ...]]:
+def fomm_keys(network: str = "kp_detector") -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of one network of FOMM's vox/taichi-256 checkpoints (copy of shared/fixtures' table)."""
     expected = {}
-    with open(os.path.join(DATA, "fomm-256-kp-detector-keys.tsv")) as stream:
+    with open(os.path.join(DATA, "fomm-vox-256-state-dict-keys.tsv")) as stream:
         for line in stream:
-            if line.startswith("#"):
+            if line.startswith("#") or line.startswith("network\t"):
                 continue
-            key, shape = line.rstrip("\n").split("\t")
-            expected[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
+            owner, key, shape = line.rstrip("\n").split("\t")
+            if owner == network:
+                expected[key] = tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
     return expected
 
 

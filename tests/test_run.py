@@ -21,7 +21,7 @@ def test_inspect_prints_parameters_shapes_and_timings():
     assert result.returncode == 0, result.stderr
     assert "shape      prediction           (1, 3, 64, 64)" in result.stdout
     assert "shape      driving_mask         (1, 1, 16, 16)" in result.stdout
-    assert "params     high_res_generator" in result.stdout and "time       forward+backward" in result.stdout
+    assert "params     generator.high_res" in result.stdout and "time       forward+backward" in result.stdout
     # random weights must be said loudly
     assert "VGG-19 has RANDOM weights" in result.stderr and "detector has RANDOM weights" in result.stderr
 

@@ -23,17 +23,6 @@ FRAME = 64
 
 
 @pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    """A small synthetic dataset: 4 training identities, one 8-frame clip each."""
-    from scripts.synthetic_dataset import generate_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_dataset(str(root), seed=0, size=FRAME, num_train_identities=4, num_test_identities=2,
-                     clips_per_identity=1, num_frames=8, num_pairs=2)
-    return str(root)
-
-
-@pytest.fixture(scope="module")
 def kp_checkpoint(tmp_path_factory):
     """A seeded RANDOM detector saved in FOMM's checkpoint format (no pretrained one exists here)."""
     from modules.config import load_config
@@ -429,14 +418,17 @@ def test_ddp_two_gloo_processes_match_one_process_averaging_gradients(tmp_path, 
 
 
 def test_a_training_step_runs_no_backward_through_the_detector(tiny_model, tiny_loss):
-    from train import forward_backward
+    from modules.models import KeypointMaskTraining
+    from train import step_context
 
-    optimizer = torch.optim.Adam(tiny_model.generator.parameters())
+    trainable = KeypointMaskTraining(tiny_model, tiny_loss)
+    assert trainable.optimized() == ["generator"] and set(trainable.networks()) == {"kp_detector", "generator"}
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     source, driving = torch.rand(2, 3, FRAME, FRAME), torch.rand(2, 3, FRAME, FRAME)
-    tiny_model.train()
-    _, output = forward_backward(tiny_model, tiny_loss, optimizer, scaler, None, source, driving)
-    assert output.source_mask.grad_fn is None and output.driving_mask.grad_fn is None   # no graph to go back
+    trainable.train()
+    step = trainable.training_step(source, driving, step_context(torch.device("cpu"), None, scaler))
+    _, source_mask, _, driving_mask, _, _ = step.shown()
+    assert source_mask.grad_fn is None and driving_mask.grad_fn is None                # no graph to go back
     assert all(p.grad is None for p in tiny_model.mask.parameters())
     assert not tiny_model.mask.detector.training                                       # BN statistics frozen
     assert all(p.grad is not None for p in tiny_model.generator.parameters())

@@ -1,0 +1,286 @@
+"""FOMM as a model family: the inference model (``FommModel``) and its training losses (``FommTraining``).
+
+Stage one of the keypoint-mask method: the detector trained here, inside FOMM, is what the keypoint-mask
+generators later read through ``--checkpoint_with_kp``. A checkpoint of this family holds FOMM's top-level
+keys (``kp_detector``, ``generator``, ``discriminator``, ``optimizer_*``, ``epoch``) with FOMM's state-dict
+keys, so official FOMM checkpoints run here and ours run in FOMM's code.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Iterator, NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from modules.config import Config
+from modules.discriminator import MultiScaleDiscriminator
+from modules.drawing import draw_keypoints
+from modules.errors import CheckpointError
+from modules.family import Keypoints, StepContext, StepOutput, Trainable
+from modules.fomm_generator import FommOutput, OcclusionAwareGenerator
+from modules.keypoint_detector import KPDetector, load_detector_state
+from modules.losses import (ImagePyramid, PerceptualLoss, equivariance_jacobian_loss, equivariance_value_loss,
+                            feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss)
+from modules.motion import relative_keypoints
+from modules.transform import RandomTPS
+
+
+class FommSource(NamedTuple):
+    image: torch.Tensor                   # (1, 3, H, W) in [0, 1]
+    keypoints: Keypoints                  # (1, K, 2) values, (1, K, 2, 2) Jacobians
+
+
+class FommAnimation(NamedTuple):
+    prediction: torch.Tensor              # (B, 3, H, W) in [0, 1]
+    deformed: torch.Tensor                # (B, 3, H, W) the source warped by the dense flow alone
+    occlusion_map: Optional[torch.Tensor]  # (B, 1, h, w)
+    kp_source: torch.Tensor               # (B, K, 2)
+    kp_detected: torch.Tensor             # (B, K, 2) the driving frames' own keypoints
+    kp_driving: torch.Tensor              # (B, K, 2) what drove the generator (moved, under relative motion)
+
+
+def _expand(kp: Keypoints, batch: int) -> Keypoints:
+    jacobian = None if kp.jacobian is None else kp.jacobian.expand(batch, -1, -1, -1)
+    return Keypoints(kp.value.expand(batch, -1, -1), jacobian)
+
+
+class FommModel(nn.Module):
+    """FOMM's three networks under FOMM's names. The discriminator is only used in training."""
+
+    relative_motion_possible = True
+
+    def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator,
+                 discriminator: MultiScaleDiscriminator, kp_radius: float = 2.0):
+        super().__init__()
+        self.kp_detector = kp_detector
+        self.generator = generator
+        self.discriminator = discriminator
+        self.kp_radius = kp_radius
+
+    def keypoints(self, frames: torch.Tensor) -> Keypoints:
+        detected = self.kp_detector(frames)
+        return Keypoints(detected.value, detected.jacobian)
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor) -> FommOutput:
+        """Reconstruction as in training: source and driving (B, 3, H, W) -> the generator's output."""
+        return self.generator(source, self.keypoints(driving), self.keypoints(source))
+
+    def encode_source(self, source: torch.Tensor) -> FommSource:
+        return FommSource(source, self.keypoints(source))
+
+    def animate(self, state: FommSource, driving: torch.Tensor, initial: Optional[Keypoints] = None,
+                adapt_scale: bool = False, use_relative_jacobian: bool = True) -> FommAnimation:
+        """driving (B, 3, H, W) -> the source moved like it: absolutely (the driver's keypoints as they are), or,
+        given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (DESIGN.md sec. 3)."""
+        batch = driving.shape[0]
+        kp_source = _expand(state.keypoints, batch)
+        detected = self.keypoints(driving)
+        kp_driving = detected
+        if initial is not None:
+            reference = _expand(initial, batch)
+            moved = relative_keypoints(kp_source.value.float(), detected.value.float(), reference.value.float(),
+                                       jacobian_source=kp_source.jacobian, jacobian_driving=detected.jacobian,
+                                       jacobian_driving_initial=reference.jacobian,
+                                       adapt_movement_scale=adapt_scale, use_relative_jacobian=use_relative_jacobian)
+            kp_driving = Keypoints(moved.value, moved.jacobian)
+        out = self.generator(state.image.expand(batch, -1, -1, -1), kp_driving, kp_source)
+        return FommAnimation(out.prediction, out.deformed, out.occlusion_map, kp_source.value, detected.value,
+                             kp_driving.value)
+
+    def visual_columns(self, state: FommSource, driving: torch.Tensor, output: FommAnimation,
+                       detail: bool = False) -> list[torch.Tensor]:
+        """source + keypoints | driving + keypoints | [deformed source |] occlusion | prediction."""
+        source = draw_keypoints(state.image.expand_as(driving), output.kp_source, self.kp_radius)
+        driving = draw_keypoints(driving, output.kp_detected, self.kp_radius)
+        occlusion = output.occlusion_map if output.occlusion_map is not None else torch.ones_like(driving[:, :1])
+        middle = [output.deformed, occlusion] if detail else [occlusion]
+        return [source, driving, *middle, output.prediction]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building and loading
+
+def build_fomm_model(config: Config) -> FommModel:
+    """The networks of a ``family: fomm`` config, with FOMM's constructor arguments (random weights)."""
+    model_params = config.model_params
+    common, generator, disc = model_params.common_params, model_params.generator_params, \
+        model_params.discriminator_params
+    return FommModel(
+        KPDetector(**model_params.detector_kwargs()),
+        OcclusionAwareGenerator(common.num_channels, common.num_kp, generator.block_expansion, generator.max_features,
+                                generator.num_down_blocks, generator.num_bottleneck_blocks,
+                                estimate_occlusion_map=generator.estimate_occlusion_map,
+                                dense_motion_params=dataclasses.asdict(generator.dense_motion_params),
+                                estimate_jacobian=common.estimate_jacobian, align_corners=model_params.align_corners),
+        MultiScaleDiscriminator(scales=disc.scales, num_channels=common.num_channels, num_kp=common.num_kp,
+                                block_expansion=disc.block_expansion, max_features=disc.max_features,
+                                num_blocks=disc.num_blocks, sn=disc.sn, use_kp=disc.use_kp,
+                                kp_variance=disc.kp_variance),
+        kp_radius=config.visualizer_params.kp_size)
+
+
+def load_strict(module: nn.Module, state: dict, source: str, name: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with a one-line error naming what differs."""
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+              if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})"
+                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shapes (checkpoint vs config)", shapes)) if items]
+    if problems:
+        raise CheckpointError(f"{source}: '{name}' does not fit the config's networks ({'; '.join(problems)}); "
+                              f"check model_params against the config the checkpoint was trained with")
+    module.load_state_dict(state, strict=True)
+
+
+def fomm_from_checkpoint(config: Config, checkpoint: dict, source: str) -> FommModel:
+    """FOMM's networks with a checkpoint's weights: ``kp_detector`` and ``generator`` are needed, and
+    ``discriminator`` is loaded when present (official inference-only files may lack it)."""
+    model = build_fomm_model(config)
+    for name in ("kp_detector", "generator"):
+        if not isinstance(checkpoint.get(name), dict):
+            raise CheckpointError(f"{source}: no '{name}' state dict (found: {', '.join(sorted(checkpoint))[:200]})")
+    load_detector_state(model.kp_detector, {k.removeprefix("module."): v for k, v in checkpoint["kp_detector"].items()},
+                        source)
+    load_strict(model.generator, checkpoint["generator"], source, "generator")
+    if isinstance(checkpoint.get("discriminator"), dict):
+        load_strict(model.discriminator, checkpoint["discriminator"], source, "discriminator")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+class _GeneratorSide(nn.Module):
+    """The detector and generator of one training step in one forward (what DDP wraps)."""
+
+    def __init__(self, model: FommModel):
+        super().__init__()
+        self.kp_detector, self.generator = model.kp_detector, model.generator
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor, transformed: Optional[torch.Tensor]):
+        detect = self.kp_detector
+        # Three detector calls, as FOMM makes them: BatchNorm sees each batch on its own.
+        kp_source, kp_driving = detect(source), detect(driving)
+        kp_transformed = detect(transformed) if transformed is not None else None
+        return kp_source, kp_driving, kp_transformed, self.generator(source, kp_driving, kp_source)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No gradients into ``module``'s parameters inside the block (they still flow through it)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(module.parameters(), flags):
+            parameter.requires_grad_(flag)
+
+
+class FommTraining(Trainable):
+    """FOMM's losses (sec. 3.4 of its paper): perceptual pyramid, equivariance of keypoints and Jacobians under
+    a random TPS transform, and, with generator_gan > 0, LSGAN and feature matching against a discriminator
+    that then trains in its own phase on the detached prediction.
+
+    Gradient routing: in the generator phase the discriminator's parameters are frozen (gradients pass through
+    it to the prediction only); in the discriminator phase the prediction is detached.
+    """
+
+    loss_names = ("perceptual", "l1", "equivariance_value", "equivariance_jacobian", "generator_gan",
+                  "feature_matching", "discriminator_gan")
+    shown_names = "source+kp|driving+kp|deformed|occlusion|prediction"
+
+    def __init__(self, model: FommModel, perceptual: PerceptualLoss, config: Config):
+        super().__init__()
+        self.model = model
+        self.perceptual = perceptual
+        train = config.train_params
+        self.weights = train.loss_weights
+        self.transform_params = train.transform_params
+        self.align_corners = config.model_params.align_corners
+        self.pyramid = ImagePyramid(config.model_params.discriminator_params.scales,
+                                    config.model_params.common_params.num_channels)
+        self.generator_side: nn.Module = _GeneratorSide(model)
+        self.discriminator_side: nn.Module = model.discriminator
+
+    @property
+    def uses_gan(self) -> bool:
+        # As in FOMM: with generator_gan 0 the discriminator is neither used nor trained.
+        return self.weights.generator_gan != 0
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"kp_detector": self.model.kp_detector, "generator": self.model.generator,
+                "discriminator": self.model.discriminator}
+
+    def optimized(self) -> list[str]:
+        return ["generator", "kp_detector", "discriminator"]
+
+    def distribute(self, wrap) -> None:
+        self.generator_side = wrap(self.generator_side)
+        if self.uses_gan:
+            self.discriminator_side = wrap(self.model.discriminator)
+
+    def _discriminate(self, discriminator: nn.Module, real: torch.Tensor, generated: torch.Tensor,
+                      kp: torch.Tensor):
+        """Real and generated frames in one batch (instance norm keeps samples apart) -> (real, generated)
+        outputs per scale."""
+        batch = real.shape[0]
+        outputs = discriminator(self.pyramid(torch.cat([real, generated])), torch.cat([kp, kp]))
+        split = [([f[:batch] for f in o.feature_maps], o.prediction_map[:batch]) for o in outputs]
+        split_generated = [([f[batch:] for f in o.feature_maps], o.prediction_map[batch:]) for o in outputs]
+        return split, split_generated
+
+    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext) -> StepOutput:
+        weights = self.weights
+        zero = torch.zeros((), device=source.device)
+        losses = dict.fromkeys(self.loss_names, zero)
+        with context.autocast():
+            transform = transformed = None
+            if weights.equivariance_value or weights.equivariance_jacobian:
+                params = self.transform_params
+                transform = RandomTPS(source.shape[0], params.sigma_affine, params.sigma_tps, params.points_tps,
+                                      device=source.device)
+                transformed = transform.transform_frame(driving, self.align_corners)
+            kp_source, kp_driving, kp_transformed, generated = self.generator_side(source, driving, transformed)
+            prediction = generated.prediction
+            losses["perceptual"] = self.perceptual([prediction], driving)[0]
+            if weights.l1:
+                losses["l1"] = weights.l1 * (prediction.float() - driving).abs().mean()
+            if weights.equivariance_value:
+                losses["equivariance_value"] = weights.equivariance_value * equivariance_value_loss(
+                    kp_driving.value, kp_transformed.value, transform)
+            if weights.equivariance_jacobian:
+                losses["equivariance_jacobian"] = weights.equivariance_jacobian * equivariance_jacobian_loss(
+                    kp_driving.jacobian, kp_transformed.value, kp_transformed.jacobian, transform)
+            kp = kp_driving.value.detach()
+            if self.uses_gan:
+                with frozen(self.model.discriminator):
+                    real, fake = self._discriminate(self.model.discriminator, driving, prediction, kp)
+                losses["generator_gan"] = weights.generator_gan * lsgan_generator_loss([m for _, m in fake])
+                if any(weights.feature_matching):
+                    losses["feature_matching"] = feature_matching_loss(
+                        [[f.detach() for f in maps] for maps, _ in real], [maps for maps, _ in fake],
+                        weights.feature_matching).to(source.device)
+        context.backward(sum(value for name, value in losses.items() if name != "discriminator_gan"))
+        if self.uses_gan:
+            with context.autocast():
+                real, fake = self._discriminate(self.discriminator_side, driving, prediction.detach(), kp)
+                losses["discriminator_gan"] = weights.discriminator_gan * lsgan_discriminator_loss(
+                    [m for _, m in real], [m for _, m in fake])
+            context.backward(losses["discriminator_gan"])
+
+        def shown() -> list[torch.Tensor]:
+            radius = self.model.kp_radius
+            occlusion = generated.occlusion_map if generated.occlusion_map is not None else torch.ones_like(
+                prediction[:, :1])
+            return [draw_keypoints(source, kp_source.value, radius), draw_keypoints(driving, kp_driving.value, radius),
+                    generated.deformed, occlusion, prediction]
+
+        return StepOutput(losses, shown)

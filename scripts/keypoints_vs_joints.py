@@ -1,0 +1,119 @@
+"""How well a trained detector's keypoints follow the synthetic figures' joints.
+
+    python scripts/keypoints_vs_joints.py --checkpoint log/tiny-fomm-<ts> [--split test] [--random]
+
+For every frame of the split (default: the test identities, never trained on) the detector's K keypoints are
+compared with the ground-truth joints (``<root>/keypoints/<split>/<video>.npy``), in pixels of the frame:
+
+* nearest:  mean distance from each keypoint to the nearest joint in that frame;
+* tracking: each keypoint is assigned the one joint it is closest to on average over all frames, and the
+  mean distance to that joint is reported: small only if the keypoint stays on the same body part;
+* motion explained: per keypoint, the best over joints of 1 - sum |k - j|^2 / sum |j|^2 with k and j the
+  keypoint's and the joint's trajectories minus their mean in each video: 1 when the keypoint moves exactly
+  as a joint does, 0 for a keypoint that stands still (or moves at random).
+
+Distances alone flatter a detector that has learned nothing: random weights put every keypoint near the
+centre of the frame, where the figure's pelvis is, a few pixels from a joint in every frame. The motion
+figure tells the two apart. ``--random`` measures the config's networks with seeded random weights, the
+reference. Works with any checkpoint of this project that holds a ``kp_detector``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from modules.errors import OneLineArgumentParser, UserError  # noqa: E402
+
+
+def detector_keypoints(detector: torch.nn.Module, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) -> keypoints (T, K, 2) in pixels (pixel centres at 0 .. side-1)."""
+    from frames_dataset import frames_to_tensor
+
+    height, width = frames.shape[1:3]
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(frames), batch_size):
+            value = detector(frames_to_tensor(frames[start:start + batch_size])).value.float()
+            out.append(torch.stack([(value[..., 0] + 1) / 2 * (width - 1), (value[..., 1] + 1) / 2 * (height - 1)],
+                                   dim=-1).numpy())
+    return np.concatenate(out)
+
+
+def compare(keypoints: list[np.ndarray], joints: list[np.ndarray], joint_names: list[str]) -> dict:
+    """Per video keypoints (T, K, 2) and joints (T, J, 2) in pixels -> the three figures (module docstring)."""
+    everything_k, everything_j = np.concatenate(keypoints), np.concatenate(joints)
+    distances = np.linalg.norm(everything_k[:, :, None] - everything_j[:, None], axis=-1)    # (N, K, J)
+    mean_per_pair = distances.mean(axis=0)                                                   # (K, J)
+    assigned = mean_per_pair.argmin(axis=1)
+    # trajectories about each video's mean position
+    moving_k = np.concatenate([k - k.mean(axis=0) for k in keypoints])                       # (N, K, 2)
+    moving_j = np.concatenate([j - j.mean(axis=0) for j in joints])                          # (N, J, 2)
+    residual = ((moving_k[:, :, None] - moving_j[:, None]) ** 2).sum(axis=(0, 3))            # (K, J)
+    explained = 1 - residual / (moving_j ** 2).sum(axis=(0, 2))[None]                         # (K, J)
+    best = explained.argmax(axis=1)
+    return {"nearest_px": float(distances.min(axis=2).mean()),
+            "tracking_px": float(mean_per_pair[np.arange(len(assigned)), assigned].mean()),
+            "motion_explained": float(explained[np.arange(len(best)), best].mean()),
+            "per_keypoint": [(joint_names[j], float(mean_per_pair[k, j]), joint_names[b], float(explained[k, b]))
+                             for k, (j, b) in enumerate(zip(assigned, best))]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of this project or its run folder")
+    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--random", action="store_true",
+                        help="measure the config's detector with seeded random weights instead (the reference)")
+    args = parser.parse_args(argv)
+    try:
+        import json
+
+        import logger as run_log
+        from frames_dataset import FramesDataset
+        from modules.config import config_from_dict
+        from modules.keypoint_detector import KPDetector, load_detector_state
+
+        checkpoint = run_log.load_training_checkpoint(args.checkpoint)
+        config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
+        torch.manual_seed(config.train_params.seed)
+        detector = KPDetector(**config.model_params.detector_kwargs())
+        if not args.random:
+            load_detector_state(detector, checkpoint["kp_detector"], checkpoint["path"])
+        detector.eval()
+        root = config.dataset_params.root_dir
+        info_path = os.path.join(root, "identities.json")
+        if not os.path.isfile(info_path):
+            raise UserError(f"{info_path}: not found; this tool needs the synthetic dataset (scripts/synthetic_dataset.py)")
+        with open(info_path, encoding="utf-8") as stream:
+            joint_names = json.load(stream)["joints"]
+        dataset = FramesDataset.from_config(config.dataset_params, is_train=args.split == "train")
+        all_keypoints, all_joints = [], []
+        for index in range(len(dataset)):
+            video = dataset.video(index)
+            frames = video.read(list(range(video.num_frames)))
+            all_keypoints.append(detector_keypoints(detector, frames))
+            all_joints.append(np.load(os.path.join(root, "keypoints", args.split, video.name + ".npy")))
+        result = compare(all_keypoints, all_joints, joint_names)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    frames = sum(len(k) for k in all_keypoints)
+    what = "random weights (reference)" if args.random else f"step {checkpoint['step']}"
+    print(f"{checkpoint['path']} detector, {what}: {len(dataset)} {args.split} videos, {frames} frames, "
+          f"{config.dataset_params.size[0]} px")
+    print(f"  nearest joint:  {result['nearest_px']:.2f} px (mean over keypoints and frames)")
+    print(f"  tracking:       {result['tracking_px']:.2f} px (each keypoint to its own joint)")
+    print(f"  motion explained: {result['motion_explained']:.3f} (1: moves as a joint does, 0: stands still)")
+    for k, (joint, distance, mover, explained) in enumerate(result["per_keypoint"]):
+        print(f"    keypoint {k}: nearest {joint:<12} {distance:5.2f} px; moves like {mover:<12} {explained:6.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
