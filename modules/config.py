@@ -400,8 +400,8 @@ def _map_legacy(data: dict, file: str, family: str = "keypoint_mask") -> None:
         if found:
             ignored.append(dotted)
     if ignored:
-        warnings.warn(f"{file}: ignoring keys this model never uses: {', '.join(ignored)}", ConfigWarning,
-                      stacklevel=3)
+        warnings.warn(f"{file}: ignoring keys the keypoint-mask model never uses: {', '.join(ignored)} (a FOMM "
+                      f"config? add model_params.family: fomm to train FOMM itself)", ConfigWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------------------------------------

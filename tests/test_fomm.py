@@ -278,3 +278,22 @@ def test_keypoints_are_drawn_in_their_colours_and_nothing_else_changes():
     torch.testing.assert_close(drawn[0, :, 20, 20], keypoint_colours(2)[1])
     assert drawn[0, :, 0, 0].abs().sum() == 0 and drawn[0, :, 10, 16].abs().sum() == 0
     assert images.abs().sum() == 0
+
+
+def test_results_table_puts_models_and_baselines_in_rows(tmp_path):
+    import json
+
+    from scripts.results_table import table
+
+    for name, l1 in (("a", 0.05), ("b", 0.04)):
+        for mode in ("reconstruction", "animation"):
+            os.makedirs(tmp_path / name / mode)
+            baselines = {"copy_source": {"l1": 0.03, "ssim": 0.7, "akd": 10.0}}
+            if mode == "animation":
+                baselines["copy_driving"] = {"l1": 0.14, "ssim": 0.2, "akd": 9.0}
+            with open(tmp_path / name / mode / "metrics.json", "w") as stream:
+                json.dump({"mean": {"l1": l1, "ssim": 0.6}, "baselines": baselines}, stream)
+    lines = table([str(tmp_path / "a"), str(tmp_path / "b")], ["FOMM", "heatmap"])
+    assert lines[2] == "| FOMM | 0.0500 | 0.6000 | - | 0.0500 | 0.6000 | - |"
+    assert lines[4] == "| *copy source* | 0.0300 | 0.7000 | 10.00 | 0.0300 | 0.7000 | 10.00 |"
+    assert lines[5] == "| *copy driving* | - | - | - | 0.1400 | 0.2000 | 9.00 |" and len(lines) == 6
