@@ -19,7 +19,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 import yaml
 
-from modules.checkpoint import atomic_save, read_checkpoint
+from modules.checkpoint import atomic_save, latest_checkpoint, read_checkpoint, resolve_checkpoint  # noqa: F401
 from modules.errors import CheckpointError, UserError
 from modules.video_io import to_uint8  # noqa: F401  (run_log.to_uint8 in the stage scripts)
 
@@ -123,30 +122,9 @@ def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
     atomic_save(dict(state, format=CHECKPOINT_FORMAT), path)
 
 
-def latest_checkpoint(run_dir: str) -> Optional[str]:
-    """The newest readable checkpoint of ``run_dir`` by name: highest epoch, a finished epoch before an
-    interrupted one (None if there is none). Only the files tried are read."""
-    candidates = []
-    for path in glob.glob(os.path.join(run_dir, "*.pth.tar")):
-        match = re.fullmatch(r"(\d{8})-(checkpoint|interrupted)\.pth\.tar", os.path.basename(path))
-        if match:
-            candidates.append(((int(match.group(1)), match.group(2) == "checkpoint"), path))
-    for _, path in sorted(candidates, reverse=True):
-        try:
-            read_checkpoint(path)
-            return path
-        except CheckpointError as error:
-            warnings.warn(f"{error}; trying an older checkpoint", UserWarning, stacklevel=2)
-    return None
-
-
 def load_training_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint written by this project's trainer (a folder means its latest checkpoint)."""
-    if os.path.isdir(path):
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"{path}: no readable NNNNNNNN-checkpoint.pth.tar in this folder")
-        path = found
+    path = resolve_checkpoint(path)
     return _validated(read_checkpoint(path), path)
 
 

@@ -183,7 +183,7 @@ def inspect(args: argparse.Namespace) -> None:
     for name, count in summary.parameters.items():
         print(f"params     {name:<34} {count / 1e6:8.2f} M")
     for name, shape in summary.shapes.items():
-        print(f"shape      {name:<20} {tuple(shape)}")
+        print(f"shape      {name:<34} {tuple(shape)}")
     print(f"time       forward             {summary.forward_s:8.3f} s")
     print(f"time       forward+backward    {summary.forward_backward_s:8.3f} s  (with the perceptual loss)")
     print(f"memory     peak                {summary.peak_memory_mib:8.0f} MiB "

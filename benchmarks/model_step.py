@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from modules.config import load_config  # noqa: E402
-from modules.models import build_loss, build_model  # noqa: E402
+from modules.models import build_model, build_trainable  # noqa: E402
 from modules.summary import summarize  # noqa: E402
 
 
@@ -35,18 +35,17 @@ def main() -> None:
     config = load_config(args.config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = build_model(config)
-        loss = build_loss(config, vgg_weights="random")
+        trainable = build_trainable(config, build_model(config), vgg_weights="random")
     device = torch.device(args.device)
-    summarize(model, loss, config.dataset_params.size, device, args.batch_size)          # warm-up
-    runs = [summarize(model, loss, config.dataset_params.size, device, args.batch_size) for _ in range(args.repeats)]
+    summarize(trainable, config.dataset_params.size, device, args.batch_size)          # warm-up
+    runs = [summarize(trainable, config.dataset_params.size, device, args.batch_size) for _ in range(args.repeats)]
     print(f"config {args.config}, batch {args.batch_size}, device {device}, threads {torch.get_num_threads()}, "
           f"torch {torch.__version__}")
     for name, count in runs[0].parameters.items():
-        print(f"  {name:<22} {count / 1e6:7.2f} M parameters")
+        print(f"  {name:<34} {count / 1e6:7.2f} M parameters")
     print(f"  forward                {statistics.median(r.forward_s for r in runs):7.3f} s (median of {args.repeats})")
     print(f"  forward+backward       {statistics.median(r.forward_backward_s for r in runs):7.3f} s "
-          f"(perceptual loss on both predictions)")
+          f"(the family's training losses)")
     print(f"  peak memory            {max(r.peak_memory_mib for r in runs):7.0f} MiB")
 
 

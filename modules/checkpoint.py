@@ -1,10 +1,13 @@
 """Reading and writing checkpoint files: safe loading with clear errors, atomic writing."""
 from __future__ import annotations
 
+import glob
 import os
 import pickle
+import re
 import tempfile
-from typing import Any
+import warnings
+from typing import Any, Optional
 
 import torch
 
@@ -63,3 +66,30 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    """The newest readable checkpoint of ``run_dir`` by name: highest epoch, a finished epoch before an
+    interrupted one (None if there is none). Only the files tried are read."""
+    candidates = []
+    for path in glob.glob(os.path.join(run_dir, "*.pth.tar")):
+        match = re.fullmatch(r"(\d{8})-(checkpoint|interrupted)\.pth\.tar", os.path.basename(path))
+        if match:
+            candidates.append(((int(match.group(1)), match.group(2) == "checkpoint"), path))
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            read_checkpoint(path)
+            return path
+        except CheckpointError as error:
+            warnings.warn(f"{error}; trying an older checkpoint", UserWarning, stacklevel=2)
+    return None
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file, or a run folder meaning its latest readable checkpoint."""
+    if os.path.isdir(path):
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: no readable NNNNNNNN-checkpoint.pth.tar in this folder")
+        return found
+    return path

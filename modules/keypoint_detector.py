@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.blocks import AntiAliasDownsample, Hourglass, anti_alias_kernel_size, make_coordinate_grid
-from modules.checkpoint import read_checkpoint
+from modules.checkpoint import read_checkpoint, resolve_checkpoint
 from modules.errors import CheckpointError
 
 MaskKind = Literal["heatmap", "circles", "softmax"]
@@ -260,8 +260,9 @@ def load_detector_state(detector: KPDetector, state_dict: Mapping[str, torch.Ten
 
 
 def load_fomm_detector(path: str, detector_kwargs: Mapping[str, Any]) -> KPDetector:
-    """Build a KPDetector from FOMM constructor arguments, load ``kp_detector`` from a FOMM checkpoint
-    at ``path`` strictly, and return it frozen (eval mode, no gradients)."""
+    """Build a KPDetector from FOMM constructor arguments, load ``kp_detector`` from a FOMM checkpoint at ``path``
+    (a file, or a run folder: its latest checkpoint) strictly, and return it frozen (eval mode, no gradients)."""
+    path = resolve_checkpoint(path)          # a run folder of stage one means its latest checkpoint
     checkpoint = read_checkpoint(path)
     if "kp_detector" not in checkpoint:
         raise CheckpointError(f"{path}: no 'kp_detector' entry (found: {_first(sorted(checkpoint))}); "

@@ -19,7 +19,6 @@ reference. Works with any checkpoint of this project that holds a ``kp_detector`
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 

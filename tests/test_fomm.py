@@ -239,7 +239,7 @@ def test_stage_one_then_stage_two_then_both_reconstruct_and_animate(tmp_path, da
     assert os.listdir(os.path.join(os.path.dirname(stage_one), "train-vis"))
 
     assert quiet("--mode", "train", "--config", _write(tmp_path, "tiny-heatmap.yaml", dataset_root),
-                 "--checkpoint_with_kp", stage_one, "--log_dir", str(tmp_path / "two")) == 0
+                 "--checkpoint_with_kp", os.path.dirname(stage_one), "--log_dir", str(tmp_path / "two")) == 0   # its run folder
     (stage_two,) = glob.glob(str(tmp_path / "two" / "*" / "00000000-checkpoint.pth.tar"))
     second = read_checkpoint(stage_two)
     for key, value in checkpoint["kp_detector"].items():        # the frozen detector came from stage one
@@ -297,3 +297,30 @@ def test_results_table_puts_models_and_baselines_in_rows(tmp_path):
     assert lines[2] == "| FOMM | 0.0500 | 0.6000 | - | 0.0500 | 0.6000 | - |"
     assert lines[4] == "| *copy source* | 0.0300 | 0.7000 | 10.00 | 0.0300 | 0.7000 | 10.00 |"
     assert lines[5] == "| *copy driving* | - | - | - | 0.1400 | 0.2000 | 9.00 |" and len(lines) == 6
+
+
+def test_ddp_on_two_gloo_processes_trains_both_phases_with_identical_weights(tmp_path, dataset_root):
+    import subprocess
+    import sys
+
+    config_file = _write(tmp_path, "tiny-fomm.yaml", dataset_root)
+    with open(config_file) as stream:
+        data = yaml.safe_load(stream)
+    data["train_params"]["batch_size"] = 4
+    data["train_params"]["loss_weights"]["generator_gan"] = 1          # both phases, both DDP wrappers
+    with open(config_file, "w") as stream:
+        yaml.safe_dump(data, stream)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             os.path.join(ROOT, "run.py"), "--mode", "train", "--config", config_file, "--log_dir",
+                             str(tmp_path / "log"), "--device", "cpu", "--max_steps", "2"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run_dir,) = glob.glob(str(tmp_path / "log" / "*"))
+    log_text = open(os.path.join(run_dir, "log.txt")).read()
+    assert "parameters identical on 2 ranks" in log_text
+    from modules.checkpoint import read_checkpoint
+
+    (checkpoint,) = glob.glob(os.path.join(run_dir, "*.pth.tar"))
+    state = read_checkpoint(checkpoint)
+    assert state["optimizer_discriminator"]["state"]                   # the discriminator did take steps
