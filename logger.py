@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import yaml
 
-from modules.checkpoint import atomic_save, latest_checkpoint, read_checkpoint, resolve_checkpoint  # noqa: F401
+from modules.checkpoint import atomic_save, read_checkpoint, resolve_checkpoint
 from modules.errors import CheckpointError, UserError
 from modules.video_io import to_uint8  # noqa: F401  (run_log.to_uint8 in the stage scripts)
 

@@ -281,12 +281,11 @@ def _resume_position(checkpoint: dict, global_batch: int, batches_per_epoch: int
     return epoch, min(batch, batches_per_epoch)
 
 
-def _apply_schedule_changes(checkpoint: dict, train: Any, name: str, optimizer: torch.optim.Optimizer,
+def _apply_schedule_changes(before: Any, train: Any, name: str, optimizer: torch.optim.Optimizer,
                             scheduler: torch.optim.lr_scheduler.MultiStepLR, notes: list[str]) -> None:
     """Make the resumed optimizer of network ``name`` follow the train_params of --config when they differ from
-    the checkpoint's. Left alone when nothing changed, so that an ordinary resume stays bit-identical.
+    the checkpoint's (``before``). Left alone when nothing changed, so that an ordinary resume stays bit-identical.
     """
-    before = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config").train_params
     changed = [key for key in ("betas", "epoch_milestones") if getattr(before, key) != getattr(train, key)]
     if before.learning_rate(name) != train.learning_rate(name):
         changed.insert(0, f"lr_{name}")
@@ -380,12 +379,13 @@ class Trainer:
                            for name, optimizer in self.optimizers.items()}
         self.scaler = torch.amp.GradScaler(device.type, enabled=train.mixed_precision == "fp16")
         if resume:
+            saved_train = config_from_dict(resume["config"], f"{resume['path']}:config").train_params
             for name, optimizer in self.optimizers.items():
                 if f"optimizer_{name}" not in resume or f"scheduler_{name}" not in resume:
                     raise CheckpointError(f"{resume['path']}: no optimizer_{name} / scheduler_{name} to resume")
                 optimizer.load_state_dict(resume[f"optimizer_{name}"])
                 self.schedulers[name].load_state_dict(resume[f"scheduler_{name}"])
-                _apply_schedule_changes(resume, train, name, optimizer, self.schedulers[name], notes)
+                _apply_schedule_changes(saved_train, train, name, optimizer, self.schedulers[name], notes)
             if "grad_scaler" in resume and self.scaler.is_enabled():
                 self.scaler.load_state_dict(resume["grad_scaler"])
             _set_rng_state(resume["rng"], device)

@@ -7,9 +7,10 @@ import pickle
 import re
 import tempfile
 import warnings
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
+from torch import nn
 
 from modules.errors import CheckpointError
 
@@ -93,3 +94,32 @@ def resolve_checkpoint(path: str) -> str:
             raise CheckpointError(f"{path}: no readable NNNNNNNN-checkpoint.pth.tar in this folder")
         return found
     return path
+
+
+def first_items(items: list[str], limit: int = 3) -> str:
+    """The first ``limit`` items, then how many there are in all: for one-line errors."""
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def state_dict_problems(module: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading strictly into ``module``: missing keys, unexpected keys, shapes."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+              for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    return [f"{label}: {first_items(items)}" for label, items in
+            (("missing keys", missing), ("unexpected keys", unexpected), ("shapes (checkpoint vs config)", shapes))
+            if items]
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, name: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` (a DataParallel ``module.`` prefix removed), with a
+    one-line error naming what differs."""
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    problems = state_dict_problems(module, state)
+    if problems:
+        raise CheckpointError(f"{source}: '{name}' does not fit the config's networks ({'; '.join(problems)}); "
+                              f"check model_params against the config the checkpoint was trained with")
+    module.load_state_dict(state, strict=True)

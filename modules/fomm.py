@@ -17,6 +17,7 @@ from torch import nn
 from modules.config import Config
 from modules.discriminator import MultiScaleDiscriminator
 from modules.drawing import draw_keypoints
+from modules.checkpoint import load_state_strict
 from modules.errors import CheckpointError
 from modules.family import Keypoints, StepContext, StepOutput, Trainable
 from modules.fomm_generator import FommOutput, OcclusionAwareGenerator
@@ -38,7 +39,6 @@ class FommAnimation(NamedTuple):
     occlusion_map: Optional[torch.Tensor]  # (B, 1, h, w)
     kp_source: torch.Tensor               # (B, K, 2)
     kp_detected: torch.Tensor             # (B, K, 2) the driving frames' own keypoints
-    kp_driving: torch.Tensor              # (B, K, 2) what drove the generator (moved, under relative motion)
 
 
 def _expand(kp: Keypoints, batch: int) -> Keypoints:
@@ -86,8 +86,7 @@ class FommModel(nn.Module):
                                        adapt_movement_scale=adapt_scale, use_relative_jacobian=use_relative_jacobian)
             kp_driving = Keypoints(moved.value, moved.jacobian)
         out = self.generator(state.image.expand(batch, -1, -1, -1), kp_driving, kp_source)
-        return FommAnimation(out.prediction, out.deformed, out.occlusion_map, kp_source.value, detected.value,
-                             kp_driving.value)
+        return FommAnimation(out.prediction, out.deformed, out.occlusion_map, kp_source.value, detected.value)
 
     def visual_columns(self, state: FommSource, driving: torch.Tensor, output: FommAnimation,
                        detail: bool = False) -> list[torch.Tensor]:
@@ -121,23 +120,6 @@ def build_fomm_model(config: Config) -> FommModel:
         kp_radius=config.visualizer_params.kp_size)
 
 
-def load_strict(module: nn.Module, state: dict, source: str, name: str) -> None:
-    """``module.load_state_dict(state, strict=True)`` with a one-line error naming what differs."""
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-              if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})"
-                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shapes (checkpoint vs config)", shapes)) if items]
-    if problems:
-        raise CheckpointError(f"{source}: '{name}' does not fit the config's networks ({'; '.join(problems)}); "
-                              f"check model_params against the config the checkpoint was trained with")
-    module.load_state_dict(state, strict=True)
-
-
 def fomm_from_checkpoint(config: Config, checkpoint: dict, source: str) -> FommModel:
     """FOMM's networks with a checkpoint's weights: ``kp_detector`` and ``generator`` are needed, and
     ``discriminator`` is loaded when present (official inference-only files may lack it)."""
@@ -145,11 +127,10 @@ def fomm_from_checkpoint(config: Config, checkpoint: dict, source: str) -> FommM
     for name in ("kp_detector", "generator"):
         if not isinstance(checkpoint.get(name), dict):
             raise CheckpointError(f"{source}: no '{name}' state dict (found: {', '.join(sorted(checkpoint))[:200]})")
-    load_detector_state(model.kp_detector, {k.removeprefix("module."): v for k, v in checkpoint["kp_detector"].items()},
-                        source)
-    load_strict(model.generator, checkpoint["generator"], source, "generator")
+    load_detector_state(model.kp_detector, checkpoint["kp_detector"], source)
+    load_state_strict(model.generator, checkpoint["generator"], source, "generator")
     if isinstance(checkpoint.get("discriminator"), dict):
-        load_strict(model.discriminator, checkpoint["discriminator"], source, "discriminator")
+        load_state_strict(model.discriminator, checkpoint["discriminator"], source, "discriminator")
     return model
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.blocks import AntiAliasDownsample, Hourglass, anti_alias_kernel_size, make_coordinate_grid
-from modules.checkpoint import read_checkpoint, resolve_checkpoint
+from modules.checkpoint import first_items, read_checkpoint, resolve_checkpoint, state_dict_problems
 from modules.errors import CheckpointError
 
 MaskKind = Literal["heatmap", "circles", "softmax"]
@@ -224,30 +224,16 @@ def infer_detector_params(state_dict: Mapping[str, torch.Tensor]) -> dict[str, A
     return found
 
 
-def _first(items: list[str], limit: int = 3) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-
 def load_detector_state(detector: KPDetector, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Strictly load ``state_dict`` into ``detector``; on a mismatch, one error line that says what differs.
+    """Strictly load ``state_dict`` into ``detector`` (a DataParallel ``module.`` prefix removed); on a mismatch,
+    one error line that says what differs.
 
     The message lists missing and unexpected keys, differing shapes, and the detector settings the
     checkpoint was built with (the config values that would make it load).
     """
-    expected = detector.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
-              for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_first(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_first(unexpected)}")
-        if shapes:
-            parts.append(f"shapes (checkpoint vs config): {_first(shapes)}")
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    parts = state_dict_problems(detector, state_dict)
+    if parts:
         current = {"block_expansion": detector.predictor.encoder.down_blocks[0].conv.out_channels // 2,
                    "num_kp": detector.num_kp, "scale_factor": detector.scale_factor}
         inferred = infer_detector_params(state_dict)
@@ -265,12 +251,11 @@ def load_fomm_detector(path: str, detector_kwargs: Mapping[str, Any]) -> KPDetec
     path = resolve_checkpoint(path)          # a run folder of stage one means its latest checkpoint
     checkpoint = read_checkpoint(path)
     if "kp_detector" not in checkpoint:
-        raise CheckpointError(f"{path}: no 'kp_detector' entry (found: {_first(sorted(checkpoint))}); "
+        raise CheckpointError(f"{path}: no 'kp_detector' entry (found: {first_items(sorted(checkpoint))}); "
                               f"expected a FOMM checkpoint such as taichi-cpk.pth.tar or vox-cpk.pth.tar")
     if not isinstance(checkpoint["kp_detector"], dict):
         raise CheckpointError(f"{path}: 'kp_detector' is a {type(checkpoint['kp_detector']).__name__}, "
                               f"expected a state dict")
     detector = KPDetector(**detector_kwargs)
-    state = {k.removeprefix("module."): v for k, v in checkpoint["kp_detector"].items()}
-    load_detector_state(detector, state, path)
+    load_detector_state(detector, checkpoint["kp_detector"], path)
     return freeze(detector)

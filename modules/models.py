@@ -13,8 +13,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from modules.checkpoint import load_state_strict
 from modules.config import Config
-from modules.errors import CheckpointError
 from modules.family import Keypoints, StepContext, StepOutput, Trainable
 from modules.fomm import FommModel, FommTraining, build_fomm_model, fomm_from_checkpoint
 from modules.generator import GeneratorOutput, HighResGenerator, LowResGenerator, MaskGenerator
@@ -157,12 +157,7 @@ def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> Keyp
         return fomm_from_checkpoint(config, checkpoint, source)
     model = build_model(config, detector=KPDetector(**config.model_params.detector_kwargs()))
     load_detector_state(model.mask.detector, checkpoint["kp_detector"], source)
-    try:
-        model.generator.load_state_dict(checkpoint["generator"], strict=True)
-    except RuntimeError as error:
-        lines = str(error).splitlines()
-        raise CheckpointError(f"{source}: generator does not fit the config "
-                              f"({lines[1].strip() if len(lines) > 1 else error})") from None
+    load_state_strict(model.generator, checkpoint["generator"], source, "generator")
     return model
 
 
