@@ -115,7 +115,7 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
         raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
     if find_best_frame and motion != "relative":
         raise UserError("--find_best_frame picks the reference frame of relative motion; absolute motion has "
-                        "none (use a circles checkpoint with --motion relative)")
+                        "none (use a circles or FOMM checkpoint with --motion relative)")
     size = config.dataset_params.size
     source = fit_frame(load_image(source_image), size, fit)
     video = open_video(driving_video)
