@@ -10,7 +10,11 @@ compared with the ground-truth joints (``<root>/keypoints/<split>/<video>.npy``)
   mean distance to that joint is reported: small only if the keypoint stays on the same body part;
 * motion explained: per keypoint, the best over joints of 1 - sum |k - j|^2 / sum |j|^2 with k and j the
   keypoint's and the joint's trajectories minus their mean in each video: 1 when the keypoint moves exactly
-  as a joint does, 0 for a keypoint that stands still (or moves at random).
+  as a joint does, 0 for a keypoint that stands still (or moves at random);
+* pose from keypoints: the unsupervised-landmark papers' "forward" error. A linear map from the K keypoints
+  to all J joints is fitted by least squares on the train split and applied to the test split; the mean
+  joint error in pixels is reported beside that of the mean pose (every joint at its train-split mean). It
+  is small only if the keypoints carry the whole pose, limbs included, not only where the torso is.
 
 Distances alone flatter a detector that has learned nothing: random weights put every keypoint near the
 centre of the frame, where the figure's pelvis is, a few pixels from a joint in every frame. The motion
@@ -63,6 +67,25 @@ def compare(keypoints: list[np.ndarray], joints: list[np.ndarray], joint_names: 
                              for k, (j, b) in enumerate(zip(assigned, best))]}
 
 
+def regress_joints(train_keypoints: np.ndarray, train_joints: np.ndarray, test_keypoints: np.ndarray,
+                   test_joints: np.ndarray, ridge: float = 1e-3) -> dict:
+    """Keypoints (N, K, 2) -> joints (N, J, 2) by a linear map with bias, fitted on train, measured on test.
+
+    Returns the test split's mean joint error in pixels ("pose_px") and that of the mean pose ("mean_pose_px").
+    A small ridge keeps the fit defined when keypoints coincide (an untrained detector puts them all in one place).
+    """
+    def features(keypoints: np.ndarray) -> np.ndarray:
+        flat = keypoints.reshape(len(keypoints), -1).astype(np.float64)
+        return np.concatenate([flat, np.ones((len(flat), 1))], axis=1)
+
+    x, y = features(train_keypoints), train_joints.reshape(len(train_joints), -1).astype(np.float64)
+    weights = np.linalg.solve(x.T @ x + ridge * len(x) * np.eye(x.shape[1]), x.T @ y)
+    predicted = (features(test_keypoints) @ weights).reshape(test_joints.shape)
+    mean_pose = train_joints.mean(axis=0, keepdims=True)
+    return {"pose_px": float(np.linalg.norm(predicted - test_joints, axis=-1).mean()),
+            "mean_pose_px": float(np.linalg.norm(mean_pose - test_joints, axis=-1).mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of this project or its run folder")
@@ -91,24 +114,32 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{info_path}: not found; this tool needs the synthetic dataset (scripts/synthetic_dataset.py)")
         with open(info_path, encoding="utf-8") as stream:
             joint_names = json.load(stream)["joints"]
-        dataset = FramesDataset.from_config(config.dataset_params, is_train=args.split == "train")
-        all_keypoints, all_joints = [], []
-        for index in range(len(dataset)):
-            video = dataset.video(index)
-            frames = video.read(list(range(video.num_frames)))
-            all_keypoints.append(detector_keypoints(detector, frames))
-            all_joints.append(np.load(os.path.join(root, "keypoints", args.split, video.name + ".npy")))
+        def split_keypoints(split: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            dataset = FramesDataset.from_config(config.dataset_params, is_train=split == "train")
+            keypoints, joints = [], []
+            for index in range(len(dataset)):
+                video = dataset.video(index)
+                keypoints.append(detector_keypoints(detector, video.read(list(range(video.num_frames)))))
+                joints.append(np.load(os.path.join(root, "keypoints", split, video.name + ".npy")))
+            return keypoints, joints
+
+        all_keypoints, all_joints = split_keypoints(args.split)
+        fit_keypoints, fit_joints = split_keypoints("train")
         result = compare(all_keypoints, all_joints, joint_names)
+        result.update(regress_joints(np.concatenate(fit_keypoints), np.concatenate(fit_joints),
+                                     np.concatenate(all_keypoints), np.concatenate(all_joints)))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     frames = sum(len(k) for k in all_keypoints)
     what = "random weights (reference)" if args.random else f"step {checkpoint['step']}"
-    print(f"{checkpoint['path']} detector, {what}: {len(dataset)} {args.split} videos, {frames} frames, "
+    print(f"{checkpoint['path']} detector, {what}: {len(all_keypoints)} {args.split} videos, {frames} frames, "
           f"{config.dataset_params.size[0]} px")
     print(f"  nearest joint:  {result['nearest_px']:.2f} px (mean over keypoints and frames)")
     print(f"  tracking:       {result['tracking_px']:.2f} px (each keypoint to its own joint)")
     print(f"  motion explained: {result['motion_explained']:.3f} (1: moves as a joint does, 0: stands still)")
+    print(f"  pose from keypoints: {result['pose_px']:.2f} px mean joint error (linear map fitted on train; "
+          f"the mean pose: {result['mean_pose_px']:.2f} px)")
     for k, (joint, distance, mover, explained) in enumerate(result["per_keypoint"]):
         print(f"    keypoint {k}: nearest {joint:<12} {distance:5.2f} px; moves like {mover:<12} {explained:6.3f}")
     return 0

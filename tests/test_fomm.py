@@ -269,6 +269,24 @@ def test_keypoints_vs_joints_tells_a_tracking_keypoint_from_a_still_one():
     assert explained0 == pytest.approx(1.0) and explained1 == pytest.approx(0.0)
 
 
+def test_pose_from_keypoints_needs_keypoints_that_carry_the_pose():
+    from scripts.keypoints_vs_joints import regress_joints
+
+    rng = np.random.default_rng(0)
+    joints = rng.uniform(5, 60, size=(400, 3, 2))
+    on_limbs = joints[:, [0, 2]] * 0.5 + 3.0          # keypoints on two of the three joints (scaled, shifted)
+    train, test = slice(0, 300), slice(300, 400)
+    partial = regress_joints(on_limbs[train], joints[train], on_limbs[test], joints[test])
+    complete = regress_joints(joints[train] + 1.0, joints[train], joints[test] + 1.0, joints[test])
+    still = np.full((400, 2, 2), 32.0)
+    nothing = regress_joints(still[train], joints[train], still[test], joints[test])
+    assert complete["pose_px"] < 0.01                                  # any affine image of the joints: exact
+    mean_pose = nothing["mean_pose_px"]
+    assert nothing["pose_px"] == pytest.approx(mean_pose, rel=0.02)    # still keypoints: no better than the mean
+    # the two joints the keypoints sit on are exact; the third, independent, one is only its mean
+    assert partial["pose_px"] == pytest.approx(mean_pose / 3, rel=0.15)
+
+
 def test_keypoints_are_drawn_in_their_colours_and_nothing_else_changes():
     from modules.drawing import draw_keypoints, keypoint_colours
 
