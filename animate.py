@@ -54,7 +54,7 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
     return resize_frame(np.ascontiguousarray(frame), size)
 
 
-def _choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str) -> str:
+def choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str) -> str:
     """The motion a checkpoint animates with: heatmap absolute; circles and FOMM relative unless told otherwise."""
     if motion is None:
         relative = config.relative_motion_possible and config.animate_params.normalization_params.use_relative_movement
@@ -72,9 +72,12 @@ def _choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str
 def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *, size: tuple[int, int],
             device: torch.device, motion: str, adapt_scale: bool, visualize: bool, progress: tqdm,
             strip: Optional[list] = None, precision: Optional[str] = None,
-            reference: Optional[np.ndarray] = None, use_relative_jacobian: bool = True) -> None:
+            reference: Optional[np.ndarray] = None, use_relative_jacobian: bool = True,
+            visual: Optional[list] = None) -> None:
     """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``.
-    Relative motion is measured from ``reference`` (a fitted driving frame), by default the first frame."""
+    Relative motion is measured from ``reference`` (a fitted driving frame), by default the first frame.
+    ``strip`` collects the predictions (uint8 (n, H, W, 3) per batch), ``visual`` the visualisation's frames
+    (uint8 (n, H, columns*W, 3) per batch), whatever goes into ``writer``."""
     layout = torch.channels_last            # NHWC convolutions: faster on CPU and on tensor cores
     dtype = autocast_dtype(precision, device)
     initial = None                          # relative motion: the reference frame's keypoints (1, K, 2)
@@ -93,10 +96,11 @@ def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: Vi
                 output = model.animate(state, driving, initial, adapt_scale=adapt_scale,
                                        use_relative_jacobian=use_relative_jacobian)
         prediction = run_log.to_uint8(output.prediction, size)
-        if visualize:
-            writer.write(run_log.side_by_side(model.visual_columns(state, driving, output), size))
-        else:
-            writer.write(prediction)
+        shown = run_log.side_by_side(model.visual_columns(state, driving, output), size) \
+            if visualize or visual is not None else None
+        writer.write(shown if visualize else prediction)
+        if visual is not None:
+            visual.append(shown)
         if strip is not None:
             strip.append(prediction)
         progress.update(len(frames))
@@ -110,7 +114,7 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     """Animate ``source_image`` by ``driving_video``; returns the result's path."""
     config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path)
     model.to(memory_format=torch.channels_last)
-    motion = _choose_motion(config, motion, adapt_scale, checkpoint["path"])
+    motion = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
         raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
     if find_best_frame and motion != "relative":
@@ -182,7 +186,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
 
     config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path)
     model.to(memory_format=torch.channels_last)
-    motion = _choose_motion(config, motion, adapt_scale, checkpoint["path"])
+    motion = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
     pairs = PairedDataset(dataset, num_pairs or config.animate_params.num_pairs, seed=0)
     out_dir = run_log.fresh_results_dir(checkpoint, "animation")
@@ -209,7 +213,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
             truth = os.path.join(config.dataset_params.root_dir, "animation-gt", name)
             if os.path.isdir(truth):
                 scorer = scorer or FrameScorer(config, size)
-                scores[name] = _score_against_truth(scorer, prediction, source, driving, open_video(truth, size),
+                scores[name] = score_against_truth(scorer, prediction, source, driving, open_video(truth, size),
                                                     batch_size)
     progress.close()
     print(f"animation of {len(pairs)} pairs ({motion} motion) -> {out_dir}")
@@ -218,7 +222,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
     return out_dir
 
 
-def _score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.ndarray, driving,
+def score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.ndarray, driving,
                          truth, batch_size: int) -> dict[str, list[float]]:
     """Per-frame scores of the prediction and of the two trivial baselines (copy the source frame, copy the
     driving frame) against the ground-truth animation (the synthetic source identity moved by the driver's

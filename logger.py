@@ -38,6 +38,11 @@ CHECKPOINT_FORMAT = "kpmask-train-1"
 # Entries a training checkpoint of this project must hold (FOMM's names first, then ours).
 CHECKPOINT_KEYS = ("kp_detector", "generator", "optimizer_generator", "epoch",
                    "scheduler_generator", "step", "batch", "epoch_complete", "rng", "config", "format")
+# A model file (scripts/export_model.py): the networks and the config of a training checkpoint without its
+# optimizer and RNG state, for shipping and inference. It animates, reconstructs and serves as
+# --checkpoint_with_kp, but does not resume.
+MODEL_FORMAT = "kpmask-model-1"
+MODEL_KEYS = ("kp_detector", "generator", "config", "format", "step", "epoch", "provenance")
 PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpeg", "pillow", "scikit-image",
             "tqdm", "tensorboard")
 
@@ -130,6 +135,9 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
 
 def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
     """A read checkpoint checked to be a training checkpoint of this project, with its ``path`` added."""
+    if checkpoint.get("format") == MODEL_FORMAT:
+        raise CheckpointError(f"{path}: a model file (networks and config, no optimizer state): it animates, "
+                              f"reconstructs and serves as --checkpoint_with_kp, but cannot resume training")
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if not missing and checkpoint["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {checkpoint['format']!r}, this version reads "
@@ -152,7 +160,17 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
     from modules.models import model_from_checkpoint
 
     checkpoint = read_checkpoint(path) if os.path.isfile(path) else None     # a folder: its latest, below
-    if checkpoint is not None and not ("format" in checkpoint and "config" in checkpoint):
+    if checkpoint is not None and checkpoint.get("format") == MODEL_FORMAT:
+        missing = [key for key in MODEL_KEYS if key not in checkpoint]
+        if missing:
+            raise CheckpointError(f"{path}: model file without {', '.join(missing)}")
+        if config_path is not None:
+            warnings.warn(f"--config {config_path} ignored: {path} holds the config it was trained with",
+                          UserWarning, stacklevel=2)
+        config = config_from_dict(checkpoint["config"], f"{path}:config")
+        # results of a shipped model go into <its folder>/<its name>/, beside it
+        checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
+    elif checkpoint is not None and not ("format" in checkpoint and "config" in checkpoint):
         if not {"generator", "kp_detector"} <= set(checkpoint):
             raise CheckpointError(f"{path}: neither a training checkpoint of this project nor a FOMM checkpoint "
                                   f"(no 'generator' and 'kp_detector' entries; found {', '.join(sorted(checkpoint))})")
@@ -161,11 +179,8 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
                             f"trained with (config/vox-256-fomm.yaml or config/taichi-256-fomm.yaml for the official "
                             f"vox-cpk.pth.tar / taichi-cpk.pth.tar)")
         config = load_config(config_path)
-        stem = os.path.basename(path)
-        for suffix in (".tar", ".pth", ".pt"):
-            stem = stem.removesuffix(suffix)
         # results of a foreign file go into <its folder>/<its name>/, never over another file's
-        checkpoint = dict(checkpoint, path=path, results_root=os.path.join(os.path.dirname(os.path.abspath(path)), stem))
+        checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
     else:
         checkpoint = load_training_checkpoint(path) if checkpoint is None else _validated(checkpoint, path)
         if config_path is not None:
@@ -174,6 +189,22 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
         config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
     model = model_from_checkpoint(config, checkpoint, checkpoint["path"])
     return config, model.to(device).eval(), checkpoint
+
+
+def _results_root(path: str) -> str:
+    """``<folder of path>/<its name without .pth.tar>``: where results of a file outside a run folder go."""
+    stem = os.path.basename(path)
+    for suffix in (".tar", ".pth", ".pt"):
+        stem = stem.removesuffix(suffix)
+    return os.path.join(os.path.dirname(os.path.abspath(path)), stem)
+
+
+def model_file(checkpoint: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The model file (MODEL_FORMAT) of a training checkpoint: its networks and config, and ``provenance``
+    (how it was made: commands, seed, training time, ...)."""
+    return {"kp_detector": checkpoint["kp_detector"], "generator": checkpoint["generator"],
+            "config": checkpoint["config"], "format": MODEL_FORMAT, "step": checkpoint["step"],
+            "epoch": checkpoint["epoch"], "provenance": dict(provenance)}
 
 
 def fresh_results_dir(checkpoint: Mapping[str, Any], name: str) -> str:

@@ -1,0 +1,201 @@
+"""The demo path: shipped models, model files, `scripts/demo.py` against the README, reproducible training."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, config_path
+
+import logger as run_log
+import run
+from modules.checkpoint import latest_checkpoint, read_checkpoint
+from modules.errors import CheckpointError, UserError
+
+MODELS = os.path.join(ROOT, "models")
+SHIPPED_FOMM = os.path.join(MODELS, "tiny-fomm.pth.tar")
+SHIPPED_HEATMAP = os.path.join(MODELS, "tiny-heatmap.pth.tar")
+CPU = torch.device("cpu")
+
+
+def quiet_run(*args: str) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # random VGG / random detector warnings
+        return run.main([*args, "--device", "cpu"])
+
+
+def small_config(folder, dataset_root, name: str, **train_params) -> str:
+    """A shipped config on the small test dataset, a few steps long."""
+    with open(config_path(name)) as stream:
+        data = yaml.safe_load(stream)
+    data["dataset_params"]["root_dir"] = dataset_root
+    data["dataset_params"]["pairs_list"] = None
+    data["train_params"].update({"num_epochs": 1, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
+                                 "epoch_milestones": [1], "checkpoint_freq": 1}, **train_params)
+    path = os.path.join(str(folder), name)
+    with open(path, "w") as stream:
+        yaml.safe_dump(data, stream)
+    return path
+
+
+def latest(log_dir) -> dict:
+    (run_dir,) = glob.glob(os.path.join(str(log_dir), "*"))
+    return read_checkpoint(latest_checkpoint(run_dir))
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# ------------------------------------------------------------------------------------------- shipped models
+
+def test_shipped_models_load_strictly_and_share_one_detector():
+    fomm_config, fomm, fomm_file = run_log.load_model(SHIPPED_FOMM, CPU)
+    heatmap_config, heatmap, heatmap_file = run_log.load_model(SHIPPED_HEATMAP, CPU)
+    assert fomm_config.family == "fomm" and heatmap_config.family == "keypoint_mask"
+    assert heatmap_config.model_params.mask_params.kind == "heatmap"
+    for file in (fomm_file, heatmap_file):
+        assert file["format"] == run_log.MODEL_FORMAT and file["provenance"]["training_time"]
+        assert os.path.getsize(file["path"]) < 4 * 2 ** 20            # a few MB at most
+    # stage two read stage one's detector and kept it frozen: the shipped pair holds the same weights
+    assert_identical(fomm.kp_detector.state_dict(), heatmap.mask.detector.state_dict())
+    frames = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        state = heatmap.encode_source(frames[:1])
+        output = heatmap.animate(state, frames)
+    assert output.prediction.shape == (2, 3, 64, 64)
+    assert 0 <= output.prediction.min() and output.prediction.max() <= 1
+
+
+def test_a_model_file_animates_and_serves_as_detector_but_does_not_resume(tmp_path, dataset_root):
+    config = small_config(tmp_path, dataset_root, "tiny-fomm.yaml")
+    assert quiet_run("--config", config, "--mode", "train", "--max_steps", "2", "--log_dir", str(tmp_path / "one")) == 0
+    (run_dir,) = glob.glob(str(tmp_path / "one" / "*"))
+    from scripts.export_model import main as export
+
+    model_path = str(tmp_path / "models" / "stage-one.pth.tar")
+    assert export([run_dir, "--out", model_path, "--training_time", "1 s"]) == 0
+    file = read_checkpoint(model_path)
+    assert set(file) == set(run_log.MODEL_KEYS) and "optimizer_generator" not in file
+    assert file["provenance"]["sessions"][0]["seed"] == 0
+    training = latest(tmp_path / "one")
+    assert_identical(file["kp_detector"], training["kp_detector"])
+    assert_identical(file["generator"], training["generator"])
+    # it animates (results beside it, in models/stage-one/) ...
+    assert quiet_run("--mode", "animate", "--checkpoint", model_path) == 0
+    assert glob.glob(str(tmp_path / "models" / "stage-one" / "animation" / "*.mp4"))
+    # ... gives stage two its detector ...
+    stage_two = small_config(tmp_path, dataset_root, "tiny-heatmap.yaml")
+    assert quiet_run("--config", stage_two, "--mode", "train", "--max_steps", "1", "--checkpoint_with_kp",
+                     model_path, "--log_dir", str(tmp_path / "two")) == 0
+    assert_identical(latest(tmp_path / "two")["kp_detector"], training["kp_detector"])
+    # ... and refuses to resume, in one line
+    with pytest.raises(CheckpointError, match="model file .* cannot resume training"):
+        run_log.load_training_checkpoint(model_path)
+
+
+def test_the_shipping_commands_give_bit_identical_weights_from_the_same_seed(tmp_path, dataset_root):
+    """The README's commands for the shipped models, a few steps each, twice: stage one (FOMM), then stage
+    two (heatmap) from stage one's run folder."""
+    results = []
+    for attempt in ("a", "b"):
+        os.makedirs(tmp_path / attempt)
+        stage_one = small_config(tmp_path / attempt, dataset_root, "tiny-fomm.yaml")
+        assert quiet_run("--config", stage_one, "--mode", "train", "--max_steps", "3",
+                         "--log_dir", str(tmp_path / attempt / "one")) == 0
+        (run_dir,) = glob.glob(str(tmp_path / attempt / "one" / "*"))
+        stage_two = small_config(tmp_path / attempt, dataset_root, "tiny-heatmap.yaml")
+        assert quiet_run("--config", stage_two, "--mode", "train", "--max_steps", "3", "--checkpoint_with_kp",
+                         run_dir, "--log_dir", str(tmp_path / attempt / "two")) == 0
+        results.append((latest(tmp_path / attempt / "one"), latest(tmp_path / attempt / "two")))
+    (one_a, two_a), (one_b, two_b) = results
+    for key in ("kp_detector", "generator"):
+        assert_identical(one_a[key], one_b[key])
+        assert_identical(two_a[key], two_b[key])
+    assert one_a["step"] == two_a["step"] == 3
+
+
+# ----------------------------------------------------------------------------------------------- the demo
+
+@pytest.fixture(scope="module")
+def default_dataset(tmp_path_factory):
+    """The default synthetic dataset (what `make demo` generates: seed 0, 64 px), about 10 s."""
+    from scripts.synthetic_dataset import generate_dataset
+
+    root = str(tmp_path_factory.mktemp("default-synthetic"))
+    generate_dataset(root, seed=0)
+    return root
+
+
+def readme_demo_row() -> tuple[str, float, float, float, float]:
+    """(pair, animation L1, SSIM, L1 tolerance, SSIM tolerance) from the README's demo-pair row and its note."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as stream:
+        text = stream.read()
+    row = re.search(r"^\| demo pair `([^`]+)`[^|]*\|([^\n]*)$", text, re.MULTILINE)
+    assert row, "the README's results table has no '| demo pair `<source>__<driving>` ...' row"
+    cells = [cell.strip() for cell in row.group(2).split("|")]
+    tolerance = re.search(r"make demo` prints these within ([\d.]+) \(L1\) and ([\d.]+) \(SSIM\)", text)
+    assert tolerance, "the README states no tolerance for the demo-pair row"
+    return row.group(1), float(cells[3]), float(cells[4]), float(tolerance.group(1)), float(tolerance.group(2))
+
+
+def test_the_demo_writes_its_files_and_prints_the_readme_figures(tmp_path, default_dataset, capsys):
+    from scripts.demo import demo_pair, run_demo
+
+    pair, l1, ssim, l1_tolerance, ssim_tolerance = readme_demo_row()
+    assert demo_pair(default_dataset) == pair                       # the README's row is the default pair
+    result = run_demo(SHIPPED_HEATMAP, default_dataset, None, str(tmp_path / "demo"), "cpu")
+    printed = capsys.readouterr().out
+    assert result["result"]["l1"] == pytest.approx(l1, abs=l1_tolerance)
+    assert result["result"]["ssim"] == pytest.approx(ssim, abs=ssim_tolerance)
+    assert f"L1 {result['result']['l1']:.4f}, SSIM {result['result']['ssim']:.4f}" in printed
+    assert "--source_image" in printed                               # how to animate one's own image
+    from modules.video_io import open_video
+
+    for name in ("result.mp4", "side-by-side.mp4"):
+        video = open_video(str(tmp_path / "demo" / name))
+        assert video.num_frames == 48
+    assert open_video(str(tmp_path / "demo" / "side-by-side.mp4")).read([0])[0].shape == (64, 5 * 64, 3)
+    import imageio.v3 as iio
+
+    sheet = iio.imread(str(tmp_path / "demo" / "contact-sheet.png"))
+    assert sheet.shape == (5 * 64, 8 * 64, 3)            # source, driving, mask, result, ground truth x 8 frames
+    truth_first = iio.imread(os.path.join(default_dataset, "animation-gt", pair, "00000.png"))
+    assert np.abs(sheet[4 * 64:, :64].astype(int) - truth_first).max() == 0          # last row: ground truth
+
+
+def test_one_frame_of_the_demo_pair_is_closer_to_the_truth_than_the_readme_bound(default_dataset):
+    """One animated frame, straight through the model: L1 against the ground truth below the README's figure
+    for the whole pair plus its tolerance (the frame is the pair's first, its pose nearest the source's)."""
+    from frames_dataset import frames_to_tensor
+    from modules.video_io import open_video
+
+    pair, l1, _, l1_tolerance, _ = readme_demo_row()
+    source_name, driving_name = pair.split("__")
+    _, model, _ = run_log.load_model(SHIPPED_HEATMAP, CPU)
+    source = frames_to_tensor(open_video(os.path.join(default_dataset, "test", source_name)).read([0]))
+    driving = frames_to_tensor(open_video(os.path.join(default_dataset, "test", driving_name)).read([0]))
+    truth = frames_to_tensor(open_video(os.path.join(default_dataset, "animation-gt", pair)).read([0]))
+    with torch.inference_mode():
+        prediction = model.animate(model.encode_source(source), driving).prediction
+    assert (prediction - truth).abs().mean().item() < l1 + l1_tolerance
+
+
+def test_the_demo_says_in_one_line_what_is_missing(tmp_path, default_dataset):
+    from scripts.demo import main as demo
+
+    with pytest.raises(UserError, match="test-pairs.csv: not found; generate the synthetic dataset"):
+        from scripts.demo import demo_pair
+        demo_pair(str(tmp_path))
+    assert demo(["--data", str(tmp_path), "--out", str(tmp_path / "demo")]) == 2
+    assert demo(["--data", default_dataset, "--pair", "id000#00", "--out", str(tmp_path / "demo")]) == 2
+    assert demo(["--data", default_dataset, "--pair", "nobody__id038#00", "--out", str(tmp_path / "demo")]) == 2
+    assert demo(["--model", str(tmp_path / "missing.pth.tar"), "--data", default_dataset]) == 2
