@@ -214,7 +214,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
             if os.path.isdir(truth):
                 scorer = scorer or FrameScorer(config, size)
                 scores[name] = score_against_truth(scorer, prediction, source, driving, open_video(truth, size),
-                                                    batch_size)
+                                                   batch_size)
     progress.close()
     print(f"animation of {len(pairs)} pairs ({motion} motion) -> {out_dir}")
     if scores:
@@ -223,7 +223,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
 
 
 def score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.ndarray, driving,
-                         truth, batch_size: int) -> dict[str, list[float]]:
+                        truth, batch_size: int) -> dict[str, list[float]]:
     """Per-frame scores of the prediction and of the two trivial baselines (copy the source frame, copy the
     driving frame) against the ground-truth animation (the synthetic source identity moved by the driver's
     pose): {"<candidate>_<metric>": values}."""
