@@ -89,6 +89,9 @@ class HighResParams:
     block_expansion: int = 64
     max_features: int = 1024
     num_blocks: int = 5
+    # "copy_source" starts the U-Net's last convolution as (nearly) a copy of the source image; "default" is
+    # PyTorch's initialisation, the paper's. Same weights and keys either way; see HighResGenerator.
+    init: Literal["default", "copy_source"] = "default"
 
 
 @dataclass

@@ -176,7 +176,8 @@ def build_generator(config: Config) -> MaskGenerator:
     low_res = LowResGenerator(common.num_channels, generator.block_expansion, generator.max_features,
                               generator.num_up_blocks, generator.num_bottleneck_blocks, common.scale_factor)
     high = generator.high_res
-    high_res = HighResGenerator(common.num_channels, high.block_expansion, high.max_features, high.num_blocks)
+    high_res = HighResGenerator(common.num_channels, high.block_expansion, high.max_features, high.num_blocks,
+                                copy_source_init=high.init == "copy_source")
     return MaskGenerator(low_res, high_res)
 
 

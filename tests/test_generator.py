@@ -115,3 +115,33 @@ def test_circles_model_runs_and_masks_are_circles(tiny_circles_config):
     keypoints = model.mask(driving).keypoints
     torch.testing.assert_close(out.driving_mask, model.mask.mask_from_keypoints(keypoints, (64, 64)))
     assert torch.isfinite(terms.total())
+
+
+def test_copy_source_init_starts_the_u_net_as_a_copy_of_the_source_with_the_same_keys(tmp_path):
+    import yaml
+
+    from modules.config import ConfigError
+    from modules.generator import HighResGenerator
+
+    with open(config_path("tiny-heatmap.yaml")) as stream:
+        data = yaml.safe_load(stream)
+    data["model_params"]["generator_params"]["high_res"]["init"] = "copy_source"
+    path = tmp_path / "copy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    copying = build_generator(load_config(str(path))).high_res
+    plain = build_generator(load_config(config_path("tiny-heatmap.yaml"))).high_res
+    assert isinstance(copying, HighResGenerator)
+    assert copying.state_dict().keys() == plain.state_dict().keys()          # checkpoints stay interchangeable
+    copying.eval()
+    source = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():                     # whatever the masks and the low-res prediction say
+        out = copying(source, torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 3, 64, 64))
+    torch.testing.assert_close(out, torch.sigmoid(4.4 * (source - 0.5)))
+    middle = (source > 0.2) & (source < 0.8)
+    assert (out - source)[middle].abs().max() < 0.011
+    with torch.no_grad():
+        assert (plain(source, *(torch.rand(2, 1, 16, 16),) * 2, torch.rand(2, 3, 64, 64)) - source).abs().mean() > 0.1
+    data["model_params"]["generator_params"]["high_res"]["init"] = "zeros"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="init"):
+        load_config(str(path))
