@@ -69,11 +69,11 @@ def choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str)
     return motion
 
 
-def _stream(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *, size: tuple[int, int],
-            device: torch.device, motion: str, adapt_scale: bool, visualize: bool, progress: tqdm,
-            strip: Optional[list] = None, precision: Optional[str] = None,
-            reference: Optional[np.ndarray] = None, use_relative_jacobian: bool = True,
-            visual: Optional[list] = None) -> None:
+def stream_animation(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *,
+                     size: tuple[int, int], device: torch.device, motion: str, adapt_scale: bool, visualize: bool,
+                     progress: tqdm, strip: Optional[list] = None, precision: Optional[str] = None,
+                     reference: Optional[np.ndarray] = None, use_relative_jacobian: bool = True,
+                     visual: Optional[list] = None) -> None:
     """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``.
     Relative motion is measured from ``reference`` (a fitted driving frame), by default the first frame.
     ``strip`` collects the predictions (uint8 (n, H, W, 3) per batch), ``visual`` the visualisation's frames
@@ -132,9 +132,10 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     batches = (np.stack([fit_frame(frame, size, fit) for frame in frames]) for frames in video.iter_frames(batch_size))
     progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
     with torch.inference_mode(), VideoWriter(result_video, fps=fps, audio_from=driving_video) as writer:
-        _stream(model, source, batches, writer, size=size, device=device, motion=motion, adapt_scale=adapt_scale,
-                visualize=visualize, progress=progress, precision=precision, reference=reference,
-                use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
+        stream_animation(model, source, batches, writer, size=size, device=device, motion=motion,
+                         adapt_scale=adapt_scale, visualize=visualize, progress=progress, precision=precision,
+                         reference=reference,
+                         use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
     progress.close()
     print(f"{result_video}: {writer.frames} frames at {fps:g} fps ({motion} motion"
           f"{', audio carried over' if writer.audio_from else ''})")
@@ -204,10 +205,10 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
             strip: list[np.ndarray] = []
             with VideoWriter(os.path.join(out_dir, name + config.animate_params.format),
                              fps=driving.fps or 25.0) as writer:
-                _stream(model, source, driving.iter_frames(batch_size), writer, size=size, device=device,
-                        motion=motion, adapt_scale=adapt_scale, visualize=False, progress=progress, strip=strip,
-                        precision=precision,
-                        use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
+                stream_animation(model, source, driving.iter_frames(batch_size), writer, size=size, device=device,
+                                 motion=motion, adapt_scale=adapt_scale, visualize=False, progress=progress,
+                                 strip=strip, precision=precision,
+                                 use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
             prediction = np.concatenate(strip)                                          # (T, H, W, 3)
             run_log.write_strip(os.path.join(out_dir, "png", name + ".png"), prediction)
             truth = os.path.join(config.dataset_params.root_dir, "animation-gt", name)

@@ -64,7 +64,7 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
     from tqdm import tqdm
 
     import logger as run_log
-    from animate import choose_motion, score_against_truth, _stream
+    from animate import choose_motion, score_against_truth, stream_animation
     from modules.evaluation import FrameScorer, table_lines
     from modules.video_io import VideoWriter, open_video
     from run import choose_device
@@ -90,9 +90,9 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
     visual: list[np.ndarray] = []
     progress = tqdm(total=driving.num_frames, unit="frame", desc="animating", dynamic_ncols=True)
     with torch.inference_mode(), VideoWriter(os.path.join(out_dir, "result.mp4"), fps=fps) as writer:
-        _stream(model, source, driving.iter_frames(8), writer, size=size, device=device, motion=motion,
-                adapt_scale=False, visualize=False, progress=progress, strip=strip, visual=visual,
-                use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
+        stream_animation(model, source, driving.iter_frames(8), writer, size=size, device=device, motion=motion,
+                         adapt_scale=False, visualize=False, progress=progress, strip=strip, visual=visual,
+                         use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
     progress.close()
     prediction = np.concatenate(strip)                                                  # (T, H, W, 3)
     count = min(len(prediction), truth.num_frames)

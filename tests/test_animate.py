@@ -171,7 +171,7 @@ def test_streaming_keeps_at_most_two_batches_of_frames_alive(tiny_model):
     import torch
     from tqdm import tqdm
 
-    from animate import _stream
+    from animate import stream_animation
 
     alive: list = []
     most = 0
@@ -194,9 +194,9 @@ def test_streaming_keeps_at_most_two_batches_of_frames_alive(tiny_model):
     writer = CountingWriter()
     tiny_model.eval()
     with torch.inference_mode():
-        _stream(tiny_model, np.zeros((FRAME, FRAME, 3), dtype=np.uint8), reader(), writer, size=(FRAME, FRAME),
-                device=torch.device("cpu"), motion="absolute", adapt_scale=False, visualize=False,
-                progress=tqdm(disable=True))
+        stream_animation(tiny_model, np.zeros((FRAME, FRAME, 3), dtype=np.uint8), reader(), writer,
+                         size=(FRAME, FRAME), device=torch.device("cpu"), motion="absolute", adapt_scale=False,
+                         visualize=False, progress=tqdm(disable=True))
     assert writer.frames == 1000
     assert most <= 2
 
@@ -205,7 +205,7 @@ def test_bf16_animation_stays_close_to_fp32(tiny_model):
     import torch
     from tqdm import tqdm
 
-    from animate import _stream
+    from animate import stream_animation
 
     class Collect:
         def __init__(self):
@@ -222,9 +222,9 @@ def test_bf16_animation_stays_close_to_fp32(tiny_model):
     for precision in ("no", "bf16"):
         writer = Collect()
         with torch.inference_mode():
-            _stream(tiny_model, source, iter([driving[:3], driving[3:]]), writer, size=(FRAME, FRAME),
-                    device=torch.device("cpu"), motion="absolute", adapt_scale=False, visualize=False,
-                    progress=tqdm(disable=True), precision=precision)
+            stream_animation(tiny_model, source, iter([driving[:3], driving[3:]]), writer, size=(FRAME, FRAME),
+                             device=torch.device("cpu"), motion="absolute", adapt_scale=False, visualize=False,
+                             progress=tqdm(disable=True), precision=precision)
         results[precision] = np.concatenate(writer.frames).astype(np.float64)
     mse = np.mean((results["no"] - results["bf16"]) ** 2) / 255 ** 2
     assert 0 < mse and 10 * np.log10(1 / mse) > 35            # bf16 really ran, and stays within 35 dB PSNR
@@ -255,7 +255,7 @@ def test_find_best_frame_measures_relative_motion_from_the_closest_pose_as_fomm_
 
     import logger as run_log
     import modules.landmarks
-    from animate import _stream
+    from animate import stream_animation
 
     monkeypatch.setattr(modules.landmarks, "make_landmarker", lambda config, size: BrightnessPose())
     rng = np.random.default_rng(1)
@@ -289,9 +289,9 @@ def test_find_best_frame_measures_relative_motion_from_the_closest_pose_as_fomm_
         writer = Collect()
         driving = frames[order]
         with torch.inference_mode():
-            _stream(model, source, iter([driving[i:i + 2] for i in range(0, 5, 2)]), writer, size=(FRAME, FRAME),
-                    device=torch.device("cpu"), motion="relative", adapt_scale=False, visualize=False,
-                    progress=tqdm(disable=True), reference=reference)
+            stream_animation(model, source, iter([driving[i:i + 2] for i in range(0, 5, 2)]), writer,
+                             size=(FRAME, FRAME), device=torch.device("cpu"), motion="relative",
+                             adapt_scale=False, visualize=False, progress=tqdm(disable=True), reference=reference)
         return np.concatenate(writer.frames).astype(int)
 
     best = generate([0, 1, 2, 3, 4], frames[2])
