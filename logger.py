@@ -154,23 +154,13 @@ def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
 
 def load_model(path: str, device: torch.device, config_path: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
     """(config, model in eval mode on ``device``, checkpoint) from a training checkpoint of this project or its run
-    folder (which holds its config), or from a FOMM-format checkpoint (an official ``vox-cpk.pth.tar``: networks
-    only) together with ``config_path``, the config of the networks it holds."""
+    folder, or a model file (MODEL_FORMAT), both holding their config, or from a FOMM-format checkpoint (an
+    official ``vox-cpk.pth.tar``: networks only) together with ``config_path``, the config of its networks."""
     from modules.config import config_from_dict, load_config
     from modules.models import model_from_checkpoint
 
     checkpoint = read_checkpoint(path) if os.path.isfile(path) else None     # a folder: its latest, below
-    if checkpoint is not None and checkpoint.get("format") == MODEL_FORMAT:
-        missing = [key for key in MODEL_KEYS if key not in checkpoint]
-        if missing:
-            raise CheckpointError(f"{path}: model file without {', '.join(missing)}")
-        if config_path is not None:
-            warnings.warn(f"--config {config_path} ignored: {path} holds the config it was trained with",
-                          UserWarning, stacklevel=2)
-        config = config_from_dict(checkpoint["config"], f"{path}:config")
-        # results of a shipped model go into <its folder>/<its name>/, beside it
-        checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
-    elif checkpoint is not None and not ("format" in checkpoint and "config" in checkpoint):
+    if checkpoint is not None and not ("format" in checkpoint and "config" in checkpoint):
         if not {"generator", "kp_detector"} <= set(checkpoint):
             raise CheckpointError(f"{path}: neither a training checkpoint of this project nor a FOMM checkpoint "
                                   f"(no 'generator' and 'kp_detector' entries; found {', '.join(sorted(checkpoint))})")
@@ -182,7 +172,14 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
         # results of a foreign file go into <its folder>/<its name>/, never over another file's
         checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
     else:
-        checkpoint = load_training_checkpoint(path) if checkpoint is None else _validated(checkpoint, path)
+        if checkpoint is not None and checkpoint.get("format") == MODEL_FORMAT:
+            missing = [key for key in MODEL_KEYS if key not in checkpoint]
+            if missing:
+                raise CheckpointError(f"{path}: model file without {', '.join(missing)}")
+            # results of a shipped model go into <its folder>/<its name>/, beside it
+            checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
+        else:
+            checkpoint = load_training_checkpoint(path) if checkpoint is None else _validated(checkpoint, path)
         if config_path is not None:
             warnings.warn(f"--config {config_path} ignored: {checkpoint['path']} holds the config it was trained with",
                           UserWarning, stacklevel=2)

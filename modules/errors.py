@@ -1,6 +1,7 @@
 """User-facing errors: ``run.py`` prints their message as one line and exits non-zero, without a traceback."""
 import argparse
 import sys
+from typing import Callable, Optional
 
 
 class UserError(Exception):
@@ -26,3 +27,14 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def exit_status(command: Callable[[], Optional[int]]) -> int:
+    """Run a command-line tool's work: its own exit status (0 when it returns None), or 2 after printing a
+    ``UserError`` as one ``error: ...`` line, without a traceback."""
+    try:
+        status = command()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0 if status is None else status

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.errors import OneLineArgumentParser, UserError  # noqa: E402
+from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
 
 DEFAULT_MODEL = "models/tiny-heatmap.pth.tar"
 SHEET_FRAMES = 8
@@ -134,12 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo", help="output folder (default demo)")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> None:
         run_demo(args.model, args.data, args.pair, args.out, args.device)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(command)
 
 
 if __name__ == "__main__":

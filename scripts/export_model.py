@@ -17,7 +17,33 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.errors import OneLineArgumentParser, UserError  # noqa: E402
+from modules.errors import OneLineArgumentParser, exit_status  # noqa: E402
+
+
+def export(checkpoint_path: str, out: str, note: str = "", training_time: str = "") -> dict:
+    """Write the model file of ``checkpoint_path`` (a checkpoint or run folder) to ``out``; returns its content.
+    The file is checked to load strictly into the networks of its config before anything is written."""
+    import logger as run_log
+    from modules.checkpoint import atomic_save
+    from modules.config import config_from_dict
+    from modules.models import model_from_checkpoint
+
+    checkpoint = run_log.load_training_checkpoint(checkpoint_path)
+    run_json = os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), "run.json")
+    sessions = []
+    if os.path.isfile(run_json):
+        with open(run_json, encoding="utf-8") as stream:
+            sessions = json.load(stream).get("sessions", [])
+    provenance = {"source": os.path.basename(checkpoint["path"]), "seed": checkpoint.get("seed"),
+                  "sessions": sessions, "note": note, "training_time": training_time}
+    model = run_log.model_file(checkpoint, provenance)
+    config = config_from_dict(model["config"], f"{checkpoint['path']}:config")
+    model_from_checkpoint(config, model, checkpoint["path"])          # it loads strictly, or nothing is written
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    atomic_save(model, out)
+    size = os.path.getsize(out) / 2 ** 20
+    print(f"{out}: {config.family} model, step {model['step']}, {size:.2f} MiB (from {checkpoint['path']})")
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,29 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="free text kept in the file's provenance")
     parser.add_argument("--training_time", default="", help="wall-clock training time, kept in the provenance")
     args = parser.parse_args(argv)
-    try:
-        import logger as run_log
-        from modules.checkpoint import atomic_save
 
-        checkpoint = run_log.load_training_checkpoint(args.checkpoint)
-        run_json = os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), "run.json")
-        sessions = []
-        if os.path.isfile(run_json):
-            with open(run_json, encoding="utf-8") as stream:
-                sessions = json.load(stream).get("sessions", [])
-        provenance = {"source": os.path.basename(checkpoint["path"]), "seed": checkpoint.get("seed"),
-                      "sessions": sessions, "note": args.note, "training_time": args.training_time}
-        model = run_log.model_file(checkpoint, provenance)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        atomic_save(model, args.out)
-        run_log.load_model(args.out, device=__import__("torch").device("cpu"))    # it loads, strictly
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    size = os.path.getsize(args.out) / 2 ** 20
-    print(f"{args.out}: {model['config']['model_params'].get('family', 'keypoint_mask')} model, step "
-          f"{model['step']}, {size:.2f} MiB (from {checkpoint['path']})")
-    return 0
+    def command() -> None:
+        export(args.checkpoint, args.out, args.note, args.training_time)
+
+    return exit_status(command)
 
 
 if __name__ == "__main__":

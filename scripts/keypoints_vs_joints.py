@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.errors import OneLineArgumentParser, UserError  # noqa: E402
+from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
 
 
 def detector_keypoints(detector: torch.nn.Module, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -86,54 +86,48 @@ def regress_joints(train_keypoints: np.ndarray, train_joints: np.ndarray, test_k
             "mean_pose_px": float(np.linalg.norm(mean_pose - test_joints, axis=-1).mean())}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint of this project or its run folder")
-    parser.add_argument("--split", default="test", choices=("train", "test"))
-    parser.add_argument("--random", action="store_true",
-                        help="measure the config's detector with seeded random weights instead (the reference)")
-    args = parser.parse_args(argv)
-    try:
-        import json
+def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> dict:
+    """Measure the detector of ``checkpoint_path`` on ``split`` and print the figures (module docstring)."""
+    import json
 
-        import logger as run_log
-        from frames_dataset import FramesDataset
-        from modules.config import config_from_dict
-        from modules.keypoint_detector import KPDetector, load_detector_state
+    import logger as run_log
+    from frames_dataset import FramesDataset
+    from modules.config import config_from_dict
+    from modules.keypoint_detector import KPDetector, load_detector_state
 
-        checkpoint = run_log.load_training_checkpoint(args.checkpoint)
-        config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
-        torch.manual_seed(config.train_params.seed)
-        detector = KPDetector(**config.model_params.detector_kwargs())
-        if not args.random:
-            load_detector_state(detector, checkpoint["kp_detector"], checkpoint["path"])
-        detector.eval()
-        root = config.dataset_params.root_dir
-        info_path = os.path.join(root, "identities.json")
-        if not os.path.isfile(info_path):
-            raise UserError(f"{info_path}: not found; this tool needs the synthetic dataset (scripts/synthetic_dataset.py)")
-        with open(info_path, encoding="utf-8") as stream:
-            joint_names = json.load(stream)["joints"]
-        def split_keypoints(split: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-            dataset = FramesDataset.from_config(config.dataset_params, is_train=split == "train")
-            keypoints, joints = [], []
-            for index in range(len(dataset)):
-                video = dataset.video(index)
-                keypoints.append(detector_keypoints(detector, video.read(list(range(video.num_frames)))))
-                joints.append(np.load(os.path.join(root, "keypoints", split, video.name + ".npy")))
-            return keypoints, joints
+    checkpoint = run_log.load_training_checkpoint(checkpoint_path)
+    config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
+    torch.manual_seed(config.train_params.seed)
+    detector = KPDetector(**config.model_params.detector_kwargs())
+    if not random:
+        load_detector_state(detector, checkpoint["kp_detector"], checkpoint["path"])
+    detector.eval()
+    root = config.dataset_params.root_dir
+    info_path = os.path.join(root, "identities.json")
+    if not os.path.isfile(info_path):
+        raise UserError(f"{info_path}: not found; this tool needs the synthetic dataset (scripts/synthetic_dataset.py)")
+    with open(info_path, encoding="utf-8") as stream:
+        joint_names = json.load(stream)["joints"]
 
-        all_keypoints, all_joints = split_keypoints(args.split)
-        fit_keypoints, fit_joints = split_keypoints("train")
-        result = compare(all_keypoints, all_joints, joint_names)
-        result.update(regress_joints(np.concatenate(fit_keypoints), np.concatenate(fit_joints),
-                                     np.concatenate(all_keypoints), np.concatenate(all_joints)))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    def split_keypoints(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        dataset = FramesDataset.from_config(config.dataset_params, is_train=name == "train")
+        keypoints, joints = [], []
+        for index in range(len(dataset)):
+            video = dataset.video(index)
+            keypoints.append(detector_keypoints(detector, video.read(list(range(video.num_frames)))))
+            joints.append(np.load(os.path.join(root, "keypoints", name, video.name + ".npy")))
+        return keypoints, joints
+
+    all_keypoints, all_joints = split_keypoints(split)
+    # the linear map is fitted on the train split (the measured split itself under --split train)
+    fit_keypoints, fit_joints = (all_keypoints, all_joints) if split == "train" else split_keypoints("train")
+    result = compare(all_keypoints, all_joints, joint_names)
+    result.update(regress_joints(np.concatenate(fit_keypoints), np.concatenate(fit_joints),
+                                 np.concatenate(all_keypoints), np.concatenate(all_joints)))
+
     frames = sum(len(k) for k in all_keypoints)
-    what = "random weights (reference)" if args.random else f"step {checkpoint['step']}"
-    print(f"{checkpoint['path']} detector, {what}: {len(all_keypoints)} {args.split} videos, {frames} frames, "
+    what = "random weights (reference)" if random else f"step {checkpoint['step']}"
+    print(f"{checkpoint['path']} detector, {what}: {len(all_keypoints)} {split} videos, {frames} frames, "
           f"{config.dataset_params.size[0]} px")
     print(f"  nearest joint:  {result['nearest_px']:.2f} px (mean over keypoints and frames)")
     print(f"  tracking:       {result['tracking_px']:.2f} px (each keypoint to its own joint)")
@@ -142,7 +136,21 @@ def main(argv: list[str] | None = None) -> int:
           f"the mean pose: {result['mean_pose_px']:.2f} px)")
     for k, (joint, distance, mover, explained) in enumerate(result["per_keypoint"]):
         print(f"    keypoint {k}: nearest {joint:<12} {distance:5.2f} px; moves like {mover:<12} {explained:6.3f}")
-    return 0
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of this project or its run folder")
+    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--random", action="store_true",
+                        help="measure the config's detector with seeded random weights instead (the reference)")
+    args = parser.parse_args(argv)
+
+    def command() -> None:
+        measure(args.checkpoint, args.split, args.random)
+
+    return exit_status(command)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from modules.errors import OneLineArgumentParser, UserError  # noqa: E402
+from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
 from modules.keypoint_regressor import (JOINTS, KeypointRegressor, pixels_to_normalised, predict,  # noqa: E402
                                         save_regressor)
 from modules.video_io import open_video  # noqa: E402
@@ -393,14 +393,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--lr: expected a positive number, got {args.lr}")
     if args.render_identities < 0 or args.render_poses < 0:
         parser.error("--render_identities, --render_poses: expected 0 or more")
-    try:
+
+    def command() -> None:
         train_regressor(args.data, args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                         lr=args.lr, device=args.device, render_identities=args.render_identities,
                         render_poses=args.render_poses, progress=not args.quiet, verbose=not args.quiet)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(command)
 
 
 if __name__ == "__main__":

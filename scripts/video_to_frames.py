@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from PIL import Image  # noqa: E402
 
-from modules.errors import UserError  # noqa: E402
+from modules.errors import UserError, exit_status  # noqa: E402
 from modules.video_io import VIDEO_EXTENSIONS, VideoError, open_video  # noqa: E402
 
 
@@ -125,8 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_status(main))
