@@ -190,10 +190,9 @@ def test_one_frame_of_the_demo_pair_is_closer_to_the_truth_than_the_readme_bound
 
 
 def test_the_demo_says_in_one_line_what_is_missing(tmp_path, default_dataset):
-    from scripts.demo import main as demo
+    from scripts.demo import demo_pair, main as demo
 
     with pytest.raises(UserError, match="test-pairs.csv: not found; generate the synthetic dataset"):
-        from scripts.demo import demo_pair
         demo_pair(str(tmp_path))
     assert demo(["--data", str(tmp_path), "--out", str(tmp_path / "demo")]) == 2
     assert demo(["--data", default_dataset, "--pair", "id000#00", "--out", str(tmp_path / "demo")]) == 2
