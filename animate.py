@@ -60,7 +60,7 @@ def choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str)
         relative = config.relative_motion_possible and config.animate_params.normalization_params.use_relative_movement
         motion = "relative" if relative else "absolute"
     if motion == "relative" and not config.relative_motion_possible:
-        raise UserError(f"--motion relative: {source} has a {config.model_params.mask_params.kind} mask, which has "
+        raise UserError(f"--motion relative: {source} is a {config.motion_name} model, which has "
                         f"no keypoints to move; it animates absolutely (use a circles or FOMM checkpoint for "
                         f"relative motion)")
     if adapt_scale and motion != "relative":

@@ -43,6 +43,8 @@ CHECKPOINT_KEYS = ("kp_detector", "generator", "optimizer_generator", "epoch",
 # --checkpoint_with_kp, but does not resume.
 MODEL_FORMAT = "kpmask-model-1"
 MODEL_KEYS = ("kp_detector", "generator", "config", "format", "step", "epoch", "provenance")
+# Networks a model file carries over from its training checkpoint, where present (the family decides).
+MODEL_NETWORKS = ("kp_detector", "generator", "mask_generator", "mask_refinement")
 PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpeg", "pillow", "scikit-image",
             "tqdm", "tensorboard")
 
@@ -133,12 +135,20 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
     return _validated(read_checkpoint(path), path)
 
 
+def _missing(checkpoint: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """``keys`` absent from ``checkpoint``; the perturbed-masks family has no kp_detector, its masks are learned."""
+    config = checkpoint.get("config")
+    model = config.get("model_params") if isinstance(config, dict) else None
+    family = model.get("family") if isinstance(model, dict) else None
+    return [key for key in keys if key not in checkpoint and not (key == "kp_detector" and family == "perturbed")]
+
+
 def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
     """A read checkpoint checked to be a training checkpoint of this project, with its ``path`` added."""
     if checkpoint.get("format") == MODEL_FORMAT:
         raise CheckpointError(f"{path}: a model file (networks and config, no optimizer state): it animates, "
                               f"reconstructs and serves as --checkpoint_with_kp, but cannot resume training")
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    missing = _missing(checkpoint, CHECKPOINT_KEYS)
     if not missing and checkpoint["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {checkpoint['format']!r}, this version reads "
                               f"{CHECKPOINT_FORMAT!r}")
@@ -173,7 +183,7 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
         checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
     else:
         if checkpoint is not None and checkpoint.get("format") == MODEL_FORMAT:
-            missing = [key for key in MODEL_KEYS if key not in checkpoint]
+            missing = _missing(checkpoint, MODEL_KEYS)
             if missing:
                 raise CheckpointError(f"{path}: model file without {', '.join(missing)}")
             # results of a shipped model go into <its folder>/<its name>/, beside it
@@ -199,8 +209,8 @@ def _results_root(path: str) -> str:
 def model_file(checkpoint: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
     """The model file (MODEL_FORMAT) of a training checkpoint: its networks and config, and ``provenance``
     (how it was made: commands, seed, training time, ...)."""
-    return {"kp_detector": checkpoint["kp_detector"], "generator": checkpoint["generator"],
-            "config": checkpoint["config"], "format": MODEL_FORMAT, "step": checkpoint["step"],
+    networks = {key: checkpoint[key] for key in MODEL_NETWORKS if key in checkpoint}
+    return {**networks, "config": checkpoint["config"], "format": MODEL_FORMAT, "step": checkpoint["step"],
             "epoch": checkpoint["epoch"], "provenance": dict(provenance)}
 
 

@@ -176,10 +176,11 @@ def inspect(args: argparse.Namespace) -> None:
                                 vgg_source="--vgg_weights" if args.vgg_weights else "train_params.vgg_weights")
     batch_size = args.batch_size or 1
     summary = summarize(trainable, config.dataset_params.size, device, batch_size=batch_size, seed=seed)
-    kind = "FOMM" if config.family == "fomm" else f"{config.model_params.mask_params.kind} mask"
+    kind = config.motion_name
     print(f"config     {args.config}  ({kind}, frames {config.dataset_params.size[0]}x"
           f"{config.dataset_params.size[1]}, device {device}, batch {batch_size})")
-    print(f"detector   {args.checkpoint_with_kp or 'random weights (no --checkpoint_with_kp)'}")
+    if config.family != "perturbed":          # the perturbed-masks model learns its masks: no detector
+        print(f"detector   {args.checkpoint_with_kp or 'random weights (no --checkpoint_with_kp)'}")
     for name, count in summary.parameters.items():
         print(f"params     {name:<34} {count / 1e6:8.2f} M")
     for name, shape in summary.shapes.items():

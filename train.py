@@ -489,6 +489,7 @@ class Trainer:
             for epoch in range(self.start_epoch, epochs):
                 self.sampler.set_epoch(epoch, start_batch)
                 self.dataset.set_epoch(epoch)          # shared memory: reaches the (persistent) workers too
+                self.context.epoch = epoch
                 batch_index, start_batch = start_batch, 0
                 sums, batches, started, shown = dict.fromkeys(self.trainable.loss_names, 0.0), 0, time.time(), None
                 lr = self.optimizers["generator"].param_groups[0]["lr"]  # this epoch's (schedules step after it)

@@ -139,34 +139,42 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Hourglass decoder: UpBlock2d per level, each output concatenated with the encoder's skip."""
+    """Hourglass decoder: UpBlock2d per level, each output concatenated with the encoder's skip.
 
-    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
+    ``skips=False`` is the perturbed-masks paper's variant (DESIGN.md sec. 7): every up block reads only the
+    block below it, and the output has ``block_expansion`` channels.
+    """
+
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int,
+                 skips: bool = True):
         super().__init__()
         blocks = []
         for i in reversed(range(num_blocks)):
             # The deepest block reads the bottleneck alone; the others read (up output, skip) concatenated.
-            factor = 1 if i == num_blocks - 1 else 2
+            factor = 1 if i == num_blocks - 1 or not skips else 2
             blocks.append(UpBlock2d(factor * hourglass_width(block_expansion, max_features, i + 1),
                                     hourglass_width(block_expansion, max_features, i)))
         self.up_blocks = nn.ModuleList(blocks)
-        self.out_filters = block_expansion + in_features
+        self.skips = skips
+        self.out_filters = block_expansion + in_features if skips else block_expansion
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         out = features[-1]
         for block, skip in zip(self.up_blocks, reversed(features[:-1])):
-            out = torch.cat([block(out), skip], dim=1)
+            out = torch.cat([block(out), skip], dim=1) if self.skips else block(out)
         return out
 
 
 class Hourglass(nn.Module):
-    """U-Net with skip concatenation; output has ``block_expansion + in_features`` channels, input size."""
+    """U-Net with skip concatenation; output has ``block_expansion + in_features`` channels, input size.
+    With ``skips=False`` an encoder-decoder without them, ``block_expansion`` channels out."""
 
-    def __init__(self, block_expansion: int, in_features: int, num_blocks: int = 3, max_features: int = 256):
+    def __init__(self, block_expansion: int, in_features: int, num_blocks: int = 3, max_features: int = 256,
+                 skips: bool = True):
         super().__init__()
         self.num_blocks = num_blocks
         self.encoder = Encoder(block_expansion, in_features, num_blocks, max_features)
-        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features)
+        self.decoder = Decoder(block_expansion, in_features, num_blocks, max_features, skips)
         self.out_filters = self.decoder.out_filters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -150,6 +150,9 @@ class FommGeneratorParams:
     num_bottleneck_blocks: int
     dense_motion_params: DenseMotionParams
     estimate_occlusion_map: bool = True
+    # Not in FOMM: the last convolution also reads the warped source and starts as a copy of it, so a short
+    # CPU run learns motion instead of first learning to autoencode (see OcclusionAwareGenerator).
+    deformed_skip: bool = False
 
 
 @dataclass
@@ -177,7 +180,55 @@ class FommModelParams(_DetectorOwner):
     align_corners: bool = True
 
 
-FAMILIES = {"keypoint_mask": ModelParams, "fomm": FommModelParams}
+@dataclass
+class MaskCommonParams:
+    num_channels: int = 3
+    # m reads frame * scale_factor and draws its mask there; the low-res generator reads the same size.
+    scale_factor: float = 0.25
+
+
+@dataclass
+class MaskNetworkParams:
+    """m or r: an hourglass without skips, a 7x7 head, sigmoid(x / temperature) (DESIGN.md sec. 7)."""
+    block_expansion: int
+    max_features: int
+    num_blocks: int
+    temperature: float = 0.1
+
+
+@dataclass
+class PerturbationParams:
+    """P_train and P_test. threshold: 'median' (each mask's own, the paper) or a fixed value in [0, 1) (the
+    public code: 60/255 = 0.235 for Tai-Chi, 100/255 = 0.392 for VoxCeleb)."""
+    threshold: Literal["median"] | float = "median"
+    num_strips: int = 6
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+
+
+@dataclass
+class ColourAugmentationParams:
+    """A, on the driver frame that m sees in training: factors U[1 - a, 1 + a], hue shift U[-hue, hue]."""
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.1
+
+
+@dataclass
+class PerturbedModelParams:
+    """The perturbed-masks model: mask generator m, refinement r, and the keypoint-mask generators l and h."""
+    mask_generator_params: MaskNetworkParams
+    mask_refinement_params: MaskNetworkParams
+    generator_params: GeneratorParams
+    common_params: MaskCommonParams = field(default_factory=MaskCommonParams)
+    perturbation_params: PerturbationParams = field(default_factory=PerturbationParams)
+    colour_augmentation: ColourAugmentationParams = field(default_factory=ColourAugmentationParams)
+    # The paper's ablations: no_pert (no P_test), no_ref (no r), no_id (neither).
+    ablation: Literal["none", "no_pert", "no_ref", "no_id"] = "none"
+    family: Literal["perturbed"] = "perturbed"
+
+
+FAMILIES = {"keypoint_mask": ModelParams, "fomm": FommModelParams, "perturbed": PerturbedModelParams}
 
 
 @dataclass
@@ -191,6 +242,7 @@ class LossWeights:
     feature_matching: list[float] = field(default_factory=list)
     equivariance_value: float = 0.0
     equivariance_jacobian: float = 0.0
+    mask: float = 0.0                     # perturbed masks only: L1(m_dr, m_d), 100 in the paper
 
     @property
     def num_vgg_slices(self) -> int:
@@ -209,6 +261,8 @@ class TransformParams:
 FOMM_TRAIN_KEYS = ("lr_discriminator", "lr_kp_detector", "transform_params")
 FOMM_LOSS_KEYS = ("generator_gan", "discriminator_gan", "feature_matching", "equivariance_value",
                   "equivariance_jacobian")
+PERTURBED_TRAIN_KEYS = ("refinement_start_epoch",)
+PERTURBED_LOSS_KEYS = ("mask",)
 
 
 @dataclass
@@ -234,6 +288,8 @@ class TrainParams:
     lr_kp_detector: Optional[float] = None
     lr_discriminator: Optional[float] = None
     transform_params: TransformParams = field(default_factory=TransformParams)
+    # Perturbed masks only: the epoch (0-based) from which r trains; the paper starts it after the first.
+    refinement_start_epoch: int = 1
 
     def learning_rate(self, network: str) -> float:
         """The learning rate of ``network`` (generator, kp_detector, discriminator)."""
@@ -247,6 +303,9 @@ class ReconstructionParams:
     format: str = ".mp4"
     # FOMM's protocol counts frame 0 (the source itself); the perturbed-masks paper leaves it out.
     exclude_first_frame: bool = False
+    # Perturbed masks only: reconstruct by the test-time path (P_test, r) instead of the training procedure
+    # (l and h take m_d), which is what the paper reports and the default.
+    test_time_path: bool = False
 
 
 @dataclass
@@ -285,7 +344,7 @@ class VisualizerParams:
 @dataclass
 class Config:
     dataset_params: DatasetParams
-    model_params: ModelParams | FommModelParams
+    model_params: ModelParams | FommModelParams | PerturbedModelParams
     train_params: TrainParams
     reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
     animate_params: AnimateParams = field(default_factory=AnimateParams)
@@ -300,12 +359,17 @@ class Config:
         if not self.relative_motion_possible:
             # Only keypoints move relatively; writing it would make the saved config warn when reloaded.
             data["animate_params"].pop("normalization_params")
-        if self.family == "keypoint_mask":
-            # FOMM's training keys mean nothing here (and would warn as ignored keys when reloaded).
-            for key in FOMM_TRAIN_KEYS:
-                data["train_params"].pop(key)
-            for key in FOMM_LOSS_KEYS:
-                data["train_params"]["loss_weights"].pop(key)
+        # Other families' training keys mean nothing here (and would warn as ignored keys when reloaded).
+        train_keys, loss_keys = (), ()
+        if self.family != "fomm":
+            train_keys, loss_keys = train_keys + FOMM_TRAIN_KEYS, loss_keys + FOMM_LOSS_KEYS
+        if self.family != "perturbed":
+            train_keys, loss_keys = train_keys + PERTURBED_TRAIN_KEYS, loss_keys + PERTURBED_LOSS_KEYS
+            data["reconstruction_params"].pop("test_time_path")
+        for key in train_keys:
+            data["train_params"].pop(key)
+        for key in loss_keys:
+            data["train_params"]["loss_weights"].pop(key)
         return data
 
     @property
@@ -315,7 +379,16 @@ class Config:
     @property
     def relative_motion_possible(self) -> bool:
         """Whether the model has keypoints to move (FOMM, the circles mask) or animates absolutely (heatmap)."""
-        return self.family == "fomm" or self.model_params.mask_params.kind == "circles"
+        if self.family == "keypoint_mask":
+            return self.model_params.mask_params.kind == "circles"
+        return self.family == "fomm"
+
+    @property
+    def motion_name(self) -> str:
+        """How the model is named in messages: 'FOMM', 'heatmap mask', 'perturbed masks'."""
+        if self.family == "keypoint_mask":
+            return f"{self.model_params.mask_params.kind} mask"
+        return {"fomm": "FOMM", "perturbed": "perturbed masks"}[self.family]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -372,6 +445,8 @@ def _set_path(data: dict, dotted: str, value: Any, file: str, origin: str) -> No
 
 def _map_legacy(data: dict, file: str, family: str = "keypoint_mask") -> None:
     """Rewrite FOMM / keypoint-mask repository keys in place into this schema."""
+    if family == "perturbed":
+        return                                # no public config of it ever ran on this schema's ancestors
     if family == "fomm":
         # FOMM's own keys are this family's schema; only the detector's scale_factor moves.
         found, value = _pop_path(data, "model_params.kp_detector_params.scale_factor")
@@ -416,7 +491,8 @@ def _describe(annotation: Any) -> str:
         return " or ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return " or ".join(_describe(a) for a in args) + " or null"
+        nullable = len(args) < len(typing.get_args(annotation))
+        return " or ".join(_describe(a) for a in args) + (" or null" if nullable else "")
     if origin is list:
         (item,) = typing.get_args(annotation)
         return "a list of " + {int: "integers", float: "numbers", str: "strings", bool: "booleans"}[item]
@@ -431,10 +507,14 @@ def _convert(annotation: Any, value: Any, key: str, file: str) -> Any:
 
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
+        if value is None and type(None) in typing.get_args(annotation):
             return None
-        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return _convert(inner, value, key, file)
+        for inner in [a for a in typing.get_args(annotation) if a is not type(None)]:
+            try:
+                return _convert(inner, value, key, file)
+            except ConfigError:
+                continue
+        fail()
     if origin is Literal:
         if value not in typing.get_args(annotation):
             fail()
@@ -501,13 +581,25 @@ def _is_inverse_integer(scale: float) -> bool:
     return 0 < scale <= 1 and abs(1 / scale - round(1 / scale)) <= 1e-6
 
 
-def frame_size_problem(size: int, model: ModelParams | FommModelParams) -> Optional[str]:
+def frame_size_problem(size: int, model: ModelParams | FommModelParams | PerturbedModelParams) -> Optional[str]:
     """Why one frame side of ``size`` pixels cannot go through the networks, or None if it can."""
     scale = model.common_params.scale_factor
     detector_side = size * scale
     if abs(detector_side - round(detector_side)) > 1e-6:
         return f"{size} x scale_factor {scale} is not a whole number of pixels"
     detector_side = round(detector_side)
+    if model.family == "perturbed":
+        for name in ("mask_generator_params", "mask_refinement_params"):
+            blocks = getattr(model, name).num_blocks
+            if detector_side % 2 ** blocks:
+                return (f"{name} sees {detector_side} px, which its {blocks}-block hourglass cannot halve "
+                        f"{blocks} times")
+        if detector_side - 6 < 1:
+            return f"the masks' {detector_side} px leave nothing after their 7x7 heads"
+        hr_blocks = model.generator_params.high_res.num_blocks
+        if size % 2 ** hr_blocks:
+            return f"the high-res U-Net's {hr_blocks} blocks need a multiple of {2 ** hr_blocks}"
+        return None
     kp_blocks = model.kp_detector_params.num_blocks
     if detector_side % 2 ** kp_blocks:
         return (f"the detector sees {detector_side} px, which its {kp_blocks}-block hourglass cannot halve "
@@ -549,7 +641,8 @@ def _check_widths(file: str, prefix: str, block_expansion: int, max_features: in
         _fail(file, f"{prefix}.max_features", f"at least {prefix}.block_expansion ({block_expansion})", max_features)
 
 
-def _check_keypoint_mask(config: Config, file: str) -> None:
+def _check_mask_generators(config: Config, file: str) -> None:
+    """l and h, shared by the keypoint-mask and perturbed-masks families."""
     model = config.model_params
     scale = model.common_params.scale_factor
     generator = model.generator_params
@@ -563,10 +656,47 @@ def _check_keypoint_mask(config: Config, file: str) -> None:
     _check_positive(file, [("model_params.generator_params.high_res.num_blocks", generator.high_res.num_blocks)])
     if generator.num_bottleneck_blocks < 0:
         _fail(file, "model_params.generator_params.num_bottleneck_blocks", "0 or more", generator.num_bottleneck_blocks)
+
+
+def _check_keypoint_mask(config: Config, file: str) -> None:
+    _check_mask_generators(config, file)
+    model = config.model_params
     if model.mask_params.kp_variance <= 0:
         _fail(file, "model_params.mask_params.kp_variance", "a positive number", model.mask_params.kp_variance)
     if not any(config.train_params.loss_weights.perceptual) and config.train_params.loss_weights.l1 == 0:
         raise ConfigError(f"{file}: train_params.loss_weights: every weight is 0, nothing would be trained")
+
+
+def _check_perturbed(config: Config, file: str) -> None:
+    _check_mask_generators(config, file)
+    model, train = config.model_params, config.train_params
+    for name in ("mask_generator_params", "mask_refinement_params"):
+        params = getattr(model, name)
+        _check_widths(file, f"model_params.{name}", params.block_expansion, params.max_features)
+        _check_positive(file, [(f"model_params.{name}.num_blocks", params.num_blocks)])
+        if params.temperature <= 0:
+            _fail(file, f"model_params.{name}.temperature", "a positive number", params.temperature)
+    perturbation = model.perturbation_params
+    if perturbation.threshold != "median" and not 0 <= perturbation.threshold < 1:
+        _fail(file, "model_params.perturbation_params.threshold", "'median' or a number in [0, 1)",
+              perturbation.threshold)
+    _check_positive(file, [("model_params.perturbation_params.num_strips", perturbation.num_strips)])
+    low_high = perturbation.scale_range
+    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+        _fail(file, "model_params.perturbation_params.scale_range", "[low, high] with 0 < low <= high", low_high)
+    colour = model.colour_augmentation
+    for name in ("brightness", "contrast", "saturation"):
+        if not 0 <= getattr(colour, name) < 1:
+            _fail(file, f"model_params.colour_augmentation.{name}", "a number in [0, 1)", getattr(colour, name))
+    if not 0 <= colour.hue <= 0.5:
+        _fail(file, "model_params.colour_augmentation.hue", "a number in [0, 0.5]", colour.hue)
+    if train.loss_weights.mask < 0:
+        _fail(file, "train_params.loss_weights.mask", "a number >= 0 (100 in the paper)", train.loss_weights.mask)
+    if train.refinement_start_epoch < 0:
+        _fail(file, "train_params.refinement_start_epoch", "0 or more", train.refinement_start_epoch)
+    if not any(train.loss_weights.perceptual) and train.loss_weights.l1 == 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: perceptual and l1 are both 0, the generators "
+                          f"would learn nothing")
 
 
 def _check_fomm(config: Config, file: str) -> None:
@@ -635,15 +765,18 @@ def _check(config: Config, file: str) -> None:
     if model.common_params.num_channels != 3:
         raise ConfigError(f"{file}: model_params.common_params.num_channels: expected 3 (RGB: the VGG-19 loss "
                           f"and its ImageNet normalisation need colour images), got {model.common_params.num_channels}")
-    if not 0 <= model.kp_detector_params.pad <= 3:
-        raise ConfigError(f"{file}: model_params.kp_detector_params.pad: expected 0 to 3 (padding of the 7x7 "
-                          f"heads; FOMM uses 0), got {model.kp_detector_params.pad}")
-    _check_widths(file, "model_params.kp_detector_params", model.kp_detector_params.block_expansion,
-                  model.kp_detector_params.max_features)
     train = config.train_params
-    _check_positive(file, [("model_params.common_params.num_kp", model.common_params.num_kp),
-                           ("model_params.kp_detector_params.num_blocks", model.kp_detector_params.num_blocks),
-                           ("train_params.batch_size", train.batch_size),
+    if config.family != "perturbed":              # the two families with FOMM's keypoint detector
+        detector = model.kp_detector_params
+        if not 0 <= detector.pad <= 3:
+            raise ConfigError(f"{file}: model_params.kp_detector_params.pad: expected 0 to 3 (padding of the 7x7 "
+                              f"heads; FOMM uses 0), got {detector.pad}")
+        _check_widths(file, "model_params.kp_detector_params", detector.block_expansion, detector.max_features)
+        _check_positive(file, [("model_params.common_params.num_kp", model.common_params.num_kp),
+                               ("model_params.kp_detector_params.num_blocks", detector.num_blocks)])
+        if detector.temperature <= 0:
+            _fail(file, "model_params.kp_detector_params.temperature", "a positive number", detector.temperature)
+    _check_positive(file, [("train_params.batch_size", train.batch_size),
                            ("train_params.num_epochs", train.num_epochs),
                            ("train_params.checkpoint_freq", train.checkpoint_freq),
                            ("train_params.num_repeats", train.num_repeats),
@@ -662,9 +795,6 @@ def _check(config: Config, file: str) -> None:
     if any(w < 0 for w in train.loss_weights.perceptual) or train.loss_weights.l1 < 0:
         raise ConfigError(f"{file}: train_params.loss_weights: weights must be >= 0, got perceptual "
                           f"{train.loss_weights.perceptual}, l1 {train.loss_weights.l1}")
-    if model.kp_detector_params.temperature <= 0:
-        _fail(file, "model_params.kp_detector_params.temperature", "a positive number",
-              model.kp_detector_params.temperature)
     weights = train.loss_weights.perceptual
     if not 1 <= len(weights) <= 5:
         raise ConfigError(f"{file}: train_params.loss_weights.perceptual: expected 1 to 5 weights "
@@ -673,7 +803,8 @@ def _check(config: Config, file: str) -> None:
     if not scales or not all(_is_inverse_integer(s) for s in scales):
         raise ConfigError(f"{file}: train_params.scales: expected pyramid scales 1/n for integers n, e.g. "
                           f"[1, 0.5, 0.25, 0.125], got {scales}")
-    (_check_fomm if config.family == "fomm" else _check_keypoint_mask)(config, file)
+    {"fomm": _check_fomm, "keypoint_mask": _check_keypoint_mask, "perturbed": _check_perturbed}[config.family](
+        config, file)
     for axis, side in zip(("height", "width"), shape[:2]):
         problem = frame_size_problem(side, model)
         if problem:
@@ -719,7 +850,7 @@ def config_from_dict(data: dict, file: str = "<dict>") -> Config:
     if not config.relative_motion_possible and "animate_params" in data and \
             "normalization_params" in (data.get("animate_params") or {}):
         warnings.warn(f"{file}: animate_params.normalization_params has no effect with a "
-                      f"{config.model_params.mask_params.kind} mask (it animates absolutely)", ConfigWarning,
+                      f"{config.motion_name} (it animates absolutely)", ConfigWarning,
                       stacklevel=2)
     return config
 

@@ -8,6 +8,7 @@ A family gives two objects:
     ``animate(state, driving, initial=None, adapt_scale=False, use_relative_jacobian=True) -> output``
                                                ``initial`` (the driver's reference keypoints) = relative motion
     ``visual_columns(state, driving, output)``  the (B, 3|1, h, w) pictures shown side by side
+    ``reconstruct(state, driving)``             (optional; else ``animate``) the reconstruction path
     ``relative_motion_possible``                whether it has keypoints to move;
 * a ``Trainable`` that binds the networks to the losses for ``train.py``.
 """
@@ -31,6 +32,7 @@ class StepContext:
     """How the trainer wants a step run: the autocast region and the (possibly scaled) backward."""
     autocast: Callable[[], AbstractContextManager]
     backward: Callable[[torch.Tensor], None]
+    epoch: int = 0                        # the epoch being trained (0-based): some terms start later
 
 
 class StepOutput(NamedTuple):

@@ -35,7 +35,7 @@ class OcclusionAwareGenerator(nn.Module):
     def __init__(self, num_channels: int, num_kp: int, block_expansion: int, max_features: int,
                  num_down_blocks: int, num_bottleneck_blocks: int, estimate_occlusion_map: bool = False,
                  dense_motion_params: Optional[Mapping[str, Any]] = None, estimate_jacobian: bool = False,
-                 align_corners: bool = True):
+                 align_corners: bool = True, deformed_skip: bool = False):
         super().__init__()
         if dense_motion_params is None:
             raise ValueError("OcclusionAwareGenerator needs dense_motion_params (FOMM without motion is an "
@@ -53,7 +53,27 @@ class OcclusionAwareGenerator(nn.Module):
         self.bottleneck = nn.Sequential()
         for i in range(num_bottleneck_blocks):
             self.bottleneck.add_module(f"r{i}", ResBlock2d(widths[-1]))
-        self.final = nn.Conv2d(block_expansion, num_channels, kernel_size=7, padding=3)
+        # deformed_skip (not in FOMM): the last convolution also reads the source warped by the dense flow, and
+        # starts as a copy of it. FOMM's decoder must first learn to autoencode the source through the
+        # bottleneck before the reconstruction loss cares where the limbs went; with the skip the loss sees the
+        # warped pixels from step 0, so its gradient reaches the flow, and through it the keypoints, at once.
+        # Same keys as FOMM; the final weight has 3 more input channels (official checkpoints need it off).
+        self.deformed_skip = deformed_skip
+        self.final = nn.Conv2d(block_expansion + (num_channels if deformed_skip else 0), num_channels,
+                               kernel_size=7, padding=3)
+        if deformed_skip:
+            self._init_copy_deformed()
+
+    @torch.no_grad()
+    def _init_copy_deformed(self, gain: float = 4.4) -> None:
+        """prediction = sigmoid(gain * (deformed - 0.5)) at step 0 (see HighResGenerator.init_copy_source)."""
+        channels = self.final.out_channels
+        centre = self.final.kernel_size[0] // 2
+        self.final.weight.zero_()
+        self.final.bias.fill_(-gain / 2)
+        first_image_channel = self.final.in_channels - channels
+        for channel in range(channels):
+            self.final.weight[channel, first_image_channel + channel, centre, centre] = gain
 
     def forward(self, source: torch.Tensor, kp_driving: Keypoints, kp_source: Keypoints) -> FommOutput:
         """source (B, 3, H, W) in [0, 1]; keypoints (B, K, 2), Jacobians (B, K, 2, 2) -> FommOutput."""
@@ -74,6 +94,8 @@ class OcclusionAwareGenerator(nn.Module):
         out = self.bottleneck(out)
         for block in self.up_blocks:
             out = block(out)
+        if self.deformed_skip:
+            out = torch.cat([out, deformed], dim=1)
         prediction = torch.sigmoid(self.final(out))
         return FommOutput(prediction=prediction, deformed=deformed, mask=motion.mask,
                           sparse_deformed=motion.sparse_deformed, occlusion_map=motion.occlusion_map)

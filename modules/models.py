@@ -7,6 +7,7 @@ lives in modules/fomm.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import NamedTuple, Optional
 
@@ -15,12 +16,14 @@ from torch import nn
 
 from modules.checkpoint import load_state_strict
 from modules.config import Config
+from modules.errors import CheckpointError, ConfigError
 from modules.family import Keypoints, StepContext, StepOutput, Trainable
 from modules.fomm import FommModel, FommTraining, build_fomm_model, fomm_from_checkpoint
 from modules.generator import GeneratorOutput, HighResGenerator, LowResGenerator, MaskGenerator
 from modules.keypoint_detector import KeypointMask, KPDetector, load_detector_state, load_fomm_detector
 from modules.losses import FeatureExtractor, PerceptualLoss, build_vgg19_features
 from modules.motion import relative_keypoints
+from modules.perturbed import MaskNetwork, PerturbedMaskModel, PerturbedTraining, checkpoint_networks
 
 
 class RandomDetectorWarning(UserWarning):
@@ -155,6 +158,14 @@ def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> Keyp
     keypoint-mask family the detector is built empty: its weights come from the checkpoint."""
     if config.family == "fomm":
         return fomm_from_checkpoint(config, checkpoint, source)
+    if config.family == "perturbed":
+        model = build_perturbed_model(config)
+        for name, network in checkpoint_networks(model).items():
+            if name not in checkpoint:
+                raise CheckpointError(f"{source}: no '{name}' weights (a perturbed-masks checkpoint holds "
+                                      f"{', '.join(checkpoint_networks(model))})")
+            load_state_strict(network, checkpoint[name], source, name)
+        return model
     model = build_model(config, detector=KPDetector(**config.model_params.detector_kwargs()))
     load_detector_state(model.mask.detector, checkpoint["kp_detector"], source)
     load_state_strict(model.generator, checkpoint["generator"], source, "generator")
@@ -181,6 +192,22 @@ def build_generator(config: Config) -> MaskGenerator:
     return MaskGenerator(low_res, high_res)
 
 
+def build_perturbed_model(config: Config) -> PerturbedMaskModel:
+    """m, r, l and h of a perturbed-masks config (random weights: nothing of it is pretrained)."""
+    params = config.model_params
+    common = params.common_params
+
+    def mask_network(in_channels: int, net, scale: float) -> MaskNetwork:
+        return MaskNetwork(in_channels, net.block_expansion, net.max_features, net.num_blocks, net.temperature,
+                           scale_factor=scale)
+
+    return PerturbedMaskModel(
+        mask_generator=mask_network(common.num_channels, params.mask_generator_params, common.scale_factor),
+        refinement=mask_network(common.num_channels + 2, params.mask_refinement_params, 1.0),
+        generator=build_generator(config), threshold_rule=params.perturbation_params.threshold,
+        ablation=params.ablation, scale_factor=common.scale_factor)
+
+
 def build_model(config: Config, *, detector: Optional[KPDetector] = None,
                 checkpoint_with_kp: Optional[str] = None) -> KeypointMaskModel | FommModel:
     """The networks for ``config``. Keypoint mask: the detector given (or loaded from ``checkpoint_with_kp``, or
@@ -192,6 +219,11 @@ def build_model(config: Config, *, detector: Optional[KPDetector] = None,
             model.kp_detector.load_state_dict(load_fomm_detector(
                 checkpoint_with_kp, config.model_params.detector_kwargs()).state_dict())
         return model
+    if config.family == "perturbed":
+        if checkpoint_with_kp:
+            raise ConfigError(f"{config.path}: --checkpoint_with_kp: the perturbed-masks model has no keypoint "
+                              f"detector (its mask generator trains with it); leave the flag out")
+        return build_perturbed_model(config)
     if detector is None:
         detector = build_detector(config, checkpoint_with_kp)
     mask_params = config.model_params.mask_params
@@ -204,6 +236,14 @@ def build_trainable(config: Config, model: KeypointMaskModel | FommModel, *, vgg
     """The family's training side for ``model``: its losses bound to its networks."""
     if config.family == "fomm":
         return FommTraining(model, build_perceptual(config, vgg_weights, vgg_source, feature_extractor), config)
+    if config.family == "perturbed":
+        train, params = config.train_params, config.model_params
+        perturbation = params.perturbation_params
+        return PerturbedTraining(model, build_perceptual(config, vgg_weights, vgg_source, feature_extractor),
+                                 mask_weight=train.loss_weights.mask, l1_weight=train.loss_weights.l1,
+                                 refinement_start_epoch=train.refinement_start_epoch,
+                                 augmentation=dataclasses.asdict(params.colour_augmentation),
+                                 num_strips=perturbation.num_strips, scale_range=tuple(perturbation.scale_range))
     return KeypointMaskTraining(model, build_loss(config, vgg_weights=vgg_weights, vgg_source=vgg_source,
                                                   feature_extractor=feature_extractor))
 

@@ -104,7 +104,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_result(tmp_path, checkpoint
         (["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", str(broken)],
          "broken.mp4"),
         (["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", str(broken),
-          "--motion", "relative"], "heatmap mask, which has no keypoints to move"),
+          "--motion", "relative"], "heatmap mask model, which has no keypoints to move"),
         (["--source_image", source, "--driving_video", str(broken)], "--mode animate needs --checkpoint"),
     ]
     for args, fragment in cases:

@@ -135,6 +135,13 @@ def test_shipped_config_loads_without_warnings(path):
         # a saved config reloads to the same thing, without warnings
         assert config_from_dict(config.to_dict(), "saved").to_dict() == config.to_dict()
         return
+    if path.endswith("-perturbed.yaml"):
+        assert config.family == "perturbed" and config.model_params.perturbation_params.threshold == "median"
+        assert config.train_params.loss_weights.mask == 100
+        saved = config.to_dict()
+        assert "lr_kp_detector" not in saved["train_params"] and "kp_detector_params" not in saved["model_params"]
+        assert config_from_dict(saved, "saved").to_dict() == saved
+        return
     assert config.family == "keypoint_mask"
     assert config.model_params.mask_params.kind == ("circles" if path.endswith("-circles.yaml") else "heatmap")
     assert "lr_kp_detector" not in config.to_dict()["train_params"]       # FOMM's keys stay out of saved configs

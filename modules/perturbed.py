@@ -1,0 +1,229 @@
+"""The perturbed-masks family (Shalev & Wolf; DESIGN.md sec. 7): a learned mask generator m, a mask refinement
+network r, and the keypoint-mask family's low-res and high-res generators l and h (modules/generator.py, the
+same classes: the keypoint-mask paper copied them from this one).
+
+Animation (the test-time path)::
+
+    m_s = m(s), m_d = m(d), m_dp = P_test(m_d), m_dr = r(D(s), m_s, m_dp), c = l(s, m_s, m_dr), f = h(...)
+
+Training (source and driver from one video): m_d = m(A(d)) with A the colour augmentation; l and h take m_d
+itself; r learns to undo P_train: m_dr = r(D(s), m_s, P_train(m_d)) against m_d (L_mask). Gradient routing:
+L_mask trains only r, the loss on f only h, the loss on c trains l and m.
+
+Ablations (``model_params.ablation``): ``no_pert`` skips P_test, ``no_ref`` skips r (l and h take m_dp),
+``no_id`` skips both (l and h take m_d: the reconstruction path).
+"""
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.blocks import AntiAliasDownsample, Hourglass
+from modules.family import Keypoints, StepContext, StepOutput, Trainable
+from modules.generator import GeneratorOutput, MaskGenerator
+from modules.losses import PerceptualLoss
+from modules.perturbations import Threshold, colour_augment, perturb_train, threshold
+
+Ablation = Literal["none", "no_pert", "no_ref", "no_id"]
+
+
+class MaskNetwork(nn.Module):
+    """Hourglass without skips -> 7x7 conv (no padding) to one channel -> sigmoid(x / temperature), zero-padded
+    back to the input size. m reads the image downsampled by ``scale_factor``; r reads (D(s), m_s, m_dp).
+
+    (B, in_channels, H, W) -> (B, 1, H * scale_factor, W * scale_factor) in [0, 1].
+    """
+
+    def __init__(self, in_channels: int, block_expansion: int, max_features: int, num_blocks: int,
+                 temperature: float = 0.1, scale_factor: float = 1.0):
+        super().__init__()
+        self.temperature = temperature
+        self.down = AntiAliasDownsample(in_channels, scale_factor) if scale_factor != 1 else nn.Identity()
+        self.hourglass = Hourglass(block_expansion, in_channels, num_blocks, max_features, skips=False)
+        self.head = nn.Conv2d(self.hourglass.out_filters, 1, kernel_size=7, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.hourglass(self.down(x)))
+        pad = (self.head.kernel_size[0] - 1) // 2           # 58x58 -> 64x64 at 256 px: zeros at the border
+        return F.pad(torch.sigmoid(logits.float() / self.temperature), (pad, pad, pad, pad))
+
+
+class PerturbedState(NamedTuple):
+    """What animation needs of the source, computed once per source image."""
+    image: torch.Tensor                   # (1, 3, H, W) in [0, 1]
+    mask: torch.Tensor                    # (1, 1, h, w) m_s
+    small: torch.Tensor                   # (1, 3, h, w) D(s), r's view of the source
+
+
+class PerturbedOutput(NamedTuple):
+    low_res_prediction: torch.Tensor      # (B, 3, H, W) c
+    prediction: torch.Tensor              # (B, 3, H, W) f
+    source_mask: torch.Tensor             # (B, 1, h, w) m_s
+    driving_mask: torch.Tensor            # (B, 1, h, w) the mask l and h took (m_dr, m_dp or m_d)
+    raw_driving_mask: torch.Tensor        # (B, 1, h, w) m_d
+    perturbed_mask: torch.Tensor          # (B, 1, h, w) m_dp (m_d when not perturbed)
+
+
+class PerturbedMaskModel(nn.Module):
+    """m, r, l and h. Its state dict is the four networks' weights; the loss lives in PerturbedTraining."""
+
+    relative_motion_possible = False      # masks, no keypoints to move
+
+    def __init__(self, mask_generator: MaskNetwork, refinement: MaskNetwork, generator: MaskGenerator,
+                 threshold_rule: Threshold = "median", ablation: Ablation = "none", scale_factor: float = 0.25):
+        super().__init__()
+        self.mask_generator = mask_generator
+        self.refinement = refinement
+        self.generator = generator
+        self.threshold_rule = threshold_rule
+        self.ablation = ablation
+        self.source_down = AntiAliasDownsample(3, scale_factor) if scale_factor != 1 else nn.Identity()
+
+    @property
+    def perturbs(self) -> bool:
+        return self.ablation in ("none", "no_ref")
+
+    @property
+    def refines(self) -> bool:
+        return self.ablation in ("none", "no_pert")
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor) -> PerturbedOutput:
+        """source and driving (B, 3, H, W), pair by pair -> the test-time path's output."""
+        return self.animate(self.encode_source(source), driving)
+
+    def encode_source(self, source: torch.Tensor) -> PerturbedState:
+        return PerturbedState(source, self.mask_generator(source), self.source_down(source))
+
+    def keypoints(self, frames: torch.Tensor) -> Keypoints:
+        raise ValueError("the perturbed-masks model has no keypoints: it animates with masks, absolutely")
+
+    def driving_masks(self, state: PerturbedState, driving: torch.Tensor,
+                      test_time: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (m_d, m_dp, the mask l and h take). test_time=False is the training procedure: m_d throughout."""
+        raw = self.mask_generator(driving)
+        if not test_time:
+            return raw, raw, raw
+        perturbed = threshold(raw, self.threshold_rule) if self.perturbs else raw
+        if not self.refines:
+            return raw, perturbed, perturbed
+        batch = driving.shape[0]
+        refined = self.refinement(torch.cat([state.small.expand(batch, -1, -1, -1).to(perturbed.dtype),
+                                             state.mask.expand(batch, -1, -1, -1), perturbed], dim=1))
+        return raw, perturbed, refined
+
+    def animate(self, state: PerturbedState, driving: torch.Tensor, initial: Optional[Keypoints] = None,
+                adapt_scale: bool = False, use_relative_jacobian: bool = True,
+                test_time: bool = True) -> PerturbedOutput:
+        """driving (B, 3, H, W) -> predictions (B, 3, H, W) by the test-time path (or the training one)."""
+        if initial is not None:
+            raise ValueError("the perturbed-masks model animates absolutely: it has no keypoints to move")
+        batch = driving.shape[0]
+        raw, perturbed, used = self.driving_masks(state, driving, test_time)
+        out: GeneratorOutput = self.generator(state.image.expand(batch, -1, -1, -1),
+                                              state.mask.expand(batch, -1, -1, -1), used)
+        return PerturbedOutput(out.low_res_prediction, out.prediction, out.source_mask, used, raw, perturbed)
+
+    def reconstruct(self, state: PerturbedState, driving: torch.Tensor, test_time: bool = False) -> PerturbedOutput:
+        """Reconstruction follows the training procedure (l and h take m_d) unless ``test_time``."""
+        return self.animate(state, driving, test_time=test_time)
+
+    def visual_columns(self, state: PerturbedState, driving: torch.Tensor, output: PerturbedOutput,
+                       detail: bool = False) -> list[torch.Tensor]:
+        """source | driving | driving mask (the one used) | [m_d | m_dp | low-res |] prediction."""
+        extra = [output.raw_driving_mask, output.perturbed_mask, output.low_res_prediction] if detail else []
+        return [state.image.expand_as(driving), driving, output.driving_mask, *extra, output.prediction]
+
+
+def checkpoint_networks(model: PerturbedMaskModel) -> dict[str, nn.Module]:
+    """Checkpoint key -> network (the public code never released a checkpoint; these names are ours)."""
+    return {"mask_generator": model.mask_generator, "mask_refinement": model.refinement,
+            "generator": model.generator}
+
+
+class PerturbedLossTerms(NamedTuple):
+    perceptual_low_res: torch.Tensor      # trains l and m
+    perceptual_high_res: torch.Tensor     # trains h only
+    mask: torch.Tensor                    # L1(m_dr, m_d), trains r only
+    l1: torch.Tensor                      # optional pixel L1 on c and f (0 in the paper)
+
+
+class _Forward(nn.Module):
+    """m, l and h for one training step (the part DDP wraps); r runs in its own wrapper."""
+
+    def __init__(self, model: PerturbedMaskModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, source: torch.Tensor, augmented: torch.Tensor) -> GeneratorOutput:
+        model = self.model
+        masks = model.mask_generator(torch.cat([source, augmented]))    # one pass: m_s and m_d
+        source_mask, driving_mask = masks.chunk(2)
+        return model.generator(source, source_mask, driving_mask)
+
+
+class PerturbedTraining(Trainable):
+    """The loss of DESIGN.md sec. 7 with its gradient routing; r trains from ``refinement_start_epoch`` on."""
+
+    loss_names = PerturbedLossTerms._fields
+    shown_names = "source|driving|m_s|m_d|m_dp|m_dr|low_res|high_res"
+
+    def __init__(self, model: PerturbedMaskModel, perceptual: PerceptualLoss, mask_weight: float = 100.0,
+                 l1_weight: float = 0.0, refinement_start_epoch: int = 1, augmentation: Optional[dict] = None,
+                 num_strips: int = 6, scale_range: tuple[float, float] = (0.75, 1.25)):
+        super().__init__()
+        self.model = model
+        self.perceptual = perceptual
+        self.mask_weight = mask_weight
+        self.l1_weight = l1_weight
+        self.refinement_start_epoch = refinement_start_epoch
+        self.augmentation = dict(augmentation or {})
+        self.num_strips = num_strips
+        self.scale_range = scale_range
+        self.forward_model: nn.Module = _Forward(model)
+        self.refinement: nn.Module = model.refinement
+
+    def networks(self) -> dict[str, nn.Module]:
+        return checkpoint_networks(self.model)
+
+    def optimized(self) -> list[str]:
+        return ["generator", "mask_generator", "mask_refinement"]
+
+    def distribute(self, wrap) -> None:
+        self.forward_model = wrap(self.forward_model)
+        if self.model.refines:
+            self.refinement = wrap(self.model.refinement)
+
+    def trains_refinement(self, epoch: int) -> bool:
+        return self.model.refines and self.mask_weight > 0 and epoch >= self.refinement_start_epoch
+
+    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext) -> StepOutput:
+        model = self.model
+        zero = torch.zeros((), device=source.device)
+        with context.autocast():
+            augmented = colour_augment(driving, **self.augmentation)
+            out = self.forward_model(source, augmented)
+            low, high = self.perceptual([out.low_res_prediction, out.prediction], driving)
+            l1 = zero
+            if self.l1_weight:
+                l1 = self.l1_weight * ((out.low_res_prediction.float() - driving).abs().mean()
+                                       + (out.prediction.float() - driving).abs().mean())
+            target = out.driving_mask.detach()
+            perturbed = perturb_train(target.float(), model.threshold_rule, self.num_strips, self.scale_range)
+            refined, mask_loss = None, zero
+            if self.trains_refinement(context.epoch):
+                # Inputs detached: L_mask reaches r alone.
+                refined = self.refinement(torch.cat([model.source_down(source), out.source_mask.detach(),
+                                                     perturbed], dim=1))
+                mask_loss = self.mask_weight * (refined.float() - target.float()).abs().mean()
+        terms = PerturbedLossTerms(perceptual_low_res=low, perceptual_high_res=high, mask=mask_loss, l1=l1)
+        context.backward(low + high + mask_loss + l1)
+
+        def shown() -> list[torch.Tensor]:
+            dr = refined if refined is not None else torch.zeros_like(target)
+            return [source, driving, out.source_mask, target, perturbed, dr, out.low_res_prediction,
+                    out.prediction]
+
+        return StepOutput(terms._asdict(), shown)
