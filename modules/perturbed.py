@@ -44,10 +44,11 @@ class MaskNetwork(nn.Module):
         self.down = AntiAliasDownsample(in_channels, scale_factor) if scale_factor != 1 else nn.Identity()
         self.hourglass = Hourglass(block_expansion, in_channels, num_blocks, max_features, skips=False)
         self.head = nn.Conv2d(self.hourglass.out_filters, 1, kernel_size=7, padding=0)
+        self.border = (self.head.kernel_size[0] - 1) // 2    # the zero padding around the head's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.hourglass(self.down(x)))
-        pad = (self.head.kernel_size[0] - 1) // 2           # 58x58 -> 64x64 at 256 px: zeros at the border
+        pad = self.border                                   # 58x58 -> 64x64 at 256 px: zeros at the border
         return F.pad(torch.sigmoid(logits.float() / self.temperature), (pad, pad, pad, pad))
 
 
@@ -106,7 +107,7 @@ class PerturbedMaskModel(nn.Module):
         raw = self.mask_generator(driving)
         if not test_time:
             return raw, raw, raw
-        perturbed = threshold(raw, self.threshold_rule) if self.perturbs else raw
+        perturbed = threshold(raw, self.threshold_rule, self.mask_generator.border) if self.perturbs else raw
         if not self.refines:
             return raw, perturbed, perturbed
         batch = driving.shape[0]
@@ -151,17 +152,18 @@ class PerturbedLossTerms(NamedTuple):
 
 
 class _Forward(nn.Module):
-    """m, l and h for one training step (the part DDP wraps); r runs in its own wrapper."""
+    """m, l and h for one training step: the part DDP wraps. r is left out (it has its own wrapper and is
+    idle in the first epoch), so no parameter of this module ever goes without a gradient."""
 
-    def __init__(self, model: PerturbedMaskModel):
+    def __init__(self, mask_generator: MaskNetwork, generator: MaskGenerator):
         super().__init__()
-        self.model = model
+        self.mask_generator = mask_generator
+        self.generator = generator
 
     def forward(self, source: torch.Tensor, augmented: torch.Tensor) -> GeneratorOutput:
-        model = self.model
-        masks = model.mask_generator(torch.cat([source, augmented]))    # one pass: m_s and m_d
+        masks = self.mask_generator(torch.cat([source, augmented]))    # one pass: m_s and m_d
         source_mask, driving_mask = masks.chunk(2)
-        return model.generator(source, source_mask, driving_mask)
+        return self.generator(source, source_mask, driving_mask)
 
 
 class PerturbedTraining(Trainable):
@@ -182,7 +184,7 @@ class PerturbedTraining(Trainable):
         self.augmentation = dict(augmentation or {})
         self.num_strips = num_strips
         self.scale_range = scale_range
-        self.forward_model: nn.Module = _Forward(model)
+        self.forward_model: nn.Module = _Forward(model.mask_generator, model.generator)
         self.refinement: nn.Module = model.refinement
 
     def networks(self) -> dict[str, nn.Module]:
@@ -192,7 +194,7 @@ class PerturbedTraining(Trainable):
         return ["generator", "mask_generator", "mask_refinement"]
 
     def distribute(self, wrap) -> None:
-        self.forward_model = wrap(self.forward_model)
+        self.forward_model = wrap(_Forward(self.model.mask_generator, self.model.generator))
         if self.model.refines:
             self.refinement = wrap(self.model.refinement)
 
@@ -211,7 +213,8 @@ class PerturbedTraining(Trainable):
                 l1 = self.l1_weight * ((out.low_res_prediction.float() - driving).abs().mean()
                                        + (out.prediction.float() - driving).abs().mean())
             target = out.driving_mask.detach()
-            perturbed = perturb_train(target.float(), model.threshold_rule, self.num_strips, self.scale_range)
+            perturbed = perturb_train(target.float(), model.threshold_rule, self.num_strips, self.scale_range,
+                                      border=model.mask_generator.border)
             refined, mask_loss = None, zero
             if self.trains_refinement(context.epoch):
                 # Inputs detached: L_mask reaches r alone.
