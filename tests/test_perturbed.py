@@ -326,3 +326,56 @@ def test_train_reconstruct_and_animate_round_trip(tmp_path, dataset_root):
     assert quiet("--mode", "train", "--config", _write(tmp_path, dataset_root), "--log_dir", str(tmp_path / "kp"),
                  "--checkpoint_with_kp", checkpoint) == 2
     assert not os.path.exists(tmp_path / "kp")
+
+
+def test_resume_mid_run_is_bit_identical_to_a_straight_run(tmp_path, dataset_root):
+    """Perturbations and colour augmentation draw from the RNG the checkpoint saves, so r, m, l and h all
+    resume exactly, across the epoch where r starts."""
+    from modules.checkpoint import read_checkpoint
+
+    config = _write(tmp_path, dataset_root)                  # 2 epochs of 4 steps; r from epoch 1
+    args = ("--mode", "train", "--config", config, "--device", "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run.main([*args, "--log_dir", str(tmp_path / "straight")]) == 0
+        assert run.main([*args, "--log_dir", str(tmp_path / "split"), "--max_steps", "3"]) == 0
+        (split_dir,) = glob.glob(str(tmp_path / "split" / "*"))
+        assert run.main(["--mode", "train", "--checkpoint", split_dir, "--device", "cpu"]) == 0
+    (straight_dir,) = glob.glob(str(tmp_path / "straight" / "*"))
+    straight = read_checkpoint(os.path.join(straight_dir, "00000001-checkpoint.pth.tar"))
+    resumed = read_checkpoint(os.path.join(split_dir, "00000001-checkpoint.pth.tar"))
+    assert straight["step"] == resumed["step"] == 8
+    for name in ("mask_generator", "mask_refinement", "generator"):
+        for key, value in straight[name].items():
+            assert torch.equal(value, resumed[name][key]), (name, key)
+
+
+def test_ddp_on_two_gloo_processes_keeps_the_four_networks_identical(tmp_path, dataset_root):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    config = _write(tmp_path, dataset_root, batch_size=4, refinement_start_epoch=0)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             os.path.join(ROOT, "run.py"), "--mode", "train", "--config", config, "--log_dir",
+                             str(tmp_path / "log"), "--device", "cpu", "--max_steps", "2"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run_dir,) = glob.glob(str(tmp_path / "log" / "*"))
+    assert "parameters identical on 2 ranks" in open(os.path.join(run_dir, "log.txt")).read()
+
+
+def test_bf16_autocast_trains_the_perturbed_model_on_cpu(tmp_path, dataset_root):
+    from modules.checkpoint import read_checkpoint
+
+    config = _write(tmp_path, dataset_root, refinement_start_epoch=0, mixed_precision="bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert run.main(["--mode", "train", "--config", config, "--device", "cpu", "--log_dir", str(tmp_path),
+                         "--max_steps", "2"]) == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "tiny-perturbed-*" / "*.pth.tar"))
+    state = read_checkpoint(checkpoint)
+    assert all(v.dtype == torch.float32 for v in state["mask_refinement"].values() if v.is_floating_point())
+    assert state["optimizer_mask_refinement"]["state"]                 # r took its steps under autocast too
