@@ -110,9 +110,9 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
                    result_video: Optional[str] = None, motion: Optional[str] = None, adapt_scale: bool = False,
                    fit: str = "crop", batch_size: int = 8, visualize: bool = False,
                    precision: Optional[str] = None, find_best_frame: bool = False,
-                   config_path: Optional[str] = None) -> str:
+                   config_path: Optional[str] = None, ablation: Optional[str] = None) -> str:
     """Animate ``source_image`` by ``driving_video``; returns the result's path."""
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path)
+    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
     model.to(memory_format=torch.channels_last)
     motion = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
@@ -179,13 +179,14 @@ def best_frame(config, source: np.ndarray, video, size: tuple[int, int], fit: st
 
 def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optional[str] = None,
                     adapt_scale: bool = False, batch_size: int = 8, num_pairs: Optional[int] = None,
-                    precision: Optional[str] = None, config_path: Optional[str] = None) -> str:
+                    precision: Optional[str] = None, config_path: Optional[str] = None,
+                    ablation: Optional[str] = None) -> str:
     """Animate the test pairs of the checkpoint's dataset (``pairs_list`` or seeded random pairs of different
     videos): source = a video's first frame, driving = another video. Writes ``animation/`` in the run folder:
     ``<source>__<driving>.mp4`` and ``png/<source>__<driving>.png`` (the prediction's frames side by side)."""
     from frames_dataset import FramesDataset, PairedDataset
 
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path)
+    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
     model.to(memory_format=torch.channels_last)
     motion = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)

@@ -162,10 +162,14 @@ def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
     return checkpoint
 
 
-def load_model(path: str, device: torch.device, config_path: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
+def load_model(path: str, device: torch.device, config_path: Optional[str] = None,
+               ablation: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
     """(config, model in eval mode on ``device``, checkpoint) from a training checkpoint of this project or its run
     folder, or a model file (MODEL_FORMAT), both holding their config, or from a FOMM-format checkpoint (an
-    official ``vox-cpk.pth.tar``: networks only) together with ``config_path``, the config of its networks."""
+    official ``vox-cpk.pth.tar``: networks only) together with ``config_path``, the config of its networks.
+
+    ``ablation`` (perturbed masks only: none, no_pert, no_ref, no_id) replaces the config's; results then go
+    to ``<mode>-<ablation>/``. One checkpoint serves all four: r's loss never reaches m, l or h in training."""
     from modules.config import config_from_dict, load_config
     from modules.models import model_from_checkpoint
 
@@ -194,6 +198,12 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
             warnings.warn(f"--config {config_path} ignored: {checkpoint['path']} holds the config it was trained with",
                           UserWarning, stacklevel=2)
         config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
+    if ablation is not None:
+        if config.family != "perturbed":
+            raise UserError(f"--ablation {ablation}: {checkpoint['path']} is a {config.motion_name} model; the "
+                            f"ablations (no_pert, no_ref, no_id) are the perturbed-masks model's")
+        config.model_params.ablation = ablation
+        checkpoint = dict(checkpoint, results_suffix=f"-{ablation}")
     model = model_from_checkpoint(config, checkpoint, checkpoint["path"])
     return config, model.to(device).eval(), checkpoint
 
@@ -218,7 +228,7 @@ def fresh_results_dir(checkpoint: Mapping[str, Any], name: str) -> str:
     """``<run folder of the checkpoint>/<name>/`` with an empty ``png/`` inside; an earlier run's results there
     are replaced, so a mode can run twice."""
     root = checkpoint.get("results_root") or os.path.dirname(os.path.abspath(checkpoint["path"]))
-    folder = os.path.join(root, name)
+    folder = os.path.join(root, name + checkpoint.get("results_suffix", ""))
     if os.path.isdir(folder):
         shutil.rmtree(folder)
     os.makedirs(os.path.join(folder, "png"))

@@ -37,11 +37,11 @@ CANDIDATES = ("prediction", "copy_source")
 
 def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int = 8,
                 exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None,
-                config_path: Optional[str] = None) -> dict[str, Any]:
+                config_path: Optional[str] = None, ablation: Optional[str] = None) -> dict[str, Any]:
     """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
     from frames_dataset import FramesDataset, frames_to_tensor
 
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path)
+    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
     params = config.reconstruction_params
     if exclude_first_frame is None:
         exclude_first_frame = params.exclude_first_frame

@@ -106,6 +106,8 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_result(tmp_path, checkpoint
         (["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", str(broken),
           "--motion", "relative"], "heatmap mask model, which has no keypoints to move"),
         (["--source_image", source, "--driving_video", str(broken)], "--mode animate needs --checkpoint"),
+        (["--checkpoint", checkpoints["heatmap"], "--ablation", "no_ref"],
+         "the ablations (no_pert, no_ref, no_id) are the perturbed-masks model's"),
     ]
     for args, fragment in cases:
         capsys.readouterr()

@@ -322,6 +322,14 @@ def test_train_reconstruct_and_animate_round_trip(tmp_path, dataset_root):
             metrics = json.load(stream)
         assert 0 < metrics["mean"]["l1"] < 1
         assert glob.glob(os.path.join(run_dir, mode, "*.mp4"))
+    # the ablations from the same checkpoint, each into its own folder
+    assert quiet("--mode", "animate", "--checkpoint", checkpoint, "--ablation", "no_ref") == 0
+    with open(os.path.join(run_dir, "animation-no_ref", "metrics.json")) as stream:
+        ablated = json.load(stream)
+    with open(os.path.join(run_dir, "animation", "metrics.json")) as stream:
+        full = json.load(stream)
+    assert ablated["mean"]["l1"] != full["mean"]["l1"]
+    assert ablated["baselines"] == full["baselines"]
     # it learns its masks: a keypoint detector has no place in it
     assert quiet("--mode", "train", "--config", _write(tmp_path, dataset_root), "--log_dir", str(tmp_path / "kp"),
                  "--checkpoint_with_kp", checkpoint) == 2
