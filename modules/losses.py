@@ -175,6 +175,9 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, predictions: Sequence[torch.Tensor], target: torch.Tensor) -> list[torch.Tensor]:
         """One scalar loss per prediction, each (B, 3, H, W) against the (B, 3, H, W) target."""
+        if not any(self.weights):
+            # every weight 0 (the tiny configs, which train on the pixel term): no feature pass at all
+            return [prediction.new_zeros((), dtype=torch.float32) for prediction in predictions]
         with torch.no_grad():
             # detach as well: an extractor that returns its input (scale 1) would hand back the target itself
             target_features = [[f.detach() for f in self.features(level)] for level in self.pyramid(target)]

@@ -120,6 +120,23 @@ def test_networks_have_exactly_the_official_keys_and_shapes(name):
         assert got == fomm_keys(network), network
 
 
+def test_deformed_skip_starts_as_the_warped_source_and_keeps_fomm_keys():
+    with_skip = tiny_fomm()
+    assert with_skip.model_params.generator_params.deformed_skip            # the tiny config turns it on
+    without = tiny_fomm()
+    without.model_params.generator_params.deformed_skip = False
+    skip_model, plain_model = build(with_skip).eval(), build(without).eval()
+    skip_state, plain_state = skip_model.generator.state_dict(), plain_model.generator.state_dict()
+    assert skip_state.keys() == plain_state.keys()
+    assert skip_state["final.weight"].shape[1] == plain_state["final.weight"].shape[1] + 3   # + the warped source
+    source, driving = torch.rand(2, 3, FRAME, FRAME), torch.rand(2, 3, FRAME, FRAME)
+    with torch.no_grad():
+        out = skip_model(source, driving)
+    # whatever the decoder computes, at step 0 the prediction is the warped source through the sigmoid copy
+    torch.testing.assert_close(out.prediction, torch.sigmoid(4.4 * (out.deformed - 0.5)))
+    assert (out.deformed - source).abs().mean() > 1e-3                       # and it did move
+
+
 def _official_format(model) -> dict:
     """What an official vox-cpk.pth.tar holds: FOMM's top-level keys, state dicts without prefixes."""
     return {"generator": model.generator.state_dict(), "discriminator": model.discriminator.state_dict(),

@@ -26,6 +26,8 @@ def tiny_perturbed(**model_params):
     with open(config_path("tiny-perturbed.yaml")) as stream:
         data = yaml.safe_load(stream)
     data["model_params"].update(model_params)
+    # PyTorch's initialisation (the paper's): with copy_source, h ignores its masks at step 0
+    data["model_params"]["generator_params"]["high_res"]["init"] = "default"
     return config_from_dict(data, "tiny-perturbed.yaml")
 
 

@@ -40,6 +40,9 @@ def write_config(folder, dataset_root, name="tiny.yaml", **train_params) -> str:
     data["dataset_params"]["root_dir"] = dataset_root
     data["train_params"].update({"num_epochs": 2, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
                                  "epoch_milestones": [1], "checkpoint_freq": 1, "log_freq": 1}, **train_params)
+    # the paper's initialisation and loss: every generator weight gets a gradient from the first step
+    data["model_params"]["generator_params"]["high_res"]["init"] = "default"
+    data["train_params"]["loss_weights"]["perceptual"] = [10, 10, 10]
     path = os.path.join(folder, name)
     with open(path, "w") as stream:
         yaml.safe_dump(data, stream)
