@@ -206,15 +206,6 @@ class PerturbationParams:
 
 
 @dataclass
-class ColourAugmentationParams:
-    """A, on the driver frame that m sees in training: factors U[1 - a, 1 + a], hue shift U[-hue, hue]."""
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.1
-
-
-@dataclass
 class PerturbedModelParams:
     """The perturbed-masks model: mask generator m, refinement r, and the keypoint-mask generators l and h."""
     mask_generator_params: MaskNetworkParams
@@ -222,7 +213,8 @@ class PerturbedModelParams:
     generator_params: GeneratorParams
     common_params: MaskCommonParams = field(default_factory=MaskCommonParams)
     perturbation_params: PerturbationParams = field(default_factory=PerturbationParams)
-    colour_augmentation: ColourAugmentationParams = field(default_factory=ColourAugmentationParams)
+    # A, on the driver frame that m sees in training: factors U[1 - a, 1 + a], hue shift U[-hue, hue]
+    colour_augmentation: JitterParams = field(default_factory=lambda: JitterParams(0.1, 0.1, 0.1, 0.1))
     # The paper's ablations: no_pert (no P_test), no_ref (no r), no_id (neither).
     ablation: Literal["none", "no_pert", "no_ref", "no_id"] = "none"
     family: Literal["perturbed"] = "perturbed"

@@ -34,6 +34,42 @@ def tiny_circles_config():
     return paper_variant(load_config(config_path("tiny-circles.yaml")))
 
 
+def write_tiny(folder, name: str, dataset_root: str, **train_params) -> str:
+    """config/<name> pointed at ``dataset_root`` (its pairs too), one short epoch by default, no landmark
+    metrics; ``train_params`` override. Returns the written file's path."""
+    import yaml
+
+    with open(config_path(name)) as stream:
+        data = yaml.safe_load(stream)
+    data["dataset_params"]["root_dir"] = dataset_root
+    data["dataset_params"]["pairs_list"] = os.path.join(dataset_root, "test-pairs.csv")
+    data["train_params"].update({"num_epochs": 1, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
+                                 "epoch_milestones": [], "checkpoint_freq": 1, **train_params})
+    data["metrics_params"]["landmarks"] = "none"
+    path = os.path.join(str(folder), name)
+    with open(path, "w") as stream:
+        yaml.safe_dump(data, stream)
+    return path
+
+
+def train_ddp_on_two_gloo_processes(config_file: str, log_dir, max_steps: int = 2) -> str:
+    """torchrun run.py --mode train on 2 CPU processes (gloo); asserts it exits 0 and every rank held the same
+    parameters at the checkpoint (train.py checks and logs it). Returns the run folder."""
+    import glob
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             os.path.join(ROOT, "run.py"), "--mode", "train", "--config", config_file, "--log_dir",
+                             str(log_dir), "--device", "cpu", "--max_steps", str(max_steps)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (run_dir,) = glob.glob(os.path.join(str(log_dir), "*"))
+    with open(os.path.join(run_dir, "log.txt")) as stream:
+        assert "parameters identical on 2 ranks" in stream.read()
+    return run_dir
+
+
 def paper_variant(config):
     """A tiny config with the paper's initialisation and loss (PyTorch's init, perceptual weights 10): the
     shipped tiny configs start the U-Net as a copy of the source (its other weights 0, so no gradient reaches

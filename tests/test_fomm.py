@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, TinyFeatures, config_path
+from conftest import TinyFeatures, config_path, train_ddp_on_two_gloo_processes, write_tiny
 from test_detector import fomm_keys
 
 import run
@@ -226,17 +226,7 @@ def test_config_errors_name_the_key():
 
 
 def _write(folder, name: str, dataset_root: str) -> str:
-    with open(config_path(name)) as stream:
-        data = yaml.safe_load(stream)
-    data["dataset_params"]["root_dir"] = dataset_root
-    data["dataset_params"]["pairs_list"] = os.path.join(dataset_root, "test-pairs.csv")
-    data["train_params"].update({"num_epochs": 1, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
-                                 "epoch_milestones": [], "checkpoint_freq": 1})
-    data["metrics_params"]["landmarks"] = "none"
-    path = os.path.join(str(folder), name)
-    with open(path, "w") as stream:
-        yaml.safe_dump(data, stream)
-    return path
+    return write_tiny(folder, name, dataset_root)
 
 
 def test_stage_one_then_stage_two_then_both_reconstruct_and_animate(tmp_path, dataset_root):
@@ -335,9 +325,6 @@ def test_results_table_puts_models_and_baselines_in_rows(tmp_path):
 
 
 def test_ddp_on_two_gloo_processes_trains_both_phases_with_identical_weights(tmp_path, dataset_root):
-    import subprocess
-    import sys
-
     config_file = _write(tmp_path, "tiny-fomm.yaml", dataset_root)
     with open(config_file) as stream:
         data = yaml.safe_load(stream)
@@ -345,15 +332,7 @@ def test_ddp_on_two_gloo_processes_trains_both_phases_with_identical_weights(tmp
     data["train_params"]["loss_weights"]["generator_gan"] = 1          # both phases, both DDP wrappers
     with open(config_file, "w") as stream:
         yaml.safe_dump(data, stream)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             os.path.join(ROOT, "run.py"), "--mode", "train", "--config", config_file, "--log_dir",
-                             str(tmp_path / "log"), "--device", "cpu", "--max_steps", "2"], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (run_dir,) = glob.glob(str(tmp_path / "log" / "*"))
-    log_text = open(os.path.join(run_dir, "log.txt")).read()
-    assert "parameters identical on 2 ranks" in log_text
+    run_dir = train_ddp_on_two_gloo_processes(config_file, tmp_path / "log")
     from modules.checkpoint import read_checkpoint
 
     (checkpoint,) = glob.glob(os.path.join(run_dir, "*.pth.tar"))

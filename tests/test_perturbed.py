@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TinyFeatures, config_path
+from conftest import TinyFeatures, config_path, train_ddp_on_two_gloo_processes, write_tiny
 
 import run
 from modules.config import config_from_dict
@@ -279,17 +279,7 @@ def test_bad_perturbation_values_are_one_line_errors_naming_the_key(key, value, 
 # Through run.py
 
 def _write(folder, dataset_root: str, **train_params) -> str:
-    with open(config_path("tiny-perturbed.yaml")) as stream:
-        data = yaml.safe_load(stream)
-    data["dataset_params"]["root_dir"] = dataset_root
-    data["dataset_params"]["pairs_list"] = os.path.join(dataset_root, "test-pairs.csv")
-    data["train_params"].update({"num_epochs": 2, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
-                                 "epoch_milestones": [], "checkpoint_freq": 1, **train_params})
-    data["metrics_params"]["landmarks"] = "none"
-    path = os.path.join(str(folder), "tiny-perturbed.yaml")
-    with open(path, "w") as stream:
-        yaml.safe_dump(data, stream)
-    return path
+    return write_tiny(folder, "tiny-perturbed.yaml", dataset_root, **{"num_epochs": 2, **train_params})
 
 
 def test_train_reconstruct_and_animate_round_trip(tmp_path, dataset_root):
@@ -361,20 +351,8 @@ def test_resume_mid_run_is_bit_identical_to_a_straight_run(tmp_path, dataset_roo
 
 
 def test_ddp_on_two_gloo_processes_keeps_the_four_networks_identical(tmp_path, dataset_root):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    config = _write(tmp_path, dataset_root, batch_size=4, refinement_start_epoch=0)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             os.path.join(ROOT, "run.py"), "--mode", "train", "--config", config, "--log_dir",
-                             str(tmp_path / "log"), "--device", "cpu", "--max_steps", "2"], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    (run_dir,) = glob.glob(str(tmp_path / "log" / "*"))
-    assert "parameters identical on 2 ranks" in open(os.path.join(run_dir, "log.txt")).read()
+    config = _write(tmp_path, dataset_root, batch_size=4, refinement_start_epoch=0)     # r trains from step 1
+    train_ddp_on_two_gloo_processes(config, tmp_path / "log")
 
 
 def test_bf16_autocast_trains_the_perturbed_model_on_cpu(tmp_path, dataset_root):
