@@ -6,7 +6,8 @@ For each run folder (or results root of an official checkpoint) it reads ``recon
 ``animation/metrics.json`` and prints a Markdown table: one row per model, then the trivial baselines (copy
 the source frame; copy the driving frame, animation only) taken from the first run that has them. Columns:
 L1, SSIM and AKD (pixels of a 256x256 frame) for reconstruction and for cross-identity animation against the
-synthetic ground truth. A metric that was not computed shows as a dash.
+synthetic ground truth. A metric that was not computed shows as a dash. A perturbed-masks run's ablations
+(``animation-no_pert/`` etc., from ``--mode animate --ablation ...``) follow its row, animation only.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modules.errors import OneLineArgumentParser  # noqa: E402
 
 METRICS = ("l1", "ssim", "akd")
+ABLATIONS = ("no_pert", "no_ref", "no_id")
 
 
 def _read(folder: str, mode: str) -> Optional[dict]:
@@ -49,6 +51,11 @@ def table(folders: list[str], names: list[str]) -> list[str]:
                              f"--mode reconstruction and --mode animate with its checkpoint first)")
         lines.append("| " + " | ".join([name] + _cells(reconstruction and reconstruction["mean"])
                                        + _cells(animation and animation["mean"])) + " |")
+        for ablation in ABLATIONS:                # perturbed masks: `--mode animate --ablation X` results
+            ablated = _read(folder, f"animation-{ablation}")
+            if ablated is not None:
+                lines.append("| " + " | ".join([f"{name}, {ablation}"] + _cells(None) + _cells(ablated["mean"]))
+                             + " |")
         for index, results in enumerate((reconstruction, animation)):
             for label, key in (("copy source", "copy_source"), ("copy driving", "copy_driving")):
                 if results is not None and baselines[label][index] is None:

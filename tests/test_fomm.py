@@ -318,10 +318,14 @@ def test_results_table_puts_models_and_baselines_in_rows(tmp_path):
                 baselines["copy_driving"] = {"l1": 0.14, "ssim": 0.2, "akd": 9.0}
             with open(tmp_path / name / mode / "metrics.json", "w") as stream:
                 json.dump({"mean": {"l1": l1, "ssim": 0.6}, "baselines": baselines}, stream)
+    os.makedirs(tmp_path / "b" / "animation-no_ref")
+    with open(tmp_path / "b" / "animation-no_ref" / "metrics.json", "w") as stream:
+        json.dump({"mean": {"l1": 0.045, "ssim": 0.5}}, stream)
     lines = table([str(tmp_path / "a"), str(tmp_path / "b")], ["FOMM", "heatmap"])
     assert lines[2] == "| FOMM | 0.0500 | 0.6000 | - | 0.0500 | 0.6000 | - |"
-    assert lines[4] == "| *copy source* | 0.0300 | 0.7000 | 10.00 | 0.0300 | 0.7000 | 10.00 |"
-    assert lines[5] == "| *copy driving* | - | - | - | 0.1400 | 0.2000 | 9.00 |" and len(lines) == 6
+    assert lines[4] == "| heatmap, no_ref | - | - | - | 0.0450 | 0.5000 | - |"     # an ablation follows its run
+    assert lines[5] == "| *copy source* | 0.0300 | 0.7000 | 10.00 | 0.0300 | 0.7000 | 10.00 |"
+    assert lines[6] == "| *copy driving* | - | - | - | 0.1400 | 0.2000 | 9.00 |" and len(lines) == 7
 
 
 def test_ddp_on_two_gloo_processes_trains_both_phases_with_identical_weights(tmp_path, dataset_root):
