@@ -3,8 +3,8 @@
     python benchmarks/run_all.py [--quick] [--device cpu|cuda]      # or: make bench
 
 1. Training (benchmarks/train_speed.py): steps/s, samples/s and peak memory of the real optimisation step for
-   the tiny keypoint-mask config (batch 4), tiny FOMM (batch 4), the paper's taichi-256 networks (batch 1) and
-   FOMM's taichi-256 networks (batch 1), each in fp32 and bf16 autocast, channels_last.
+   the tiny keypoint-mask, FOMM and perturbed-masks configs (batch 4) and their taichi-256 networks (batch 1),
+   each in fp32 and bf16 autocast, channels_last.
 2. Animation at 256x256 (benchmarks/animate_speed.py, random taichi-256 weights): frames/s, GFLOP/s and peak
    memory at batch 1 and 4, fp32 and bf16, plus streaming memory of a 100- and a 2,000-frame video.
 3. Animation with the shipped tiny model (models/tiny-heatmap.pth.tar) at its 64x64 frame size.
@@ -23,7 +23,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TRAIN_CONFIGS = ("tiny", "tiny-fomm", "taichi-256", "taichi-256-fomm")
+TRAIN_CONFIGS = ("tiny", "tiny-fomm", "tiny-perturbed", "taichi-256", "taichi-256-fomm", "taichi-256-perturbed")
 SHIPPED_MODEL = os.path.join(ROOT, "models", "tiny-heatmap.pth.tar")
 
 

@@ -8,8 +8,8 @@ with random weights, run warm-up steps, then time ``--steps`` steps of the famil
 train.py runs) plus the Adam updates on random frames (data loading is measured apart, by
 benchmarks/data_speed.py). Settings are ``config:precision:layout`` with config one of tiny
 (config/tiny-heatmap.yaml, batch 4), tiny-fomm (config/tiny-fomm.yaml, batch 4), taichi-256 (the paper's
-networks, batch 1), taichi-128 (the same networks on 128x128 frames, batch 2) and taichi-256-fomm (FOMM's,
-batch 1), precision fp32 or bf16 (autocast), layout nchw or nhwc (channels_last).
+networks, batch 1), taichi-128 (the same networks on 128x128 frames, batch 2), taichi-256-fomm (FOMM's,
+batch 1), tiny-perturbed and taichi-256-perturbed (the perturbed-masks model, batch 4 and 1), precision fp32 or bf16 (autocast), layout nchw or nhwc (channels_last).
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ CONFIGS = {  # name -> (config file, frame size or None for the config's, batch 
     "taichi-128": ("config/taichi-256-heatmap.yaml", 128, 2),
     "tiny-fomm": ("config/tiny-fomm.yaml", None, 4),
     "taichi-256-fomm": ("config/taichi-256-fomm.yaml", None, 1),
+    "tiny-perturbed": ("config/tiny-perturbed.yaml", None, 4),
+    "taichi-256-perturbed": ("config/taichi-256-perturbed.yaml", None, 1),
 }
 DEFAULT_SETTINGS = [f"{c}:{p}:{l}" for c in CONFIGS for p in ("fp32", "bf16") for l in ("nchw", "nhwc")]
 
