@@ -305,6 +305,11 @@ def _apply_schedule_changes(before: Any, train: Any, name: str, optimizer: torch
                  f"{optimizer.param_groups[0]['lr']:.3g}")
 
 
+def has_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether any parameter of ``optimizer`` received a gradient in this step."""
+    return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
+
+
 class Trainer:
     """One training run: set up from options (new, resumed or fine-tuned), then ``fit()``."""
 
@@ -470,7 +475,10 @@ class Trainer:
                 f"); stopped without applying this step, the last checkpoint in {self.run_dir} is intact (lower "
                 f"lr_generator, or train with mixed_precision: no)")
         for optimizer in self.optimizers.values():
-            self.scaler.step(optimizer)
+            # A network can sit out a step (the perturbed-masks refinement before its start epoch); fp16's
+            # GradScaler refuses to step an optimizer that recorded no gradients, and Adam would skip it anyway.
+            if has_gradients(optimizer):
+                self.scaler.step(optimizer)
         self.scaler.update()
         return losses, values[-1].item() > 0, step.shown
 

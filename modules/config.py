@@ -682,10 +682,15 @@ def _check_perturbed(config: Config, file: str) -> None:
             _fail(file, f"model_params.colour_augmentation.{name}", "a number in [0, 1)", getattr(colour, name))
     if not 0 <= colour.hue <= 0.5:
         _fail(file, "model_params.colour_augmentation.hue", "a number in [0, 0.5]", colour.hue)
-    if train.loss_weights.mask < 0:
-        _fail(file, "train_params.loss_weights.mask", "a number >= 0 (100 in the paper)", train.loss_weights.mask)
-    if train.refinement_start_epoch < 0:
-        _fail(file, "train_params.refinement_start_epoch", "0 or more", train.refinement_start_epoch)
+    if train.loss_weights.mask <= 0:
+        # 0 would leave r at its random weights, and the test-time path (ablation none, no_pert) animates
+        # through it
+        _fail(file, "train_params.loss_weights.mask", "a positive number (100 in the paper): it is what trains "
+              "the refinement network r", train.loss_weights.mask)
+    if not 0 <= train.refinement_start_epoch < train.num_epochs:
+        _fail(file, "train_params.refinement_start_epoch",
+              f"0 to num_epochs - 1 ({train.num_epochs - 1}): r must train at least one epoch",
+              train.refinement_start_epoch)
     if not any(train.loss_weights.perceptual) and train.loss_weights.l1 == 0:
         raise ConfigError(f"{file}: train_params.loss_weights: perceptual and l1 are both 0, the generators "
                           f"would learn nothing")

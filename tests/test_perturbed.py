@@ -275,6 +275,28 @@ def test_bad_perturbation_values_are_one_line_errors_naming_the_key(key, value, 
         tiny_perturbed(ablation="no_mask")
 
 
+def test_a_run_that_would_leave_r_untrained_is_a_config_error():
+    with open(config_path("tiny-perturbed.yaml")) as stream:
+        data = yaml.safe_load(stream)
+    data["train_params"]["loss_weights"]["mask"] = 0
+    with pytest.raises(ConfigError, match="loss_weights.mask: expected a positive number"):
+        config_from_dict(data, "x.yaml")
+    data["train_params"]["loss_weights"]["mask"] = 100
+    data["train_params"]["refinement_start_epoch"] = data["train_params"]["num_epochs"]
+    with pytest.raises(ConfigError, match="refinement_start_epoch: expected 0 to num_epochs - 1"):
+        config_from_dict(data, "x.yaml")
+
+
+def test_an_optimizer_whose_network_sat_out_the_step_is_not_stepped():
+    """fp16's GradScaler refuses to step an optimizer without gradients: r's before its start epoch."""
+    from train import has_gradients
+
+    used, idle = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    used(torch.rand(3, 2)).sum().backward()
+    assert has_gradients(torch.optim.Adam(used.parameters()))
+    assert not has_gradients(torch.optim.Adam(idle.parameters()))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Through run.py
 
