@@ -115,6 +115,23 @@ class ResBlock2d(nn.Module):
         return out + x
 
 
+@torch.no_grad()
+def init_as_image_copy(conv: nn.Conv2d, first_image_channel: int, gain: float = 4.4) -> None:
+    """Make ``conv`` (followed by a sigmoid) start as a copy of the image that its input channels
+    ``first_image_channel ...`` hold: sigmoid(gain * (image - 0.5)) per channel, every other weight 0.
+
+    Why: copying a pixel through the sigmoid takes a centre weight of about 4, and Adam moves a weight by about
+    the learning rate per step: some 20,000 steps at 2e-4 from PyTorch's initialisation (|w| < 0.04), the whole
+    CPU budget of a tiny run. With gain 4.4 the copy is within 0.011 of the image on [0.2, 0.8] (0.10 at black
+    and white); training corrects the rest.
+    """
+    centre = conv.kernel_size[0] // 2
+    conv.weight.zero_()
+    conv.bias.fill_(-gain / 2)
+    for channel in range(conv.out_channels):
+        conv.weight[channel, first_image_channel + channel, centre, centre] = gain
+
+
 def hourglass_width(block_expansion: int, max_features: int, level: int) -> int:
     """Channels after ``level`` down blocks of the hourglass (level 0 = block_expansion)."""
     return min(max_features, block_expansion * 2 ** level)

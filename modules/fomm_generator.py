@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, hourglass_width
+from modules.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, hourglass_width, init_as_image_copy
 from modules.dense_motion import DenseMotionNetwork, Keypoints, warp
 
 
@@ -61,19 +61,8 @@ class OcclusionAwareGenerator(nn.Module):
         self.deformed_skip = deformed_skip
         self.final = nn.Conv2d(block_expansion + (num_channels if deformed_skip else 0), num_channels,
                                kernel_size=7, padding=3)
-        if deformed_skip:
-            self._init_copy_deformed()
-
-    @torch.no_grad()
-    def _init_copy_deformed(self, gain: float = 4.4) -> None:
-        """prediction = sigmoid(gain * (deformed - 0.5)) at step 0 (see HighResGenerator.init_copy_source)."""
-        channels = self.final.out_channels
-        centre = self.final.kernel_size[0] // 2
-        self.final.weight.zero_()
-        self.final.bias.fill_(-gain / 2)
-        first_image_channel = self.final.in_channels - channels
-        for channel in range(channels):
-            self.final.weight[channel, first_image_channel + channel, centre, centre] = gain
+        if deformed_skip:                   # the warped source is the last input channels
+            init_as_image_copy(self.final, block_expansion)
 
     def forward(self, source: torch.Tensor, kp_driving: Keypoints, kp_source: Keypoints) -> FommOutput:
         """source (B, 3, H, W) in [0, 1]; keypoints (B, K, 2), Jacobians (B, K, 2, 2) -> FommOutput."""

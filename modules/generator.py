@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.blocks import (AntiAliasDownsample, Hourglass, ResBlock2d, SameBlock2d, UpBlock2d,
-                            hourglass_width)
+                            hourglass_width, init_as_image_copy)
 
 
 class LowResGenerator(nn.Module):
@@ -55,24 +55,12 @@ class HighResGenerator(nn.Module):
         if copy_source_init:
             self.init_copy_source()
 
-    @torch.no_grad()
-    def init_copy_source(self, gain: float = 4.4) -> None:
-        """Start as a copy of the source: sigmoid(gain * (source - 0.5)) per channel, every other weight 0.
-
-        Why: the hourglass hands its input (source first) to this last convolution, but copying a pixel
-        through the sigmoid takes a centre weight of about 4, and Adam moves a weight by about the learning
-        rate per step: some 20,000 steps at 2e-4 with PyTorch's initialisation (|w| < 0.04). On the tiny
-        configs that is the whole CPU budget. With gain 4.4 the copy is within 0.011 of the source on
-        [0.2, 0.8] (0.10 at black and white); training corrects the rest. On the tiny configs' identity task
-        (driving = source) the test L1 starts at 0.008 instead of 0.17.
-        """
+    def init_copy_source(self) -> None:
+        """Start as a copy of the source (``init_as_image_copy``): the hourglass hands its input, source first,
+        to the last convolution. On the tiny configs' identity task (driving = source) the test L1 starts at
+        0.008 instead of 0.17."""
         channels = self.final.out_channels
-        source_start = self.hourglass.out_filters - (channels + 1 + 1 + channels)   # the input, concatenated last
-        centre = self.final.kernel_size[0] // 2
-        self.final.weight.zero_()
-        self.final.bias.fill_(-gain / 2)
-        for channel in range(channels):
-            self.final.weight[channel, source_start + channel, centre, centre] = gain
+        init_as_image_copy(self.final, self.hourglass.out_filters - (channels + 1 + 1 + channels))
 
     def forward(self, source: torch.Tensor, source_mask: torch.Tensor, driving_mask: torch.Tensor,
                 low_res_prediction: torch.Tensor) -> torch.Tensor:
