@@ -67,11 +67,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
                     if state is None:
                         state = model.encode_source(driving[:1])          # frame 0 is the source
                         source_landmarks = scorer.landmarks(driving[:1])
-                    if config.family == "perturbed":
-                        # the paper's reconstruction follows the training procedure (l and h take m_d)
-                        output = model.reconstruct(state, driving, test_time=params.test_time_path)
-                    else:
-                        output = model.animate(state, driving)
+                    output = model.reconstruct(state, driving)
                     source = state.image.expand_as(driving)
                     first = 1 if exclude_first_frame and number == 0 else 0
                     if first < len(driving):

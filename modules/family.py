@@ -8,7 +8,8 @@ A family gives two objects:
     ``animate(state, driving, initial=None, adapt_scale=False, use_relative_jacobian=True) -> output``
                                                ``initial`` (the driver's reference keypoints) = relative motion
     ``visual_columns(state, driving, output)``  the (B, 3|1, h, w) pictures shown side by side
-    ``reconstruct(state, driving)``             (optional; else ``animate``) the reconstruction path
+    ``reconstruct(state, driving)``             the reconstruction path (the absolute animation, except for
+                                               perturbed masks, which follow their training procedure)
     ``relative_motion_possible``                whether it has keypoints to move;
 * a ``Trainable`` that binds the networks to the losses for ``train.py``.
 """

@@ -70,6 +70,10 @@ class FommModel(nn.Module):
     def encode_source(self, source: torch.Tensor) -> FommSource:
         return FommSource(source, self.keypoints(source))
 
+    def reconstruct(self, state: FommSource, driving: torch.Tensor) -> FommAnimation:
+        """Frames of the source's own video from it: the absolute animation."""
+        return self.animate(state, driving)
+
     def animate(self, state: FommSource, driving: torch.Tensor, initial: Optional[Keypoints] = None,
                 adapt_scale: bool = False, use_relative_jacobian: bool = True) -> FommAnimation:
         """driving (B, 3, H, W) -> the source moved like it: absolutely (the driver's keypoints as they are), or,

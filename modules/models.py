@@ -71,6 +71,10 @@ class KeypointMaskModel(nn.Module):
         output = self.mask(frames)
         return Keypoints(output.keypoints, output.jacobian)
 
+    def reconstruct(self, state: SourceState, driving: torch.Tensor) -> GeneratorOutput:
+        """Frames of the source's own video from it: the absolute animation."""
+        return self.animate(state, driving)
+
     def animate(self, state: SourceState, driving: torch.Tensor, initial: Optional[Keypoints] = None,
                 adapt_scale: bool = False, use_relative_jacobian: bool = True) -> GeneratorOutput:
         """driving (B, 3, H, W) -> predictions (B, 3, H, W). Absolute motion: the driving frames' own masks.
@@ -205,7 +209,8 @@ def build_perturbed_model(config: Config) -> PerturbedMaskModel:
         mask_generator=mask_network(common.num_channels, params.mask_generator_params, common.scale_factor),
         refinement=mask_network(common.num_channels + 2, params.mask_refinement_params, 1.0),
         generator=build_generator(config), threshold_rule=params.perturbation_params.threshold,
-        ablation=params.ablation, scale_factor=common.scale_factor)
+        ablation=params.ablation, scale_factor=common.scale_factor,
+        reconstruct_test_time=config.reconstruction_params.test_time_path)
 
 
 def build_model(config: Config, *, detector: Optional[KPDetector] = None,

@@ -74,8 +74,10 @@ class PerturbedMaskModel(nn.Module):
     relative_motion_possible = False      # masks, no keypoints to move
 
     def __init__(self, mask_generator: MaskNetwork, refinement: MaskNetwork, generator: MaskGenerator,
-                 threshold_rule: Threshold = "median", ablation: Ablation = "none", scale_factor: float = 0.25):
+                 threshold_rule: Threshold = "median", ablation: Ablation = "none", scale_factor: float = 0.25,
+                 reconstruct_test_time: bool = False):
         super().__init__()
+        self.reconstruct_test_time = reconstruct_test_time     # reconstruction_params.test_time_path
         self.mask_generator = mask_generator
         self.refinement = refinement
         self.generator = generator
@@ -127,9 +129,11 @@ class PerturbedMaskModel(nn.Module):
                                               state.mask.expand(batch, -1, -1, -1), used)
         return PerturbedOutput(out.low_res_prediction, out.prediction, out.source_mask, used, raw, perturbed)
 
-    def reconstruct(self, state: PerturbedState, driving: torch.Tensor, test_time: bool = False) -> PerturbedOutput:
-        """Reconstruction follows the training procedure (l and h take m_d) unless ``test_time``."""
-        return self.animate(state, driving, test_time=test_time)
+    def reconstruct(self, state: PerturbedState, driving: torch.Tensor,
+                    test_time: Optional[bool] = None) -> PerturbedOutput:
+        """Reconstruction follows the training procedure (l and h take m_d) unless ``test_time`` (default: the
+        config's ``reconstruction_params.test_time_path``)."""
+        return self.animate(state, driving, test_time=self.reconstruct_test_time if test_time is None else test_time)
 
     def visual_columns(self, state: PerturbedState, driving: torch.Tensor, output: PerturbedOutput,
                        detail: bool = False) -> list[torch.Tensor]:

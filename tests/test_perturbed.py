@@ -262,6 +262,13 @@ def test_reconstruction_follows_the_training_procedure_unless_asked():
     torch.testing.assert_close(training_path.prediction, expected)
     torch.testing.assert_close(test_path.prediction, model.animate(state, driving).prediction)
     assert not torch.allclose(training_path.prediction, test_path.prediction)
+    # reconstruction_params.test_time_path makes the test-time path the model's reconstruction
+    config = responsive()
+    config.reconstruction_params.test_time_path = True
+    switched = build(config, calibrated=True)
+    switched.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(switched.reconstruct(state, driving).prediction, test_path.prediction)
 
 
 @pytest.mark.parametrize("key, value, fragment", [
