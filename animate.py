@@ -235,7 +235,7 @@ def score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.
     scores: dict[str, list[float]] = {}
     for start in range(0, count, batch_size):
         indices = list(range(start, min(start + batch_size, count)))
-        target = scorer.target(frames_to_tensor(truth.read(indices)))
+        target = scorer.target(frames_to_tensor(truth.read(indices)), source=source_tensor)
         copies = None if source_landmarks is None else repeat_landmarks(source_landmarks, len(indices))
         candidates = (("prediction", frames_to_tensor(prediction[indices]), None),
                       ("copy_source", source_tensor.expand(len(indices), -1, -1, -1), copies),

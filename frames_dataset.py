@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from modules.config import AugmentationParams, DatasetParams
+from modules.config import AugmentationParams, DatasetParams, LabelParams
 from modules.errors import UserError
+from modules.keypoint_labels import POINTS_FILE, LabelLayout, label_layout, labels_to_normalized, read_labels
 from modules.video_io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, VideoError, VideoInfo, open_video,
                               probe_video, video_kind, video_name)
 
@@ -150,6 +151,19 @@ class Augmentation:
     def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         return self.apply(frames, self.draw(rng))
 
+    @staticmethod
+    def apply_to_keypoints(keypoints: np.ndarray, visible: np.ndarray, draw: AugmentationDraw,
+                           mirror: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The flips of ``draw`` on labels (n, K, 2) in [-1, 1] and their visibility (n, K), as ``apply`` flips
+        the frames: reversed in time; mirrored (x -> -x, exact for pixel centres at -1 and +1) with each left
+        point swapped with its right twin (``mirror[k]`` is the keypoint that k becomes in the mirror image)."""
+        if draw.time_flip:
+            keypoints, visible = keypoints[::-1], visible[::-1]
+        if draw.horizontal_flip:
+            keypoints = keypoints[:, list(mirror)] * np.array([-1.0, 1.0], dtype=keypoints.dtype)
+            visible = visible[:, list(mirror)]
+        return np.ascontiguousarray(keypoints), np.ascontiguousarray(visible)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # The dataset
@@ -176,7 +190,7 @@ class FramesDataset(Dataset):
 
     def __init__(self, root_dir: str | os.PathLike, frame_shape: Sequence[int], id_sampling: bool = False,
                  is_train: bool = True, augmentation_params: Optional[AugmentationParams] = None,
-                 random_seed: int = 0, pairs_list: Optional[str] = None):
+                 random_seed: int = 0, pairs_list: Optional[str] = None, labels: Optional[LabelParams] = None):
         self.root_dir = os.fspath(root_dir)
         if len(frame_shape) not in (2, 3) or any(int(s) < 1 for s in frame_shape) or \
                 (len(frame_shape) == 3 and int(frame_shape[2]) != 3):
@@ -218,6 +232,23 @@ class FramesDataset(Dataset):
             raise UserError(f"{folder}: no usable video for the {'train' if is_train else 'test'} split (expected "
                             f"frame folders or {'/'.join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)} files; {found})")
 
+        # Keypoint labels (training items of the labelled detector only): checked for every video up front.
+        self.labels: Optional[LabelLayout] = None
+        self._label_paths: list[str] = []
+        self._stored_sizes: dict[int, tuple[int, int]] = {}
+        if labels is not None and is_train:
+            flips = self.transform is not None and self.transform.horizontal_flip
+            self.labels = label_layout(self.root_dir, labels, needs_mirror=flips)
+            split = os.path.relpath(self.folder, self.root_dir)
+            points = None
+            for path, name, info in zip(self.videos, self.names, self._infos):
+                label_path = os.path.normpath(os.path.join(self.labels.folder, split, name + ".npy"))
+                points = read_labels(label_path, info.num_frames, points).shape[1]
+                self._label_paths.append(label_path)
+            if max(self.labels.columns) >= points:
+                raise UserError(f"{self._label_paths[0]}: {points} points per frame, but "
+                                f"{os.path.join(self.labels.folder, POINTS_FILE)} names more")
+
         self.ids = [video_id(name) for name in self.names]
         if is_train and id_sampling:
             # One item per id and epoch; the item picks one of the id's videos at random.
@@ -229,11 +260,13 @@ class FramesDataset(Dataset):
             self._groups = [[index] for index in range(len(self.videos))]
 
     @classmethod
-    def from_config(cls, dataset_params: DatasetParams, is_train: bool, random_seed: int = 0) -> "FramesDataset":
-        """The split named by ``dataset_params`` (seed: train_params.seed for training)."""
+    def from_config(cls, dataset_params: DatasetParams, is_train: bool, random_seed: int = 0,
+                    labels: Optional[LabelParams] = None) -> "FramesDataset":
+        """The split named by ``dataset_params`` (seed: train_params.seed for training; ``labels``: also return
+        the keypoint labels of both frames)."""
         return cls(dataset_params.root_dir, dataset_params.frame_shape, id_sampling=dataset_params.id_sampling,
                    is_train=is_train, augmentation_params=dataset_params.augmentation_params,
-                   random_seed=random_seed, pairs_list=dataset_params.pairs_list)
+                   random_seed=random_seed, pairs_list=dataset_params.pairs_list, labels=labels)
 
     def _split_paths(self) -> tuple[str, list[str]]:
         """(the split's folder, its candidate video paths), splitting the root at random if it has no split."""
@@ -293,7 +326,9 @@ class FramesDataset(Dataset):
         """Item ``index`` with every random choice from ``rng``.
 
         Training: {"source", "driving": float32 (3, H, W) in [0, 1], two distinct frames of one video (the
-        earlier one is the source unless time-flipped), augmented alike; "name": that video's name}.
+        earlier one is the source unless time-flipped), augmented alike; "name": that video's name}; with
+        labels also "source_keypoints", "driving_keypoints" (K, 2) in [-1, 1] and "source_visible",
+        "driving_visible" (K,) in {0, 1}, flipped with the frames.
         Test: {"video": float32 (T, 3, H, W) in [0, 1], "name"}; ``rng`` is not used.
         """
         if not 0 <= index < len(self):
@@ -305,9 +340,26 @@ class FramesDataset(Dataset):
         chosen = group[int(rng.integers(len(group)))]
         frame_indices = np.sort(rng.choice(self.num_frames(chosen), 2, replace=False))
         frames = frames_to_tensor(self.video(chosen).read(frame_indices))     # (2, 3, H, W)
-        if self.transform is not None:
-            frames = self.transform(frames, rng)
-        return {"source": frames[0], "driving": frames[1], "name": self.names[chosen]}
+        draw = self.transform.draw(rng) if self.transform is not None else None
+        if draw is not None:
+            frames = self.transform.apply(frames, draw)
+        item = {"source": frames[0], "driving": frames[1], "name": self.names[chosen]}
+        if self.labels is not None:
+            rows = read_labels(self._label_paths[chosen], self.num_frames(chosen))[frame_indices]
+            keypoints, visible = labels_to_normalized(rows, self.labels, self._stored_size(chosen), self.frame_shape)
+            if draw is not None:
+                keypoints, visible = Augmentation.apply_to_keypoints(keypoints, visible, draw, self.labels.mirror)
+            item |= {"source_keypoints": torch.from_numpy(keypoints[0]), "driving_keypoints": torch.from_numpy(
+                keypoints[1]), "source_visible": torch.from_numpy(visible[0]),
+                "driving_visible": torch.from_numpy(visible[1])}
+        return item
+
+    def _stored_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of video ``index`` as stored (labels are in its pixels), read once per process."""
+        if index not in self._stored_sizes:
+            frame = open_video(self.videos[index], None, self._infos[index]).read([0])
+            self._stored_sizes[index] = tuple(frame.shape[1:3])
+        return self._stored_sizes[index]
 
     def __getitem__(self, index: int) -> dict:
         return self.sample(index, item_rng(self.random_seed, self.epoch, index))

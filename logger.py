@@ -135,12 +135,19 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
     return _validated(read_checkpoint(path), path)
 
 
+# Networks a family does not have: the perturbed-masks family learns its masks (no kp_detector), the labelled
+# detector is a detector only (no generator).
+ABSENT_NETWORKS = {"perturbed": {"kp_detector"}, "detector": {"generator", "optimizer_generator",
+                                                              "scheduler_generator"}}
+
+
 def _missing(checkpoint: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """``keys`` absent from ``checkpoint``; the perturbed-masks family has no kp_detector, its masks are learned."""
+    """``keys`` absent from ``checkpoint``, except the networks its family does not have."""
     config = checkpoint.get("config")
     model = config.get("model_params") if isinstance(config, dict) else None
     family = model.get("family") if isinstance(model, dict) else None
-    return [key for key in keys if key not in checkpoint and not (key == "kp_detector" and family == "perturbed")]
+    absent = ABSENT_NETWORKS.get(family, set())
+    return [key for key in keys if key not in checkpoint and key not in absent]
 
 
 def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
@@ -204,6 +211,10 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
                             f"ablations (no_pert, no_ref, no_id) are the perturbed-masks model's")
         config.model_params.ablation = ablation
         checkpoint = dict(checkpoint, results_suffix=f"-{ablation}")
+    if config.family == "detector":
+        raise UserError(f"{checkpoint['path']}: a labelled keypoint detector (stage one) has no generator to "
+                        f"reconstruct or animate with; pass it as --checkpoint_with_kp to a heatmap, circles or FOMM "
+                        f"config with its detector settings (measure it with scripts/keypoints_vs_joints.py)")
     model = model_from_checkpoint(config, checkpoint, checkpoint["path"])
     return config, model.to(device).eval(), checkpoint
 

@@ -71,7 +71,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
                     source = state.image.expand_as(driving)
                     first = 1 if exclude_first_frame and number == 0 else 0
                     if first < len(driving):
-                        target = scorer.target(driving[first:])
+                        target = scorer.target(driving[first:], source=state.image)
                         copies = None if source_landmarks is None else \
                             repeat_landmarks(source_landmarks, len(driving) - first)
                         for who, frames_out, found in (("prediction", output.prediction[first:], None),

@@ -35,9 +35,13 @@ from tqdm import tqdm
 import logger as run_log
 from modules.config import Config, config_from_dict, load_config
 from modules.errors import CheckpointError, ConfigError, UserError
-from modules.family import StepContext, Trainable
+from modules.family import KeypointLabels, StepContext, Trainable
 from modules.models import build_model, build_trainable, model_from_checkpoint
 from modules.precision import autocast, autocast_dtype
+
+
+# The batch keys of keypoint labels (frames_dataset.py), in KeypointLabels' order.
+LABEL_KEYS = ("source_keypoints", "source_visible", "driving_keypoints", "driving_visible")
 
 
 class TrainingDiverged(UserError):
@@ -350,7 +354,8 @@ class Trainer:
                          f"BatchNorm normalises its own {train.batch_size // dist.world_size} samples; running "
                          f"statistics are rank 0's")
         # Data: every random choice is a function of (seed, epoch, index), so workers and ranks agree.
-        dataset = FramesDataset.from_config(config.dataset_params, is_train=True, random_seed=train.seed)
+        dataset = FramesDataset.from_config(config.dataset_params, is_train=True, random_seed=train.seed,
+                                            labels=self.trainable.label_params)
         notes += dataset.notes
         self.dataset = DatasetRepeater(dataset, train.num_repeats) if train.num_repeats > 1 else dataset
         self.sampler = EpochBatchSampler(len(self.dataset), train.batch_size // dist.world_size, train.seed, dist)
@@ -459,7 +464,10 @@ class Trainer:
         driving = batch["driving"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
-        step = self.trainable.training_step(source, driving, self.context)
+        labels = None
+        if self.trainable.label_params is not None:
+            labels = KeypointLabels(*(batch[key].to(self.device, non_blocking=True) for key in LABEL_KEYS))
+        step = self.trainable.training_step(source, driving, self.context, labels=labels)
         terms = [step.losses[name] for name in self.trainable.loss_names]
         # One small all-reduce: mean losses for the log, and every rank sees the same NaN or stop request
         # (a rank leaving alone would hang the others in their next collective).
@@ -500,7 +508,8 @@ class Trainer:
                 self.context.epoch = epoch
                 batch_index, start_batch = start_batch, 0
                 sums, batches, started, shown = dict.fromkeys(self.trainable.loss_names, 0.0), 0, time.time(), None
-                lr = self.optimizers["generator"].param_groups[0]["lr"]  # this epoch's (schedules step after it)
+                # this epoch's (schedules step after it), of the first network optimised (FOMM: the generator)
+                lr = self.optimizers[self.trainable.optimized()[0]].param_groups[0]["lr"]
                 self.trainable.train()
                 for batch in self.loader:
                     losses, stopping, tensors = self.train_step(batch, stop.requested)

@@ -220,12 +220,40 @@ class PerturbedModelParams:
     family: Literal["perturbed"] = "perturbed"
 
 
-FAMILIES = {"keypoint_mask": ModelParams, "fomm": FommModelParams, "perturbed": PerturbedModelParams}
+@dataclass
+class LabelParams:
+    """Which labelled points become the detector's K keypoints (README "Keypoint labels").
+
+    Labels live in ``<root_dir>/<folder>/<split>/<video>.npy`` (float32 (T, P, 2) pixels of the stored frames,
+    or (T, P, 3) with a visibility in [0, 1]; NaN marks a point missing in a frame), beside
+    ``<folder>/points.json`` (the P point names and the left/right pairs that a horizontal flip swaps).
+    """
+    points: list[str]                     # point names from points.json, in keypoint order (len = num_kp)
+    folder: str = "keypoints"             # under dataset_params.root_dir
+    min_visibility: float = 0.5           # a label counts where its visibility is at least this
+
+
+@dataclass
+class DetectorModelParams(_DetectorOwner):
+    """A keypoint-labelled stage one: FOMM's KPDetector alone, its soft-argmax keypoints supervised by labels,
+    FOMM's equivariance terms optional (they train the Jacobians). Its checkpoint is FOMM's ``kp_detector``."""
+    common_params: CommonParams
+    kp_detector_params: KPDetectorParams
+    label_params: LabelParams
+    # Variance of the target Gaussians of the heatmap term, normalised coordinates (the circles' 0.003 default)
+    heatmap_variance: float = 0.003
+    family: Literal["detector"] = "detector"
+    align_corners: bool = True            # grid_sample of the equivariance transform, as FOMM's
+
+
+FAMILIES = {"keypoint_mask": ModelParams, "fomm": FommModelParams, "perturbed": PerturbedModelParams,
+            "detector": DetectorModelParams}
 
 
 @dataclass
 class LossWeights:
-    perceptual: list[float]               # one weight per VGG-19 slice (relu1_1 ... relu5_1)
+    # one weight per VGG-19 slice (relu1_1 ... relu5_1); required by every family but the labelled detector
+    perceptual: list[float] = field(default_factory=list)
     l1: float = 0.0                       # optional pixel L1 on the predictions (0 in the papers)
     # FOMM only (its vox/taichi-256 values: 0, 1, [10, 10, 10, 10], 10, 10). With generator_gan 0 the
     # discriminator is neither used nor trained, as in FOMM.
@@ -235,6 +263,10 @@ class LossWeights:
     equivariance_value: float = 0.0
     equivariance_jacobian: float = 0.0
     mask: float = 0.0                     # perturbed masks only: L1(m_dr, m_d), 100 in the paper
+    # Labelled detector only: L1 of the soft-argmax keypoints to their labels (normalised coordinates), and
+    # the mean squared difference of the raw heatmaps to Gaussians drawn at the labels.
+    keypoint: float = 0.0
+    heatmap: float = 0.0
 
     @property
     def num_vgg_slices(self) -> int:
@@ -255,16 +287,23 @@ FOMM_LOSS_KEYS = ("generator_gan", "discriminator_gan", "feature_matching", "equ
                   "equivariance_jacobian")
 PERTURBED_TRAIN_KEYS = ("refinement_start_epoch",)
 PERTURBED_LOSS_KEYS = ("mask",)
+DETECTOR_LOSS_KEYS = ("keypoint", "heatmap")
+# The optional train_params / loss_weights keys each family reads; to_dict leaves the others out.
+FAMILY_TRAIN_KEYS = {"fomm": FOMM_TRAIN_KEYS, "perturbed": PERTURBED_TRAIN_KEYS,
+                     "detector": ("lr_kp_detector", "transform_params")}
+FAMILY_LOSS_KEYS = {"fomm": FOMM_LOSS_KEYS, "perturbed": PERTURBED_LOSS_KEYS,
+                    "detector": ("equivariance_value", "equivariance_jacobian") + DETECTOR_LOSS_KEYS}
 
 
 @dataclass
 class TrainParams:
     num_epochs: int
     batch_size: int
-    lr_generator: float
-    scales: list[float]                   # perceptual pyramid scales, e.g. [1, 0.5, 0.25, 0.125]
     loss_weights: LossWeights
     checkpoint_freq: int
+    # Required by every family with a generator (the labelled detector has none: lr_kp_detector).
+    lr_generator: Optional[float] = None
+    scales: list[float] = field(default_factory=list)   # perceptual pyramid scales, e.g. [1, 0.5, 0.25, 0.125]
     num_repeats: int = 1
     epoch_milestones: list[int] = field(default_factory=list)
     # VGG-19 weights for the perceptual loss: 'imagenet' (torchvision), 'random' (tests), or a file path.
@@ -336,7 +375,7 @@ class VisualizerParams:
 @dataclass
 class Config:
     dataset_params: DatasetParams
-    model_params: ModelParams | FommModelParams | PerturbedModelParams
+    model_params: ModelParams | FommModelParams | PerturbedModelParams | DetectorModelParams
     train_params: TrainParams
     reconstruction_params: ReconstructionParams = field(default_factory=ReconstructionParams)
     animate_params: AnimateParams = field(default_factory=AnimateParams)
@@ -352,16 +391,18 @@ class Config:
             # Only keypoints move relatively; writing it would make the saved config warn when reloaded.
             data["animate_params"].pop("normalization_params")
         # Other families' training keys mean nothing here (and would warn as ignored keys when reloaded).
-        train_keys, loss_keys = (), ()
-        if self.family != "fomm":
-            train_keys, loss_keys = train_keys + FOMM_TRAIN_KEYS, loss_keys + FOMM_LOSS_KEYS
-        if self.family != "perturbed":
-            train_keys, loss_keys = train_keys + PERTURBED_TRAIN_KEYS, loss_keys + PERTURBED_LOSS_KEYS
-            data["reconstruction_params"].pop("test_time_path")
-        for key in train_keys:
+        kept_train, kept_loss = FAMILY_TRAIN_KEYS.get(self.family, ()), FAMILY_LOSS_KEYS.get(self.family, ())
+        for key in {k for keys in FAMILY_TRAIN_KEYS.values() for k in keys} - set(kept_train):
             data["train_params"].pop(key)
-        for key in loss_keys:
+        for key in {k for keys in FAMILY_LOSS_KEYS.values() for k in keys} - set(kept_loss):
             data["train_params"]["loss_weights"].pop(key)
+        if self.family != "perturbed":
+            data["reconstruction_params"].pop("test_time_path")
+        if self.family == "detector":          # nothing of the generators' pyramid applies
+            for key in ("lr_generator", "scales", "vgg_weights"):
+                data["train_params"].pop(key)
+            data["train_params"]["loss_weights"].pop("perceptual")
+            data["train_params"]["loss_weights"].pop("l1")
         return data
 
     @property
@@ -380,7 +421,7 @@ class Config:
         """How the model is named in messages: 'FOMM', 'heatmap mask', 'perturbed masks'."""
         if self.family == "keypoint_mask":
             return f"{self.model_params.mask_params.kind} mask"
-        return {"fomm": "FOMM", "perturbed": "perturbed masks"}[self.family]
+        return {"fomm": "FOMM", "perturbed": "perturbed masks", "detector": "labelled keypoint detector"}[self.family]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -439,7 +480,7 @@ def _map_legacy(data: dict, file: str, family: str = "keypoint_mask") -> None:
     """Rewrite FOMM / keypoint-mask repository keys in place into this schema."""
     if family == "perturbed":
         return                                # no public config of it ever ran on this schema's ancestors
-    if family == "fomm":
+    if family in ("fomm", "detector"):
         # FOMM's own keys are this family's schema; only the detector's scale_factor moves.
         found, value = _pop_path(data, "model_params.kp_detector_params.scale_factor")
         if found:
@@ -598,6 +639,8 @@ def frame_size_problem(size: int, model: ModelParams | FommModelParams | Perturb
                 f"{kp_blocks} times")
     if detector_side - 6 + 2 * model.kp_detector_params.pad < 1:
         return f"the detector's {detector_side} px leave no heatmap after its 7x7 head"
+    if model.family == "detector":
+        return None
     if model.family == "keypoint_mask":
         hr_blocks = model.generator_params.high_res.num_blocks
         if size % 2 ** hr_blocks:
@@ -746,6 +789,36 @@ def _check_fomm(config: Config, file: str) -> None:
                           f"generator would learn nothing")
 
 
+def _check_detector(config: Config, file: str) -> None:
+    model, train = config.model_params, config.train_params
+    labels, weights = model.label_params, train.loss_weights
+    if not labels.points:
+        _fail(file, "model_params.label_params.points", "at least one point name", labels.points)
+    if len(set(labels.points)) != len(labels.points):
+        _fail(file, "model_params.label_params.points", "distinct point names", labels.points)
+    if len(labels.points) != model.common_params.num_kp:
+        _fail(file, "model_params.label_params.points", f"one name per keypoint (common_params.num_kp is "
+              f"{model.common_params.num_kp})", f"{len(labels.points)} names")
+    if not 0 < labels.min_visibility <= 1:
+        _fail(file, "model_params.label_params.min_visibility", "a number in (0, 1]", labels.min_visibility)
+    if model.heatmap_variance <= 0:
+        _fail(file, "model_params.heatmap_variance", "a positive number", model.heatmap_variance)
+    values = [weights.keypoint, weights.heatmap, weights.equivariance_value, weights.equivariance_jacobian]
+    if any(w < 0 for w in values):
+        _fail(file, "train_params.loss_weights", "keypoint, heatmap and equivariance weights >= 0", values)
+    if weights.keypoint == 0 and weights.heatmap == 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: keypoint and heatmap are both 0, the labels would "
+                          f"train nothing (a stage one without labels is family: fomm)")
+    if weights.equivariance_jacobian and not model.common_params.estimate_jacobian:
+        raise ConfigError(f"{file}: train_params.loss_weights.equivariance_jacobian is {weights.equivariance_jacobian} "
+                          f"but model_params.common_params.estimate_jacobian is false: there is no Jacobian to "
+                          f"constrain (set it to 0)")
+    transform = train.transform_params
+    if transform.sigma_affine < 0 or transform.sigma_tps < 0 or transform.points_tps < 1:
+        _fail(file, "train_params.transform_params", "sigma_affine, sigma_tps >= 0 and points_tps >= 1",
+              f"{transform.sigma_affine}, {transform.sigma_tps}, {transform.points_tps}")
+
+
 def _check(config: Config, file: str) -> None:
     model, data = config.model_params, config.dataset_params
     shape = data.frame_shape
@@ -778,7 +851,13 @@ def _check(config: Config, file: str) -> None:
                            ("train_params.checkpoint_freq", train.checkpoint_freq),
                            ("train_params.num_repeats", train.num_repeats),
                            ("train_params.log_freq", train.log_freq)])
-    if train.lr_generator <= 0:
+    if config.family == "detector":
+        if train.lr_kp_detector is None or train.lr_kp_detector <= 0:
+            _fail(file, "train_params.lr_kp_detector", "a positive number (the detector's learning rate)",
+                  train.lr_kp_detector)
+    elif train.lr_generator is None:
+        raise ConfigError(f"{file}: missing key 'train_params.lr_generator' (a number)")
+    elif train.lr_generator <= 0:
         raise ConfigError(f"{file}: train_params.lr_generator: expected a positive number, got {train.lr_generator}")
     if len(train.betas) != 2 or not all(0 <= b < 1 for b in train.betas):
         raise ConfigError(f"{file}: train_params.betas: expected two numbers in [0, 1) (Adam's beta1, beta2), "
@@ -789,6 +868,10 @@ def _check(config: Config, file: str) -> None:
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(f"{file}: train_params.epoch_milestones: expected increasing positive epochs, "
                           f"got {milestones}")
+    if config.family == "detector":          # no generator: no perceptual pyramid to check
+        _check_detector(config, file)
+        _check_frame_shape(config, file)
+        return
     if any(w < 0 for w in train.loss_weights.perceptual) or train.loss_weights.l1 < 0:
         raise ConfigError(f"{file}: train_params.loss_weights: weights must be >= 0, got perceptual "
                           f"{train.loss_weights.perceptual}, l1 {train.loss_weights.l1}")
@@ -802,6 +885,18 @@ def _check(config: Config, file: str) -> None:
                           f"[1, 0.5, 0.25, 0.125], got {scales}")
     {"fomm": _check_fomm, "keypoint_mask": _check_keypoint_mask, "perturbed": _check_perturbed}[config.family](
         config, file)
+    _check_frame_shape(config, file)
+    deepest = train.loss_weights.num_vgg_slices - 1    # max-pools before that slice
+    smallest_level = min(shape[:2]) * min(scales)
+    if smallest_level < 2 ** deepest:
+        raise ConfigError(f"{file}: train_params.scales: the {min(scales)} level of a {min(shape[:2])} px frame "
+                          f"is {smallest_level:g} px, too small for VGG-19 slice {deepest + 1} "
+                          f"(needs {2 ** deepest} px after {deepest} max-pools)")
+
+
+def _check_frame_shape(config: Config, file: str) -> None:
+    """Every frame side must pass through the networks; the error suggests sizes that do."""
+    model, shape = config.model_params, config.dataset_params.frame_shape
     for axis, side in zip(("height", "width"), shape[:2]):
         problem = frame_size_problem(side, model)
         if problem:
@@ -814,12 +909,6 @@ def _check(config: Config, file: str) -> None:
                 advice = f"sizes that work near it: {', '.join(map(str, nearby))}"
             raise ConfigError(f"{file}: dataset_params.frame_shape: {axis} {side} does not fit ({problem}); "
                               f"{advice}")
-    deepest = train.loss_weights.num_vgg_slices - 1    # max-pools before that slice
-    smallest_level = min(shape[:2]) * min(scales)
-    if smallest_level < 2 ** deepest:
-        raise ConfigError(f"{file}: train_params.scales: the {min(scales)} level of a {min(shape[:2])} px frame "
-                          f"is {smallest_level:g} px, too small for VGG-19 slice {deepest + 1} "
-                          f"(needs {2 ** deepest} px after {deepest} max-pools)")
 
 
 def _family(data: dict, file: str) -> str:

@@ -1,7 +1,8 @@
 """One scorer for every results table: generated (or baseline) frames against the real ones, per frame.
 
 Reconstruction and dataset animation both ask the same question of a batch: how close are these frames to
-those? ``FrameScorer`` answers with L1, PSNR and SSIM always, and with AKD, MKR and AED when the config's
+those? ``FrameScorer`` answers with L1, PSNR and SSIM always, with the motion-region L1 (L1 where the real frame
+differs from the source image, modules/metrics.py) when the target knows its source, and with AKD, MKR and AED when the config's
 landmark detector can run (modules/landmarks.py). What cannot be computed is listed in ``skipped`` with the
 reason, which goes into metrics.json as it is.
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from modules.landmarks import Landmarks, MetricsUnavailable, make_landmarker
-from modules.metrics import aed, akd, l1, mkr, psnr, ssim
+from modules.metrics import aed, akd, l1, mkr, motion_region, psnr, region_l1, ssim
 from modules.video_io import to_uint8
 
 PIXEL_METRICS = {"l1": l1, "psnr": psnr, "ssim": ssim}
@@ -52,7 +53,7 @@ class FrameScorer:
 
     @property
     def metrics(self) -> list[str]:
-        return list(PIXEL_METRICS) + list(self.landmark_metrics)
+        return list(PIXEL_METRICS) + ["motion_l1"] + list(self.landmark_metrics)
 
     def table(self, pooled: dict[str, list[float]], candidates: tuple[str, ...]) -> dict[str, dict]:
         """{candidate: {metric: mean over frames}} from per-frame values pooled as "<candidate>_<metric>"."""
@@ -64,8 +65,10 @@ class FrameScorer:
             return None
         return self.landmarker.detect(to_uint8(frames))
 
-    def target(self, frames: torch.Tensor) -> "Target":
-        return Target(frames, self.landmarks(frames))
+    def target(self, frames: torch.Tensor, source: Optional[torch.Tensor] = None) -> "Target":
+        """Real frames (T, 3, H, W) and, for the motion-region L1, the (1, 3, H, W) source image they moved from."""
+        region = None if source is None else motion_region(frames, source.to(frames.device))
+        return Target(frames, self.landmarks(frames), region)
 
     def score(self, candidate: torch.Tensor, target: "Target",
               candidate_landmarks: Optional[Landmarks] = None) -> dict[str, np.ndarray]:
@@ -73,6 +76,10 @@ class FrameScorer:
         ``candidate_landmarks`` skips the detection when the caller already has them."""
         scores = {name: metric(candidate.float(), target.frames.float()).cpu().numpy()
                   for name, metric in PIXEL_METRICS.items()}
+        if target.region is not None:
+            scores["motion_l1"] = region_l1(candidate.float(), target.frames.float(), target.region).cpu().numpy()
+        else:
+            scores["motion_l1"] = np.full(len(candidate), np.nan)
         if self.landmark_metrics:
             found = candidate_landmarks if candidate_landmarks is not None else self.landmarks(candidate)
             for name, metric in self.landmark_metrics.items():
@@ -83,9 +90,11 @@ class FrameScorer:
 class Target:
     """A batch of real frames with what scoring against them needs."""
 
-    def __init__(self, frames: torch.Tensor, landmarks: Optional[Landmarks]) -> None:
+    def __init__(self, frames: torch.Tensor, landmarks: Optional[Landmarks],
+                 region: Optional[torch.Tensor] = None) -> None:
         self.frames = frames                  # float (T, 3, H, W) in [0, 1]
         self.landmarks = landmarks
+        self.region = region                  # (T, 1, H, W) bool: where the frames differ from the source, or None
 
 
 def repeat_landmarks(landmarks: Landmarks, count: int) -> Landmarks:

@@ -23,6 +23,14 @@ import torch
 from torch import nn
 
 
+class KeypointLabels(NamedTuple):
+    """Labelled keypoints of a training pair (the labelled detector's batches; frames_dataset.py)."""
+    source: torch.Tensor                  # (B, K, 2) in [-1, 1], x first
+    source_visible: torch.Tensor          # (B, K) 1 where the label exists, 0 where it is missing
+    driving: torch.Tensor                 # (B, K, 2)
+    driving_visible: torch.Tensor         # (B, K)
+
+
 class Keypoints(NamedTuple):
     value: torch.Tensor                   # (B, K, 2) in [-1, 1], x first
     jacobian: Optional[torch.Tensor]      # (B, K, 2, 2) or None
@@ -49,6 +57,8 @@ class Trainable(nn.Module):
     """
     loss_names: tuple[str, ...] = ()
     shown_names: str = ""                 # "source|driving|...": TensorBoard's tag of the train-vis picture
+    # The config's LabelParams if the step needs keypoint labels (the trainer's dataset then returns them)
+    label_params: Optional[object] = None
 
     def networks(self) -> dict[str, nn.Module]:
         """Checkpoint key (FOMM's names) -> network; every one is saved."""
@@ -62,6 +72,8 @@ class Trainable(nn.Module):
         """Wrap the modules whose forward produces gradients (DistributedDataParallel)."""
         raise NotImplementedError
 
-    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext) -> StepOutput:
-        """Forward, losses and ``context.backward`` of every loss; the trainer then steps the optimizers."""
+    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,
+                      labels: Optional[KeypointLabels] = None) -> StepOutput:
+        """Forward, losses and ``context.backward`` of every loss; the trainer then steps the optimizers.
+        ``labels`` are given when ``label_params`` asks for them."""
         raise NotImplementedError

@@ -223,7 +223,8 @@ class FommTraining(Trainable):
         split_generated = [([f[batch:] for f in o.feature_maps], o.prediction_map[batch:]) for o in outputs]
         return split, split_generated
 
-    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext) -> StepOutput:
+    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,
+                      labels=None) -> StepOutput:
         weights = self.weights
         zero = torch.zeros((), device=source.device)
         losses = dict.fromkeys(self.loss_names, zero)

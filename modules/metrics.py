@@ -30,6 +30,25 @@ def l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction.double() - target.double()).abs().flatten(1).mean(1)
 
 
+# The motion region: pixels where the real frame differs from the source image by more than this in some
+# channel (values in [0, 1]), i.e. where the body moved. Whole-frame L1 is dominated by the static background,
+# which copying the source gets right for free; the motion region is where an animation has to be right.
+MOTION_THRESHOLD = 0.1
+
+
+def motion_region(target: torch.Tensor, source: torch.Tensor, threshold: float = MOTION_THRESHOLD) -> torch.Tensor:
+    """(N, C, H, W) real frames and the (1 | N, C, H, W) source -> (N, 1, H, W) bool, where they differ."""
+    return (target.double() - source.double()).abs().amax(dim=1, keepdim=True) > threshold
+
+
+def region_l1(prediction: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference over the pixels of ``region`` (N, 1, H, W) per frame: (N,), NaN where it is empty."""
+    _check(prediction, target)
+    difference = (prediction.double() - target.double()).abs() * region
+    count = region.flatten(1).sum(1) * prediction.shape[1]
+    return torch.where(count > 0, difference.flatten(1).sum(1) / count.clamp_min(1), float("nan"))
+
+
 def psnr(prediction: torch.Tensor, target: torch.Tensor, max_db: float = 100.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per frame in dB for values in [0, 1]: (N,). Identical frames give max_db
     (the true value is infinite, which would make every average infinite)."""

@@ -21,6 +21,7 @@ from modules.family import Keypoints, StepContext, StepOutput, Trainable
 from modules.fomm import FommModel, FommTraining, build_fomm_model, fomm_from_checkpoint
 from modules.generator import GeneratorOutput, HighResGenerator, LowResGenerator, MaskGenerator
 from modules.keypoint_detector import KeypointMask, KPDetector, load_detector_state, load_fomm_detector
+from modules.labelled_detector import LabelledDetector, LabelledDetectorTraining, build_labelled_detector
 from modules.losses import FeatureExtractor, PerceptualLoss, build_vgg19_features
 from modules.motion import relative_keypoints
 from modules.perturbed import MaskNetwork, PerturbedMaskModel, PerturbedTraining, checkpoint_networks
@@ -147,7 +148,8 @@ class KeypointMaskTraining(Trainable):
     def distribute(self, wrap) -> None:
         self.forward_model = wrap(self.model)
 
-    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext) -> StepOutput:
+    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,
+                      labels=None) -> StepOutput:
         with context.autocast():
             output = self.forward_model(source, driving)
             terms = self.loss(output, driving)
@@ -157,11 +159,17 @@ class KeypointMaskTraining(Trainable):
                                                     output.low_res_prediction, output.prediction])
 
 
-def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> KeypointMaskModel | FommModel:
+def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> KeypointMaskModel | FommModel | LabelledDetector:
     """The networks of ``config`` with a checkpoint's weights (FOMM's keys), loaded strictly. For the
     keypoint-mask family the detector is built empty: its weights come from the checkpoint."""
     if config.family == "fomm":
         return fomm_from_checkpoint(config, checkpoint, source)
+    if config.family == "detector":
+        model = build_labelled_detector(config)
+        if not isinstance(checkpoint.get("kp_detector"), dict):
+            raise CheckpointError(f"{source}: no 'kp_detector' state dict")
+        load_detector_state(model.kp_detector, checkpoint["kp_detector"], source)
+        return model
     if config.family == "perturbed":
         model = build_perturbed_model(config)
         for name, network in checkpoint_networks(model).items():
@@ -214,7 +222,7 @@ def build_perturbed_model(config: Config) -> PerturbedMaskModel:
 
 
 def build_model(config: Config, *, detector: Optional[KPDetector] = None,
-                checkpoint_with_kp: Optional[str] = None) -> KeypointMaskModel | FommModel:
+                checkpoint_with_kp: Optional[str] = None) -> KeypointMaskModel | FommModel | LabelledDetector:
     """The networks for ``config``. Keypoint mask: the detector given (or loaded from ``checkpoint_with_kp``, or
     random with a warning), frozen inside ``KeypointMask``, and the two generators. FOMM: its three networks,
     random (stage one trains the detector; ``checkpoint_with_kp`` starts it from a FOMM checkpoint's)."""
@@ -223,6 +231,13 @@ def build_model(config: Config, *, detector: Optional[KPDetector] = None,
         if checkpoint_with_kp:
             model.kp_detector.load_state_dict(load_fomm_detector(
                 checkpoint_with_kp, config.model_params.detector_kwargs()).state_dict())
+        return model
+    if config.family == "detector":
+        model = build_labelled_detector(config)
+        if checkpoint_with_kp:      # fine-tune a FOMM detector (official or ours) on labels
+            model.kp_detector.load_state_dict(load_fomm_detector(
+                checkpoint_with_kp, config.model_params.detector_kwargs()).state_dict())
+            model.kp_detector.requires_grad_(True)
         return model
     if config.family == "perturbed":
         if checkpoint_with_kp:
@@ -241,6 +256,8 @@ def build_trainable(config: Config, model: KeypointMaskModel | FommModel, *, vgg
     """The family's training side for ``model``: its losses bound to its networks."""
     if config.family == "fomm":
         return FommTraining(model, build_perceptual(config, vgg_weights, vgg_source, feature_extractor), config)
+    if config.family == "detector":
+        return LabelledDetectorTraining(model, config)      # no generator, no perceptual loss
     if config.family == "perturbed":
         train, params = config.train_params, config.model_params
         perturbation = params.perturbation_params

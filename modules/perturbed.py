@@ -205,7 +205,8 @@ class PerturbedTraining(Trainable):
     def trains_refinement(self, epoch: int) -> bool:
         return self.model.refines and self.mask_weight > 0 and epoch >= self.refinement_start_epoch
 
-    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext) -> StepOutput:
+    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,
+                      labels=None) -> StepOutput:
         model = self.model
         zero = torch.zeros((), device=source.device)
         with context.autocast():

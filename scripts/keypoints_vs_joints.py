@@ -19,7 +19,9 @@ compared with the ground-truth joints (``<root>/keypoints/<split>/<video>.npy``)
 Distances alone flatter a detector that has learned nothing: random weights put every keypoint near the
 centre of the frame, where the figure's pelvis is, a few pixels from a joint in every frame. The motion
 figure tells the two apart. ``--random`` measures the config's networks with seeded random weights, the
-reference. Works with any checkpoint of this project that holds a ``kp_detector``.
+reference. Works with any checkpoint or model file of this project that holds a ``kp_detector``. For a
+labelled detector (``family: detector``) it also prints the mean distance of each keypoint to the joint it
+was trained on ("labelled joint").
 """
 from __future__ import annotations
 
@@ -95,7 +97,14 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
     from modules.config import config_from_dict
     from modules.keypoint_detector import KPDetector, load_detector_state
 
-    checkpoint = run_log.load_training_checkpoint(checkpoint_path)
+    from modules.checkpoint import read_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint_path)
+    checkpoint = read_checkpoint(path)
+    if checkpoint.get("format") == run_log.MODEL_FORMAT:           # a shipped model file
+        checkpoint = dict(checkpoint, path=path)
+    else:
+        checkpoint = run_log.load_training_checkpoint(path)
     config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
     torch.manual_seed(config.train_params.seed)
     detector = KPDetector(**config.model_params.detector_kwargs())
@@ -125,6 +134,14 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
     result.update(regress_joints(np.concatenate(fit_keypoints), np.concatenate(fit_joints),
                                  np.concatenate(all_keypoints), np.concatenate(all_joints)))
 
+    if config.family == "detector":       # each keypoint has its labelled joint: how far from it?
+        points = config.model_params.label_params.points
+        if all(name in joint_names for name in points):
+            columns = [joint_names.index(name) for name in points]
+            labelled = np.linalg.norm(np.concatenate(all_keypoints) - np.concatenate(all_joints)[:, columns], axis=-1)
+            result["labelled_px"] = float(labelled.mean())
+            result["labelled_per_keypoint"] = dict(zip(points, labelled.mean(axis=0).tolist()))
+
     frames = sum(len(k) for k in all_keypoints)
     what = "random weights (reference)" if random else f"step {checkpoint['step']}"
     print(f"{checkpoint['path']} detector, {what}: {len(all_keypoints)} {split} videos, {frames} frames, "
@@ -134,6 +151,10 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
     print(f"  motion explained: {result['motion_explained']:.3f} (1: moves as a joint does, 0: stands still)")
     print(f"  pose from keypoints: {result['pose_px']:.2f} px mean joint error (linear map fitted on train; "
           f"the mean pose: {result['mean_pose_px']:.2f} px)")
+    if "labelled_px" in result:
+        worst = max(result["labelled_per_keypoint"].items(), key=lambda item: item[1])
+        print(f"  labelled joint: {result['labelled_px']:.2f} px (each keypoint to the joint it was trained on; "
+              f"worst: {worst[0]} {worst[1]:.2f} px)")
     for k, (joint, distance, mover, explained) in enumerate(result["per_keypoint"]):
         print(f"    keypoint {k}: nearest {joint:<12} {distance:5.2f} px; moves like {mover:<12} {explained:6.3f}")
     return result

@@ -5,7 +5,8 @@
 For each run folder (or results root of an official checkpoint) it reads ``reconstruction/metrics.json`` and
 ``animation/metrics.json`` and prints a Markdown table: one row per model, then the trivial baselines (copy
 the source frame; copy the driving frame, animation only) taken from the first run that has them. Columns:
-L1, SSIM and AKD (pixels of a 256x256 frame) for reconstruction and for cross-identity animation against the
+L1, motion-region L1 (where the real frame differs from the source image), SSIM and AKD (pixels of a
+256x256 frame) for reconstruction and for cross-identity animation against the
 synthetic ground truth. A metric that was not computed shows as a dash. A perturbed-masks run's ablations
 (``animation-no_pert/`` etc., from ``--mode animate --ablation ...``) follow its row, animation only.
 """
@@ -20,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modules.errors import OneLineArgumentParser  # noqa: E402
 
-METRICS = ("l1", "ssim", "akd")
+METRICS = ("l1", "motion_l1", "ssim", "akd")
+HEADINGS = {"l1": "L1", "motion_l1": "motion-region L1", "ssim": "SSIM", "akd": "AKD"}
 ABLATIONS = ("no_pert", "no_ref", "no_id")
 
 
@@ -41,7 +43,7 @@ def _cells(values: Optional[dict]) -> list[str]:
 
 def table(folders: list[str], names: list[str]) -> list[str]:
     """The Markdown lines of the table for ``folders`` labelled ``names``."""
-    header = ["model"] + [f"reconstruction {m.upper()}" for m in METRICS] + [f"animation {m.upper()}" for m in METRICS]
+    header = ["model"] + [f"{mode} {HEADINGS[m]}" for mode in ("reconstruction", "animation") for m in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     baselines: dict[str, list[Optional[dict]]] = {"copy source": [None, None], "copy driving": [None, None]}
     for folder, name in zip(folders, names):

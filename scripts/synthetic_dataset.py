@@ -60,6 +60,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run as a script: the repository's modules
 from modules.errors import OneLineArgumentParser  # noqa: E402
+from modules.keypoint_labels import write_points_file  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------- constants
 
@@ -75,6 +76,8 @@ JOINTS: tuple[str, ...] = (
     "l_foot", "r_foot",   # the ankle, end of the shin
 )
 JOINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(JOINTS)}
+# The figure's left and right joints: a horizontal flip turns one into the other.
+MIRRORED_JOINTS: tuple[tuple[str, str], ...] = tuple((name, "r" + name[1:]) for name in JOINTS if name.startswith("l_"))
 
 # Pose parameters per frame. Angles in radians, root offset in fractions of the frame side.
 #   torso_tilt: rotates the torso about the pelvis (positive leans the upper body to the image left);
@@ -756,6 +759,8 @@ def generate_dataset(root: Union[str, Path], *, seed: int = 0, size: int = DEFAU
     pairs = sample_pairs(np.random.default_rng([seed, _PAIR_STREAM]), test_videos, num_pairs)
 
     _write_metadata(root, seed, size, supersample, num_frames, clips_per_identity, identities, split_of)
+    # keypoints/ is the labels layout any dataset can have (modules/keypoint_labels.py): name its points
+    write_points_file(root / "keypoints", JOINTS, MIRRORED_JOINTS)
     from tqdm import tqdm   # imported here: the module itself needs only numpy and PIL
 
     with tqdm(total=len(videos) + len(pairs), desc="synthetic videos", unit="video", disable=not progress) as bar:

@@ -45,7 +45,7 @@ def write_tiny(folder, name: str, dataset_root: str, **train_params) -> str:
     data["dataset_params"]["pairs_list"] = os.path.join(dataset_root, "test-pairs.csv")
     data["train_params"].update({"num_epochs": 1, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
                                  "epoch_milestones": [], "checkpoint_freq": 1, **train_params})
-    data["metrics_params"]["landmarks"] = "none"
+    data.setdefault("metrics_params", {})["landmarks"] = "none"
     path = os.path.join(str(folder), name)
     with open(path, "w") as stream:
         yaml.safe_dump(data, stream)

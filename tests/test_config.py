@@ -142,6 +142,16 @@ def test_shipped_config_loads_without_warnings(path):
         assert "lr_kp_detector" not in saved["train_params"] and "kp_detector_params" not in saved["model_params"]
         assert config_from_dict(saved, "saved").to_dict() == saved
         return
+    if path.endswith("-detector.yaml"):
+        assert config.family == "detector" and len(config.model_params.label_params.points) == \
+            config.model_params.common_params.num_kp
+        saved = config.to_dict()
+        assert "perceptual" not in saved["train_params"]["loss_weights"] and "lr_generator" not in saved["train_params"]
+        assert config_from_dict(saved, "saved").to_dict() == saved
+        # its detector is the --checkpoint_with_kp of the heatmap config of the same prefix
+        heatmap = load_quietly(path.replace("-detector.yaml", "-heatmap.yaml"))
+        assert heatmap.model_params.detector_kwargs() == config.model_params.detector_kwargs()
+        return
     assert config.family == "keypoint_mask"
     assert config.model_params.mask_params.kind == ("circles" if path.endswith("-circles.yaml") else "heatmap")
     assert "lr_kp_detector" not in config.to_dict()["train_params"]       # FOMM's keys stay out of saved configs

@@ -1,0 +1,151 @@
+"""A keypoint-labelled stage one (``family: detector``): FOMM's KPDetector trained on its own from labels.
+
+The keypoint-mask paper needs only "a pre-trained keypoint detector" (sec. 1.1, 2.1). Unsupervised FOMM finds
+keypoints on the limbs only after GPU-days; given per-frame labels (a dataset's annotations, the synthetic
+figures' joints, or pseudo-labels from MediaPipe Pose / dlib, scripts/label_keypoints.py) the same detector
+learns where the joints are in CPU-minutes. The network is exactly ``KPDetector(**detector_kwargs)``, saved
+under FOMM's ``kp_detector`` key, so a checkpoint of this family is a ``--checkpoint_with_kp`` for the heatmap,
+circles and FOMM configs with the same detector settings, and loads into FOMM's own code.
+
+The losses, each optional by its weight:
+
+* ``keypoint``: L1 of the soft-argmax keypoints to their labels on both frames of the pair, averaged over the
+  labels present (a missing label contributes nothing);
+* ``heatmap``: the mean squared difference of each raw (pre-softmax) heatmap to a Gaussian drawn at its label
+  on the heatmap grid. It shapes the raw maps themselves, which is what the heatmap mask sums (sec. 2.2);
+* ``equivariance_value`` / ``equivariance_jacobian``: FOMM's (Siarohin et al. 2019, sec. 3.4) under a random
+  TPS transform of the driving frame; the Jacobians, which FOMM's relative motion uses, learn only from these.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from modules.config import Config
+from modules.drawing import draw_keypoints
+from modules.family import KeypointLabels, Keypoints, StepContext, StepOutput, Trainable
+from modules.keypoint_detector import KPDetector, draw_circles_mask, draw_gaussians, normalize_and_pad
+from modules.losses import equivariance_jacobian_loss, equivariance_value_loss
+from modules.transform import RandomTPS
+
+
+class DetectorLossTerms(NamedTuple):
+    keypoint: torch.Tensor                # scalar, weighted L1 to the labels
+    heatmap: torch.Tensor                 # scalar, weighted raw-heatmap MSE to Gaussians at the labels
+    equivariance_value: torch.Tensor      # scalar
+    equivariance_jacobian: torch.Tensor   # scalar
+
+    def total(self) -> torch.Tensor:
+        return self.keypoint + self.heatmap + self.equivariance_value + self.equivariance_jacobian
+
+
+def keypoint_label_loss(value: torch.Tensor, label: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Mean |value - label| over the labelled keypoints: (B, K, 2), (B, K, 2), (B, K) -> scalar (0 if none)."""
+    per_point = (value.float() - label).abs().mean(dim=-1)                       # (B, K)
+    return (per_point * visible).sum() / visible.sum().clamp_min(1)
+
+
+def heatmap_label_loss(raw_heatmap: torch.Tensor, label: torch.Tensor, visible: torch.Tensor,
+                       variance: float) -> torch.Tensor:
+    """Mean squared difference of raw heatmaps (B, K, h, w) to Gaussians exp(-0.5 d^2 / variance) (peak 1) at
+    the labels, over the labelled keypoints' maps -> scalar."""
+    target = draw_gaussians(label, tuple(raw_heatmap.shape[-2:]), variance)     # (B, K, h, w)
+    per_map = (raw_heatmap.float() - target).pow(2).mean(dim=(2, 3))            # (B, K)
+    return (per_map * visible).sum() / visible.sum().clamp_min(1)
+
+
+class LabelledDetector(nn.Module):
+    """The inference side: the detector alone. It finds keypoints; it has no generator to animate with."""
+
+    relative_motion_possible = True
+
+    def __init__(self, kp_detector: KPDetector, kp_radius: float = 2.0):
+        super().__init__()
+        self.kp_detector = kp_detector
+        self.kp_radius = kp_radius
+
+    def keypoints(self, frames: torch.Tensor) -> Keypoints:
+        detected = self.kp_detector(frames)
+        return Keypoints(detected.value, detected.jacobian)
+
+    def forward(self, frames: torch.Tensor) -> Keypoints:
+        return self.keypoints(frames)
+
+
+def build_labelled_detector(config: Config) -> LabelledDetector:
+    """The network of a ``family: detector`` config, with FOMM's constructor arguments (random weights)."""
+    return LabelledDetector(KPDetector(**config.model_params.detector_kwargs()), config.visualizer_params.kp_size)
+
+
+class LabelledDetectorTraining(Trainable):
+    """One optimizer (``optimizer_kp_detector``, as FOMM names it) on the detector, the losses above."""
+
+    loss_names = DetectorLossTerms._fields
+    shown_names = "source+labels|source+kp|driving+kp|driving_heatmap_mask|driving_circles_mask"
+
+    def __init__(self, model: LabelledDetector, config: Config):
+        super().__init__()
+        self.model = model
+        params, train = config.model_params, config.train_params
+        self.label_params = params.label_params
+        self.heatmap_variance = params.heatmap_variance
+        self.align_corners = params.align_corners
+        self.weights = train.loss_weights
+        self.transform_params = train.transform_params
+        self.forward_detector: nn.Module = model.kp_detector
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"kp_detector": self.model.kp_detector}
+
+    def optimized(self) -> list[str]:
+        return ["kp_detector"]
+
+    def distribute(self, wrap) -> None:
+        self.forward_detector = wrap(self.model.kp_detector)
+
+    def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,
+                      labels: Optional[KeypointLabels] = None) -> StepOutput:
+        if labels is None:
+            raise ValueError("the labelled detector trains on keypoint labels; the batch has none")
+        weights, batch = self.weights, source.shape[0]
+        zero = torch.zeros((), device=source.device)
+        with context.autocast():
+            # Source and driving in one pass: twice the labelled frames per step.
+            detected = self.forward_detector(torch.cat([source, driving]))
+            value, raw = detected.value, detected.raw_heatmap                    # (2B, K, 2), (2B, K, h, w)
+            label = torch.cat([labels.source, labels.driving])
+            visible = torch.cat([labels.source_visible, labels.driving_visible])
+            terms = dict.fromkeys(self.loss_names, zero)
+            if weights.keypoint:
+                terms["keypoint"] = weights.keypoint * keypoint_label_loss(value, label, visible)
+            if weights.heatmap:
+                terms["heatmap"] = weights.heatmap * heatmap_label_loss(raw, label, visible, self.heatmap_variance)
+            if weights.equivariance_value or weights.equivariance_jacobian:
+                params = self.transform_params
+                transform = RandomTPS(batch, params.sigma_affine, params.sigma_tps, params.points_tps,
+                                      device=source.device)
+                transformed = self.forward_detector(transform.transform_frame(driving, self.align_corners))
+                if weights.equivariance_value:
+                    terms["equivariance_value"] = weights.equivariance_value * equivariance_value_loss(
+                        value[batch:], transformed.value, transform)
+                if weights.equivariance_jacobian:
+                    terms["equivariance_jacobian"] = weights.equivariance_jacobian * equivariance_jacobian_loss(
+                        detected.jacobian[batch:], transformed.value, transformed.jacobian, transform)
+            losses = DetectorLossTerms(**terms)
+        context.backward(losses.total())
+
+        def shown() -> list[torch.Tensor]:
+            radius = self.model.kp_radius
+            # labels drawn where present; a missing one goes off the frame
+            placed = torch.where(labels.source_visible[..., None] > 0, labels.source, torch.full_like(labels.source, 9))
+            frame_size = tuple(driving.shape[-2:])
+            mask_size = self.model.kp_detector.input_size(frame_size)
+            raw_driving = raw[batch:].detach().float()
+            heatmap_mask = normalize_and_pad(raw_driving.sum(dim=1, keepdim=True), mask_size)
+            circles_mask = draw_circles_mask(value[batch:].detach().float(), tuple(raw_driving.shape[-2:]), mask_size)
+            return [draw_keypoints(source, placed, radius), draw_keypoints(source, value[:batch], radius),
+                    draw_keypoints(driving, value[batch:], radius), heatmap_mask, circles_mask]
+
+        return StepOutput(losses._asdict(), shown)
