@@ -26,7 +26,7 @@ demo: $(STAMP) data/synthetic/test-pairs.csv
 	$(BIN)/python scripts/demo.py --model models/tiny-heatmap.pth.tar --data data/synthetic --out demo
 
 train: $(STAMP) data/synthetic/test-pairs.csv
-	$(BIN)/kpmask --config config/tiny-heatmap.yaml --mode train --checkpoint_with_kp models/tiny-fomm.pth.tar
+	$(BIN)/kpmask --config config/tiny-heatmap.yaml --mode train --checkpoint_with_kp models/tiny-detector.pth.tar
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

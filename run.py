@@ -190,7 +190,7 @@ def inspect(args: argparse.Namespace) -> None:
     for name, shape in summary.shapes.items():
         print(f"shape      {name:<34} {tuple(shape)}")
     print(f"time       forward             {summary.forward_s:8.3f} s")
-    print(f"time       forward+backward    {summary.forward_backward_s:8.3f} s  (with the perceptual loss)")
+    print(f"time       forward+backward    {summary.forward_backward_s:8.3f} s  (with the training losses)")
     print(f"memory     peak                {summary.peak_memory_mib:8.0f} MiB "
           f"({'CUDA allocated' if device.type == 'cuda' else 'process resident'})")
     print("loss       " + ", ".join(f"{k} {v:.4f}" for k, v in summary.loss.items()))

@@ -1,10 +1,10 @@
 """One scorer for every results table: generated (or baseline) frames against the real ones, per frame.
 
 Reconstruction and dataset animation both ask the same question of a batch: how close are these frames to
-those? ``FrameScorer`` answers with L1, PSNR and SSIM always, with the motion-region L1 (L1 where the real frame
-differs from the source image, modules/metrics.py) when the target knows its source, and with AKD, MKR and AED when the config's
-landmark detector can run (modules/landmarks.py). What cannot be computed is listed in ``skipped`` with the
-reason, which goes into metrics.json as it is.
+those? ``FrameScorer`` answers with L1, PSNR and SSIM always, with the motion-region L1 (L1 where the real
+frame differs from the source image, modules/metrics.py) when the target knows its source, and with AKD, MKR
+and AED when the config's landmark detector can run (modules/landmarks.py). What cannot be computed is listed
+in ``skipped`` with the reason, which goes into metrics.json as it is.
 
 Landmarks of the target frames are found once per batch and shared by every candidate (the prediction and
 the trivial baselines), so a baseline costs one more detection pass, not two.

@@ -26,7 +26,7 @@ from torch import nn
 from modules.config import Config
 from modules.drawing import draw_keypoints
 from modules.family import KeypointLabels, Keypoints, StepContext, StepOutput, Trainable
-from modules.keypoint_detector import KPDetector, draw_circles_mask, draw_gaussians, normalize_and_pad
+from modules.keypoint_detector import KeypointOutput, KPDetector, draw_circles_mask, draw_gaussians, normalize_and_pad
 from modules.losses import equivariance_jacobian_loss, equivariance_value_loss
 from modules.transform import RandomTPS
 
@@ -70,8 +70,9 @@ class LabelledDetector(nn.Module):
         detected = self.kp_detector(frames)
         return Keypoints(detected.value, detected.jacobian)
 
-    def forward(self, frames: torch.Tensor) -> Keypoints:
-        return self.keypoints(frames)
+    def forward(self, source: torch.Tensor, driving: torch.Tensor) -> KeypointOutput:
+        """The driving frames' detection (B, 3, H, W) -> KeypointOutput; the other families' signature."""
+        return self.kp_detector(driving)
 
 
 def build_labelled_detector(config: Config) -> LabelledDetector:

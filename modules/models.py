@@ -159,7 +159,8 @@ class KeypointMaskTraining(Trainable):
                                                     output.low_res_prediction, output.prediction])
 
 
-def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> KeypointMaskModel | FommModel | LabelledDetector:
+def model_from_checkpoint(config: Config, checkpoint: dict,
+                          source: str) -> KeypointMaskModel | FommModel | LabelledDetector:
     """The networks of ``config`` with a checkpoint's weights (FOMM's keys), loaded strictly. For the
     keypoint-mask family the detector is built empty: its weights come from the checkpoint."""
     if config.family == "fomm":

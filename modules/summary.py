@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from modules.family import StepContext, Trainable
+from modules.family import KeypointLabels, StepContext, Trainable
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -74,15 +74,21 @@ def summarize(trainable: Trainable, frame_size: tuple[int, int], device: torch.d
         output = model(source, driving)
         _synchronize(device)
         forward_s = time.perf_counter() - start
-    shapes = {name: tuple(getattr(output, name).shape) for name in output._fields}
+    shapes = {name: tuple(getattr(output, name).shape) for name in output._fields if getattr(output, name) is not None}
     shapes["source"] = tuple(source.shape)
 
     trainable.train()
     trainable.zero_grad(set_to_none=True)
     _synchronize(device)
     start = time.perf_counter()
+    labels = None
+    if trainable.label_params is not None:       # a labelled family: random keypoints, all visible
+        num_kp = len(trainable.label_params.points)
+        points = (torch.rand(2, batch_size, num_kp, 2, generator=generator) * 1.6 - 0.8).to(device)
+        visible = torch.ones(batch_size, num_kp, device=device)
+        labels = KeypointLabels(points[0], visible, points[1], visible)
     step = trainable.training_step(source, driving, StepContext(autocast=contextlib.nullcontext,
-                                                                backward=lambda loss: loss.backward()))
+                                                                backward=lambda loss: loss.backward()), labels=labels)
     _synchronize(device)
     forward_backward_s = time.perf_counter() - start
     loss = {name: float(value.detach()) for name, value in step.losses.items()}

@@ -20,7 +20,9 @@ from modules.errors import CheckpointError, UserError
 
 MODELS = os.path.join(ROOT, "models")
 SHIPPED_FOMM = os.path.join(MODELS, "tiny-fomm.pth.tar")
+SHIPPED_DETECTOR = os.path.join(MODELS, "tiny-detector.pth.tar")
 SHIPPED_HEATMAP = os.path.join(MODELS, "tiny-heatmap.pth.tar")
+SHIPPED_CIRCLES = os.path.join(MODELS, "tiny-circles.pth.tar")
 CPU = torch.device("cpu")
 
 
@@ -60,27 +62,36 @@ def assert_identical(a: dict, b: dict) -> None:
 def test_shipped_models_load_strictly_and_share_one_detector():
     fomm_config, fomm, fomm_file = run_log.load_model(SHIPPED_FOMM, CPU)
     heatmap_config, heatmap, heatmap_file = run_log.load_model(SHIPPED_HEATMAP, CPU)
-    assert fomm_config.family == "fomm" and heatmap_config.family == "keypoint_mask"
-    assert heatmap_config.model_params.mask_params.kind == "heatmap"
-    for file in (fomm_file, heatmap_file):
+    circles_config, circles, circles_file = run_log.load_model(SHIPPED_CIRCLES, CPU)
+    detector_file = read_checkpoint(SHIPPED_DETECTOR)
+    assert fomm_config.family == "fomm" and heatmap_config.family == circles_config.family == "keypoint_mask"
+    assert (heatmap_config.model_params.mask_params.kind, circles_config.model_params.mask_params.kind) == \
+        ("heatmap", "circles")
+    assert detector_file["config"]["model_params"]["family"] == "detector"
+    assert not {"heatmap", "circles"} & set(os.path.basename(SHIPPED_DETECTOR).split("-"))
+    for file in (fomm_file, heatmap_file, circles_file, detector_file):
         assert file["format"] == run_log.MODEL_FORMAT and file["provenance"]["training_time"]
-        assert os.path.getsize(file["path"]) < 4 * 2 ** 20            # a few MB at most
-    # stage two read stage one's detector and kept it frozen: the shipped pair holds the same weights
-    assert_identical(fomm.kp_detector.state_dict(), heatmap.mask.detector.state_dict())
+        assert os.path.getsize(SHIPPED_DETECTOR if file is detector_file else file["path"]) < 4 * 2 ** 20
+    # stage two read the labelled stage one's detector and kept it frozen: the three hold the same weights
+    assert_identical(detector_file["kp_detector"], heatmap.mask.detector.state_dict())
+    assert_identical(detector_file["kp_detector"], circles.mask.detector.state_dict())
     frames = torch.rand(2, 3, 64, 64)
     with torch.inference_mode():
-        state = heatmap.encode_source(frames[:1])
-        output = heatmap.animate(state, frames)
-    assert output.prediction.shape == (2, 3, 64, 64)
-    assert 0 <= output.prediction.min() and output.prediction.max() <= 1
+        for model in (heatmap, circles, fomm):
+            output = model.animate(model.encode_source(frames[:1]), frames)
+            assert output.prediction.shape == (2, 3, 64, 64)
+            assert 0 <= output.prediction.min() and output.prediction.max() <= 1
+    # the detector alone does not animate: one line says what it is for
+    with pytest.raises(UserError, match="--checkpoint_with_kp"):
+        run_log.load_model(SHIPPED_DETECTOR, CPU)
 
 
 def test_a_model_file_animates_and_serves_as_detector_but_does_not_resume(tmp_path, dataset_root):
+    from scripts.export_model import main as export
+
     config = small_config(tmp_path, dataset_root, "tiny-fomm.yaml")
     assert quiet_run("--config", config, "--mode", "train", "--max_steps", "2", "--log_dir", str(tmp_path / "one")) == 0
     (run_dir,) = glob.glob(str(tmp_path / "one" / "*"))
-    from scripts.export_model import main as export
-
     model_path = str(tmp_path / "models" / "stage-one.pth.tar")
     assert export([run_dir, "--out", model_path, "--training_time", "1 s"]) == 0
     file = read_checkpoint(model_path)
@@ -92,35 +103,46 @@ def test_a_model_file_animates_and_serves_as_detector_but_does_not_resume(tmp_pa
     # it animates (results beside it, in models/stage-one/) ...
     assert quiet_run("--mode", "animate", "--checkpoint", model_path) == 0
     assert glob.glob(str(tmp_path / "models" / "stage-one" / "animation" / "*.mp4"))
-    # ... gives stage two its detector ...
-    stage_two = small_config(tmp_path, dataset_root, "tiny-heatmap.yaml")
-    assert quiet_run("--config", stage_two, "--mode", "train", "--max_steps", "1", "--checkpoint_with_kp",
-                     model_path, "--log_dir", str(tmp_path / "two")) == 0
-    assert_identical(latest(tmp_path / "two")["kp_detector"], training["kp_detector"])
     # ... and refuses to resume, in one line
     with pytest.raises(CheckpointError, match="model file .* cannot resume training"):
         run_log.load_training_checkpoint(model_path)
+    # a labelled stage one's model file gives stage two its detector
+    labelled = small_config(tmp_path, dataset_root, "tiny-detector.yaml")
+    assert quiet_run("--config", labelled, "--mode", "train", "--max_steps", "2", "--log_dir",
+                     str(tmp_path / "labelled")) == 0
+    (labelled_dir,) = glob.glob(str(tmp_path / "labelled" / "*"))
+    detector_path = str(tmp_path / "models" / "labelled.pth.tar")
+    assert export([labelled_dir, "--out", detector_path, "--training_time", "1 s"]) == 0
+    assert set(read_checkpoint(detector_path)) == set(run_log.MODEL_KEYS) - {"generator"}
+    stage_two = small_config(tmp_path, dataset_root, "tiny-heatmap.yaml")
+    assert quiet_run("--config", stage_two, "--mode", "train", "--max_steps", "1", "--checkpoint_with_kp",
+                     detector_path, "--log_dir", str(tmp_path / "two")) == 0
+    assert_identical(latest(tmp_path / "two")["kp_detector"], latest(tmp_path / "labelled")["kp_detector"])
 
 
 def test_the_shipping_commands_give_bit_identical_weights_from_the_same_seed(tmp_path, dataset_root):
-    """The README's commands for the shipped models, a few steps each, twice: stage one (FOMM), then stage
-    two (heatmap) from stage one's run folder."""
+    """The README's commands for the shipped models, a few steps each, twice: the labelled stage one, then
+    stage two (heatmap and circles) from stage one's run folder."""
     results = []
     for attempt in ("a", "b"):
         os.makedirs(tmp_path / attempt)
-        stage_one = small_config(tmp_path / attempt, dataset_root, "tiny-fomm.yaml")
+        stage_one = small_config(tmp_path / attempt, dataset_root, "tiny-detector.yaml")
         assert quiet_run("--config", stage_one, "--mode", "train", "--max_steps", "3",
                          "--log_dir", str(tmp_path / attempt / "one")) == 0
         (run_dir,) = glob.glob(str(tmp_path / attempt / "one" / "*"))
-        stage_two = small_config(tmp_path / attempt, dataset_root, "tiny-heatmap.yaml")
-        assert quiet_run("--config", stage_two, "--mode", "train", "--max_steps", "3", "--checkpoint_with_kp",
-                         run_dir, "--log_dir", str(tmp_path / attempt / "two")) == 0
-        results.append((latest(tmp_path / attempt / "one"), latest(tmp_path / attempt / "two")))
-    (one_a, two_a), (one_b, two_b) = results
-    for key in ("kp_detector", "generator"):
-        assert_identical(one_a[key], one_b[key])
-        assert_identical(two_a[key], two_b[key])
-    assert one_a["step"] == two_a["step"] == 3
+        trained = [latest(tmp_path / attempt / "one")]
+        for name in ("tiny-heatmap.yaml", "tiny-circles.yaml"):
+            stage_two = small_config(tmp_path / attempt, dataset_root, name)
+            log_dir = tmp_path / attempt / name
+            assert quiet_run("--config", stage_two, "--mode", "train", "--max_steps", "3", "--checkpoint_with_kp",
+                             run_dir, "--log_dir", str(log_dir)) == 0
+            trained.append(latest(log_dir))
+        results.append(trained)
+    for a, b in zip(*results):
+        for key in ("kp_detector", "generator"):
+            if key in a:
+                assert_identical(a[key], b[key])
+        assert a["step"] == 3
 
 
 # ----------------------------------------------------------------------------------------------- the demo

@@ -237,8 +237,17 @@ def test_stage_one_then_stage_two_then_both_reconstruct_and_animate(tmp_path, da
             warnings.simplefilter("ignore")
             return run.main([*args, "--device", "cpu"])
 
-    assert quiet("--mode", "train", "--config", _write(tmp_path, "tiny-fomm.yaml", dataset_root),
-                 "--log_dir", str(tmp_path / "one")) == 0
+    # FOMM trains the detector of tiny-heatmap.yaml (the labelled stage one's settings: 15 keypoints, 32 px)
+    fomm = _write(tmp_path, "tiny-fomm.yaml", dataset_root)
+    with open(fomm) as stream:
+        data = yaml.safe_load(stream)
+    with open(config_path("tiny-heatmap.yaml")) as stream:
+        heatmap = yaml.safe_load(stream)["model_params"]
+    data["model_params"]["common_params"].update(heatmap["common_params"])
+    data["model_params"]["kp_detector_params"] = heatmap["kp_detector_params"]
+    with open(fomm, "w") as stream:
+        yaml.safe_dump(data, stream)
+    assert quiet("--mode", "train", "--config", fomm, "--log_dir", str(tmp_path / "one")) == 0
     (stage_one,) = glob.glob(str(tmp_path / "one" / "*" / "00000000-checkpoint.pth.tar"))
     checkpoint = read_checkpoint(stage_one)
     assert {"generator", "discriminator", "kp_detector", "optimizer_generator", "optimizer_discriminator",
@@ -322,10 +331,11 @@ def test_results_table_puts_models_and_baselines_in_rows(tmp_path):
     with open(tmp_path / "b" / "animation-no_ref" / "metrics.json", "w") as stream:
         json.dump({"mean": {"l1": 0.045, "ssim": 0.5}}, stream)
     lines = table([str(tmp_path / "a"), str(tmp_path / "b")], ["FOMM", "heatmap"])
-    assert lines[2] == "| FOMM | 0.0500 | 0.6000 | - | 0.0500 | 0.6000 | - |"
-    assert lines[4] == "| heatmap, no_ref | - | - | - | 0.0450 | 0.5000 | - |"     # an ablation follows its run
-    assert lines[5] == "| *copy source* | 0.0300 | 0.7000 | 10.00 | 0.0300 | 0.7000 | 10.00 |"
-    assert lines[6] == "| *copy driving* | - | - | - | 0.1400 | 0.2000 | 9.00 |" and len(lines) == 7
+    assert lines[0].startswith("| model | reconstruction L1 | reconstruction motion-region L1 | reconstruction SSIM")
+    assert lines[2] == "| FOMM | 0.0500 | - | 0.6000 | - | 0.0500 | - | 0.6000 | - |"
+    assert lines[4] == "| heatmap, no_ref | - | - | - | - | 0.0450 | - | 0.5000 | - |"     # an ablation follows its run
+    assert lines[5] == "| *copy source* | 0.0300 | - | 0.7000 | 10.00 | 0.0300 | - | 0.7000 | 10.00 |"
+    assert lines[6] == "| *copy driving* | - | - | - | - | 0.1400 | - | 0.2000 | 9.00 |" and len(lines) == 7
 
 
 def test_ddp_on_two_gloo_processes_trains_both_phases_with_identical_weights(tmp_path, dataset_root):

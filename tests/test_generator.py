@@ -34,7 +34,8 @@ def test_shapes_and_ranges(name, size):
     with torch.no_grad():
         out = model(source, driving)
     assert out.low_res_prediction.shape == out.prediction.shape == (1, 3, size, size)
-    assert out.source_mask.shape == out.driving_mask.shape == (1, 1, size // 4, size // 4)
+    side = round(size * config.model_params.common_params.scale_factor)     # the detector's input size
+    assert out.source_mask.shape == out.driving_mask.shape == (1, 1, side, side)
     for tensor in out:
         assert 0 <= tensor.min() and tensor.max() <= 1
 

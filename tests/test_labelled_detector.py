@@ -231,6 +231,18 @@ def test_checkpoint_is_fomms_kp_detector_and_serves_checkpoint_with_kp(tmp_path,
     assert "has no generator to reconstruct or animate with" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["taichi-256-detector.yaml", "vox-256-detector.yaml"])
+def test_the_256_configs_train_exactly_fomms_kp_detector(name):
+    from test_detector import fomm_keys
+
+    from modules.models import build_model, build_trainable
+
+    config = load_config(config_path(name))
+    trainable = build_trainable(config, build_model(config))
+    state = trainable.networks()["kp_detector"].state_dict()
+    assert {key: tuple(value.shape) for key, value in state.items()} == fomm_keys("kp_detector")
+
+
 def test_resume_is_bit_identical_to_straight_run(tmp_path, dataset_root):
     config = write_tiny(tmp_path, "tiny-detector.yaml", dataset_root, num_epochs=2)
     assert train("--config", config, "--max_steps", "6", "--log_dir", str(tmp_path / "straight")) == 0
@@ -287,3 +299,23 @@ def test_label_keypoints_moves_with_a_shifted_face(tmp_path):
     # and the dataset reads them as labels
     dataset = FramesDataset(root, (64, 64), is_train=True, labels=LabelParams(points=["nose_30", "jaw_08"]))
     assert dataset[0]["source_visible"].tolist() == [1.0, 1.0]
+
+
+def test_training_reads_only_the_train_split(tmp_path, dataset_root):
+    """A copy of the dataset with nothing but train/ and its labels (no test/, no animation-gt/, no test
+    labels) trains the same: no training step can have read them."""
+    import shutil
+
+    copy = tmp_path / "train-only"
+    shutil.copytree(os.path.join(dataset_root, "train"), copy / "train")
+    shutil.copytree(os.path.join(dataset_root, "keypoints", "train"), copy / "keypoints" / "train")
+    shutil.copy(os.path.join(dataset_root, "keypoints", "points.json"), copy / "keypoints")
+    full = write_tiny(tmp_path, "tiny-detector.yaml", dataset_root)
+    assert train("--config", full, "--max_steps", "2", "--log_dir", str(tmp_path / "full")) == 0
+    os.makedirs(tmp_path / "only")
+    only = write_tiny(tmp_path / "only", "tiny-detector.yaml", str(copy))
+    assert train("--config", only, "--max_steps", "2", "--log_dir", str(tmp_path / "only-log")) == 0
+    a = read_checkpoint(glob.glob(os.path.join(only_run_dir(tmp_path / "full"), "*.pth.tar"))[0])
+    b = read_checkpoint(glob.glob(os.path.join(only_run_dir(tmp_path / "only-log"), "*.pth.tar"))[0])
+    for key, value in a["kp_detector"].items():
+        assert torch.equal(value, b["kp_detector"][key]), key

@@ -57,3 +57,28 @@ def test_bad_shapes_are_refused():
         l1(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+def test_motion_region_l1_counts_only_where_the_truth_left_the_source():
+    from modules.evaluation import FrameScorer
+    from modules.metrics import motion_region, region_l1
+
+    source = torch.zeros(1, 3, 16, 16)
+    truth = torch.zeros(2, 3, 16, 16)
+    truth[0, 1, :2, :2] = 0.5                      # frame 0: 4 pixels moved (in one channel)
+    truth[1, 0, 0, 0] = 0.05                       # frame 1: below the 0.1 threshold, no motion region
+    region = motion_region(truth, source)
+    assert region.shape == (2, 1, 16, 16) and region[0].sum() == 4 and region[1].sum() == 0
+    prediction = truth.clone()
+    prediction[0, :, 3, 3] = 1.0                   # an error outside the region does not count
+    prediction[0, 2, 0, 0] = 0.3                   # one inside: 0.3 over 4 pixels x 3 channels
+    values = region_l1(prediction, truth, region)
+    assert values[0].item() == pytest.approx(0.3 / 12) and torch.isnan(values[1])
+    # the scorer adds it as motion_l1 when the target knows its source, NaN otherwise
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(metrics_params=SimpleNamespace(landmarks="none", min_landmark_size=128))
+    scorer = FrameScorer(config, (16, 16))
+    scores = scorer.score(prediction, scorer.target(truth, source=source))
+    assert scores["motion_l1"][0] == pytest.approx(0.3 / 12)
+    assert np.isnan(scorer.score(prediction, scorer.target(truth))["motion_l1"]).all()

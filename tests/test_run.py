@@ -21,7 +21,7 @@ def test_inspect_prints_parameters_shapes_and_timings():
     result = run("--config", config_path("tiny-heatmap.yaml"), "--mode", "inspect", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert re.search(r"shape      prediction +\(1, 3, 64, 64\)", result.stdout)
-    assert re.search(r"shape      driving_mask +\(1, 1, 16, 16\)", result.stdout)
+    assert re.search(r"shape      driving_mask +\(1, 1, 32, 32\)", result.stdout)
     assert "params     generator.high_res" in result.stdout and "time       forward+backward" in result.stdout
     # random weights must be said loudly
     assert "VGG-19 has RANDOM weights" in result.stderr and "detector has RANDOM weights" in result.stderr
