@@ -150,10 +150,15 @@ def tiny_detector_config():
     return config
 
 
-def test_a_few_steps_move_the_keypoints_toward_the_labels(dataset_root):
+@pytest.mark.parametrize("term", ["keypoint", "heatmap"])
+def test_a_few_steps_move_the_keypoints_toward_the_labels(dataset_root, term):
+    """Either label term alone pulls the detector toward the labels: the keypoint L1 moves the soft-argmax
+    keypoints, the heatmap term the raw maps (and through them the keypoints, more slowly)."""
     from modules.models import build_model, build_trainable
 
     config = tiny_detector_config()
+    weights = config.train_params.loss_weights
+    weights.keypoint, weights.heatmap = (10.0, 0.0) if term == "keypoint" else (0.0, 1000.0)
     torch.manual_seed(0)
     model = build_model(config)
     trainable = build_trainable(config, model)
@@ -166,12 +171,16 @@ def test_a_few_steps_move_the_keypoints_toward_the_labels(dataset_root):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     context = StepContext(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
 
-    def distance() -> float:
+    def distance() -> tuple[float, float]:
+        """(keypoints to labels, raw heatmaps to the label Gaussians) on the source frames, eval mode."""
         model.eval()
         with torch.no_grad():
-            value = model.kp_detector(batch["source"]).value
+            detected = model.kp_detector(batch["source"])
         model.train()
-        return float((value - labels.source).abs().mean())
+        visible = labels.source_visible
+        return (float(keypoint_label_loss(detected.value, labels.source, visible)),
+                float(heatmap_label_loss(detected.raw_heatmap, labels.source, visible,
+                                         config.model_params.heatmap_variance)))
 
     before = distance()
     for _ in range(60):
@@ -179,8 +188,11 @@ def test_a_few_steps_move_the_keypoints_toward_the_labels(dataset_root):
         step = trainable.training_step(batch["source"], batch["driving"], context, labels=labels)
         optimizer.step()
     assert set(step.losses) == {"keypoint", "heatmap", "equivariance_value", "equivariance_jacobian"}
+    assert step.losses["heatmap" if term == "keypoint" else "keypoint"].item() == 0.0     # weight 0: not computed
     after = distance()
-    assert after < 0.5 * before, (before, after)
+    moved = 0 if term == "keypoint" else 1
+    assert after[moved] < 0.5 * before[moved], (before, after)
+    assert after[0] < before[0]                                   # the keypoints get closer either way
     assert len(step.shown()) == 5
 
 
