@@ -739,6 +739,15 @@ def _check_perturbed(config: Config, file: str) -> None:
                           f"would learn nothing")
 
 
+def _check_jacobian_weight(config: Config, file: str) -> None:
+    """FOMM and the labelled detector: a Jacobian equivariance weight needs Jacobians to constrain."""
+    weight = config.train_params.loss_weights.equivariance_jacobian
+    if weight and not config.model_params.common_params.estimate_jacobian:
+        raise ConfigError(f"{file}: train_params.loss_weights.equivariance_jacobian is {weight} but "
+                          f"model_params.common_params.estimate_jacobian is false: there is no Jacobian to "
+                          f"constrain (set it to 0)")
+
+
 def _check_fomm(config: Config, file: str) -> None:
     model, train = config.model_params, config.train_params
     generator = model.generator_params
@@ -780,10 +789,7 @@ def _check_fomm(config: Config, file: str) -> None:
     if len(weights.feature_matching) > disc.num_blocks:
         _fail(file, "train_params.loss_weights.feature_matching",
               f"at most one weight per discriminator block ({disc.num_blocks})", weights.feature_matching)
-    if weights.equivariance_jacobian and not model.common_params.estimate_jacobian:
-        raise ConfigError(f"{file}: train_params.loss_weights.equivariance_jacobian is {weights.equivariance_jacobian} "
-                          f"but model_params.common_params.estimate_jacobian is false: there is no Jacobian to "
-                          f"constrain (set it to 0)")
+    _check_jacobian_weight(config, file)
     if not any(weights.perceptual) and weights.l1 == 0 and weights.generator_gan == 0:
         raise ConfigError(f"{file}: train_params.loss_weights: perceptual, l1 and generator_gan are all 0, the "
                           f"generator would learn nothing")
@@ -809,10 +815,7 @@ def _check_detector(config: Config, file: str) -> None:
     if weights.keypoint == 0 and weights.heatmap == 0:
         raise ConfigError(f"{file}: train_params.loss_weights: keypoint and heatmap are both 0, the labels would "
                           f"train nothing (a stage one without labels is family: fomm)")
-    if weights.equivariance_jacobian and not model.common_params.estimate_jacobian:
-        raise ConfigError(f"{file}: train_params.loss_weights.equivariance_jacobian is {weights.equivariance_jacobian} "
-                          f"but model_params.common_params.estimate_jacobian is false: there is no Jacobian to "
-                          f"constrain (set it to 0)")
+    _check_jacobian_weight(config, file)
     transform = train.transform_params
     if transform.sigma_affine < 0 or transform.sigma_tps < 0 or transform.points_tps < 1:
         _fail(file, "train_params.transform_params", "sigma_affine, sigma_tps >= 0 and points_tps >= 1",
