@@ -19,6 +19,7 @@ and AKD with the keypoint regressor), beside the copy-source and copy-driving ba
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Iterator, Optional
@@ -32,7 +33,8 @@ from frames_dataset import frames_to_tensor
 from modules.errors import UserError
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.precision import autocast, autocast_dtype
-from modules.video_io import VideoWriter, load_image, open_video, resize_frame
+from modules.outputs import check_output_file, default_result, results_folder, side_by_side_path
+from modules.video_io import WRITABLE_EXTENSIONS, VideoWriter, load_image, open_video, resize_frame
 
 FITS = ("crop", "resize")
 
@@ -69,15 +71,16 @@ def choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str)
     return motion
 
 
-def stream_animation(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: VideoWriter, *,
-                     size: tuple[int, int], device: torch.device, motion: str, adapt_scale: bool, visualize: bool,
+def stream_animation(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: Optional[VideoWriter], *,
+                     size: tuple[int, int], device: torch.device, motion: str, adapt_scale: bool,
                      progress: tqdm, strip: Optional[list] = None, precision: Optional[str] = None,
                      reference: Optional[np.ndarray] = None, use_relative_jacobian: bool = True,
-                     visual: Optional[list] = None) -> None:
-    """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``.
+                     visual: Optional[list] = None, side_by_side: Optional[VideoWriter] = None) -> None:
+    """Generate the frames driven by ``batches`` (uint8 (n, H, W, 3), already fitted) into ``writer``, and
+    source | driving | mask | result into ``side_by_side`` if given.
     Relative motion is measured from ``reference`` (a fitted driving frame), by default the first frame.
-    ``strip`` collects the predictions (uint8 (n, H, W, 3) per batch), ``visual`` the visualisation's frames
-    (uint8 (n, H, columns*W, 3) per batch), whatever goes into ``writer``."""
+    ``strip`` collects the predictions (uint8 (n, H, W, 3) per batch), ``visual`` the side-by-side frames
+    (uint8 (n, H, columns*W, 3) per batch)."""
     layout = torch.channels_last            # NHWC convolutions: faster on CPU and on tensor cores
     dtype = autocast_dtype(precision, device)
     initial = None                          # relative motion: the reference frame's keypoints (1, K, 2)
@@ -97,8 +100,11 @@ def stream_animation(model, source: np.ndarray, batches: Iterator[np.ndarray], w
                                        use_relative_jacobian=use_relative_jacobian)
         prediction = run_log.to_uint8(output.prediction, size)
         shown = run_log.side_by_side(model.visual_columns(state, driving, output), size) \
-            if visualize or visual is not None else None
-        writer.write(shown if visualize else prediction)
+            if side_by_side is not None or visual is not None else None
+        if writer is not None:
+            writer.write(prediction)
+        if side_by_side is not None:
+            side_by_side.write(shown)
         if visual is not None:
             visual.append(shown)
         if strip is not None:
@@ -110,8 +116,18 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
                    result_video: Optional[str] = None, motion: Optional[str] = None, adapt_scale: bool = False,
                    fit: str = "crop", batch_size: int = 8, visualize: bool = False,
                    precision: Optional[str] = None, find_best_frame: bool = False,
-                   config_path: Optional[str] = None, ablation: Optional[str] = None) -> str:
-    """Animate ``source_image`` by ``driving_video``; returns the result's path."""
+                   config_path: Optional[str] = None, ablation: Optional[str] = None,
+                   overwrite: bool = False) -> str:
+    """Animate ``source_image`` by ``driving_video`` into ``result_video`` (default ``<source>-animated.mp4``;
+    an existing file is refused unless ``overwrite``); with ``visualize`` also ``<result>-side-by-side.mp4``.
+    Returns the result's path. Outputs are checked before anything is loaded (modules/outputs.py)."""
+    result_video = result_video or default_result(source_image)
+    inputs = (source_image, driving_video, checkpoint_path, config_path)
+    check_output_file(result_video, what="--result_video", inputs=inputs, overwrite=overwrite,
+                      extensions=WRITABLE_EXTENSIONS)
+    side_path = side_by_side_path(result_video) if visualize else None
+    if side_path:
+        check_output_file(side_path, what="--visualize", inputs=inputs, overwrite=overwrite)
     config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
     model.to(memory_format=torch.channels_last)
     motion = choose_motion(config, motion, adapt_scale, checkpoint["path"])
@@ -127,18 +143,22 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     if find_best_frame:
         best = best_frame(config, source, video, size, fit, batch_size)
         reference = fit_frame(video.read([best])[0], size, fit)
-    result_video = result_video or os.path.splitext(os.path.basename(source_image))[0] + "-animated.mp4"
     fps = video.fps or 25.0
     batches = (np.stack([fit_frame(frame, size, fit) for frame in frames]) for frames in video.iter_frames(batch_size))
     progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
-    with torch.inference_mode(), VideoWriter(result_video, fps=fps, audio_from=driving_video) as writer:
+    # A failure or a signal before the end removes both partial files: neither name gets a half-written video.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        writer = stack.enter_context(VideoWriter(result_video, fps=fps, audio_from=driving_video))
+        side = stack.enter_context(VideoWriter(side_path, fps=fps, audio_from=driving_video)) if side_path else None
         stream_animation(model, source, batches, writer, size=size, device=device, motion=motion,
-                         adapt_scale=adapt_scale, visualize=visualize, progress=progress, precision=precision,
-                         reference=reference,
+                         adapt_scale=adapt_scale, progress=progress, precision=precision, reference=reference,
+                         side_by_side=side,
                          use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
     progress.close()
     print(f"{result_video}: {writer.frames} frames at {fps:g} fps ({motion} motion"
-          f"{', audio carried over' if writer.audio_from else ''})")
+          f"{', audio carried over' if writer.audio_from else ''})"
+          + (f"; side by side: {side_path}" if side_path else ""))
     return result_video
 
 
@@ -191,37 +211,44 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
     motion = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
     pairs = PairedDataset(dataset, num_pairs or config.animate_params.num_pairs, seed=0)
-    out_dir = run_log.fresh_results_dir(checkpoint, "animation")
-    size = config.dataset_params.size
-    progress = tqdm(total=sum(dataset.num_frames(pairs.pair(i)[1]) for i in range(len(pairs))), unit="frame",
-                    dynamic_ncols=True)
-    scorer = None                       # built on the first pair that has a ground truth
-    scores: dict[str, dict[str, list[float]]] = {}
-    with torch.inference_mode():
-        for index in range(len(pairs)):
-            source_index, driving_index = pairs.pair(index)
-            name = f"{dataset.names[source_index]}__{dataset.names[driving_index]}"
-            driving = dataset.video(driving_index)
-            source = dataset.video(source_index).read([0])[0]
-            strip: list[np.ndarray] = []
-            with VideoWriter(os.path.join(out_dir, name + config.animate_params.format),
-                             fps=driving.fps or 25.0) as writer:
-                stream_animation(model, source, driving.iter_frames(batch_size), writer, size=size, device=device,
-                                 motion=motion, adapt_scale=adapt_scale, visualize=False, progress=progress,
-                                 strip=strip, precision=precision,
-                                 use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
-            prediction = np.concatenate(strip)                                          # (T, H, W, 3)
-            run_log.write_strip(os.path.join(out_dir, "png", name + ".png"), prediction)
-            truth = os.path.join(config.dataset_params.root_dir, "animation-gt", name)
-            if os.path.isdir(truth):
-                scorer = scorer or FrameScorer(config, size)
-                scores[name] = score_against_truth(scorer, prediction, source, driving, open_video(truth, size),
-                                                   batch_size)
-    progress.close()
-    print(f"animation of {len(pairs)} pairs ({motion} motion) -> {out_dir}")
+    final_dir = run_log.results_path(checkpoint, "animation")
+    # Built beside the earlier results and swapped in when complete: an interrupted run keeps them.
+    relative_jacobian = config.animate_params.normalization_params.use_relative_jacobian
+    with results_folder(final_dir) as out_dir:
+        os.makedirs(os.path.join(out_dir, "png"))
+        size = config.dataset_params.size
+        progress = tqdm(total=sum(dataset.num_frames(pairs.pair(i)[1]) for i in range(len(pairs))),
+                        unit="frame", dynamic_ncols=True)
+        scorer = None                       # built on the first pair that has a ground truth
+        scores: dict[str, dict[str, list[float]]] = {}
+        with torch.inference_mode():
+            for index in range(len(pairs)):
+                source_index, driving_index = pairs.pair(index)
+                name = f"{dataset.names[source_index]}__{dataset.names[driving_index]}"
+                driving = dataset.video(driving_index)
+                source = dataset.video(source_index).read([0])[0]
+                strip: list[np.ndarray] = []
+                with VideoWriter(os.path.join(out_dir, name + config.animate_params.format),
+                                 fps=driving.fps or 25.0) as writer:
+                    stream_animation(model, source, driving.iter_frames(batch_size), writer, size=size,
+                                     device=device, motion=motion, adapt_scale=adapt_scale, progress=progress,
+                                     strip=strip, precision=precision, use_relative_jacobian=relative_jacobian)
+                prediction = np.concatenate(strip)                                          # (T, H, W, 3)
+                run_log.write_strip(os.path.join(out_dir, "png", name + ".png"), prediction)
+                truth = os.path.join(config.dataset_params.root_dir, "animation-gt", name)
+                if os.path.isdir(truth):
+                    scorer = scorer or FrameScorer(config, size)
+                    scores[name] = score_against_truth(scorer, prediction, source, driving,
+                                                       open_video(truth, size), batch_size)
+        progress.close()
+        if scores:
+            table = _write_animation_metrics(out_dir, scores, scorer, motion, checkpoint)
+    print(f"animation of {len(pairs)} pairs ({motion} motion) -> {final_dir}")
     if scores:
-        _write_animation_metrics(out_dir, scores, scorer, motion, checkpoint)
-    return out_dir
+        print("  against the ground-truth animation:")
+        for line in table_lines(table, scorer.skipped):
+            print("    " + line)
+    return final_dir
 
 
 def score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.ndarray, driving,
@@ -247,7 +274,8 @@ def score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.
 
 
 def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[float]]], scorer: FrameScorer,
-                             motion: str, checkpoint: dict) -> None:
+                             motion: str, checkpoint: dict) -> dict[str, dict[str, float]]:
+    """Write metrics.json; returns the table (candidate -> metric -> mean) to print."""
     pooled: dict[str, list[float]] = {}
     for row in scores.values():
         for key, values in row.items():
@@ -267,6 +295,4 @@ def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[floa
                         for name, row in scores.items()}}
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
         json.dump(result, stream, indent=2)
-    print("  against the ground-truth animation:")
-    for line in table_lines(table, scorer.skipped):
-        print("    " + line)
+    return table

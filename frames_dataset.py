@@ -190,7 +190,8 @@ class FramesDataset(Dataset):
 
     def __init__(self, root_dir: str | os.PathLike, frame_shape: Sequence[int], id_sampling: bool = False,
                  is_train: bool = True, augmentation_params: Optional[AugmentationParams] = None,
-                 random_seed: int = 0, pairs_list: Optional[str] = None, labels: Optional[LabelParams] = None):
+                 random_seed: int = 0, pairs_list: Optional[str] = None, labels: Optional[LabelParams] = None,
+                 searched: Sequence[str] = ()):
         self.root_dir = os.fspath(root_dir)
         if len(frame_shape) not in (2, 3) or any(int(s) < 1 for s in frame_shape) or \
                 (len(frame_shape) == 3 and int(frame_shape[2]) != 3):
@@ -200,6 +201,7 @@ class FramesDataset(Dataset):
         self.is_train = is_train
         self.random_seed = int(random_seed)
         self.pairs_list = pairs_list
+        self.searched = list(searched)         # where a relative root_dir was looked for (for its error)
         self.notes: list[str] = []
         self._epoch = _SharedEpoch()
         # FOMM augments training items only.
@@ -266,7 +268,8 @@ class FramesDataset(Dataset):
         the keypoint labels of both frames)."""
         return cls(dataset_params.root_dir, dataset_params.frame_shape, id_sampling=dataset_params.id_sampling,
                    is_train=is_train, augmentation_params=dataset_params.augmentation_params,
-                   random_seed=random_seed, pairs_list=dataset_params.pairs_list, labels=labels)
+                   random_seed=random_seed, pairs_list=dataset_params.pairs_list, labels=labels,
+                   searched=dataset_params.searched)
 
     def _split_paths(self) -> tuple[str, list[str]]:
         """(the split's folder, its candidate video paths), splitting the root at random if it has no split."""
@@ -274,6 +277,8 @@ class FramesDataset(Dataset):
         if not os.path.isdir(root):
             hint = (f"; make the synthetic dataset with: python scripts/synthetic_dataset.py --out {root}"
                     if "synthetic" in os.path.basename(os.path.normpath(root)) else "")
+            if len(self.searched) > 1:
+                hint = f" (looked in {', '.join(self.searched)})" + hint
             raise UserError(f"{root}: dataset folder not found (dataset_params.root_dir){hint}"
                             if not os.path.exists(root)
                             else f"{root}: expected a folder with train/ and test/ (dataset_params.root_dir)")

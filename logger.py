@@ -33,6 +33,7 @@ import yaml
 from modules.checkpoint import atomic_save, read_checkpoint, resolve_checkpoint
 from modules.errors import CheckpointError, UserError
 from modules.video_io import to_uint8  # noqa: F401  (run_log.to_uint8 in the stage scripts)
+from modules.outputs import atomic_file
 
 CHECKPOINT_FORMAT = "kpmask-train-1"
 # Entries a training checkpoint of this project must hold (FOMM's names first, then ours).
@@ -177,7 +178,7 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
 
     ``ablation`` (perturbed masks only: none, no_pert, no_ref, no_id) replaces the config's; results then go
     to ``<mode>-<ablation>/``. One checkpoint serves all four: r's loss never reaches m, l or h in training."""
-    from modules.config import config_from_dict, load_config
+    from modules.config import config_from_dict, load_config, resolve_data_paths
     from modules.models import model_from_checkpoint
 
     checkpoint = read_checkpoint(path) if os.path.isfile(path) else None     # a folder: its latest, below
@@ -211,6 +212,7 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
                             f"ablations (no_pert, no_ref, no_id) are the perturbed-masks model's")
         config.model_params.ablation = ablation
         checkpoint = dict(checkpoint, results_suffix=f"-{ablation}")
+    resolve_data_paths(config, config_path if "config" not in checkpoint else checkpoint["path"])
     if config.family == "detector":
         raise UserError(f"{checkpoint['path']}: a labelled keypoint detector (stage one) has no generator to "
                         f"reconstruct or animate with; pass it as --checkpoint_with_kp to a heatmap, circles or FOMM "
@@ -235,20 +237,19 @@ def model_file(checkpoint: Mapping[str, Any], provenance: Mapping[str, Any]) -> 
             "epoch": checkpoint["epoch"], "provenance": dict(provenance)}
 
 
-def fresh_results_dir(checkpoint: Mapping[str, Any], name: str) -> str:
-    """``<run folder of the checkpoint>/<name>/`` with an empty ``png/`` inside; an earlier run's results there
-    are replaced, so a mode can run twice."""
+def results_path(checkpoint: Mapping[str, Any], name: str) -> str:
+    """``<run folder of the checkpoint>/<name>/``: where a mode's results go. Build them with
+    ``modules.outputs.results_folder(path)``, which swaps the new set in only when complete, so a mode can run
+    twice and an interrupted run keeps the earlier results."""
     root = checkpoint.get("results_root") or os.path.dirname(os.path.abspath(checkpoint["path"]))
-    folder = os.path.join(root, name + checkpoint.get("results_suffix", ""))
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
-    os.makedirs(os.path.join(folder, "png"))
-    return folder
+    return os.path.join(root, name + checkpoint.get("results_suffix", ""))
 
 
 def write_strip(path: str, frames: np.ndarray) -> None:
-    """uint8 frames (T, H, W, 3) side by side in one png (H, T*W, 3): the layout FOMM's evaluation tools read."""
-    iio.imwrite(path, np.concatenate(list(frames), axis=1))
+    """uint8 frames (T, H, W, 3) side by side in one png (H, T*W, 3): the layout FOMM's evaluation tools read.
+    Written under a temporary name and renamed when complete."""
+    with atomic_file(path) as temporary:
+        iio.imwrite(temporary, np.concatenate(list(frames), axis=1), extension=".png")
 
 
 def remove_stale_temporaries(run_dir: str) -> list[str]:

@@ -24,7 +24,9 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    from modules.errors import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(
         prog="kpmask", description="Image animation with keypoint masks (Toledano, Marmor, Gertz).")
     parser.add_argument("--config", default=None,
                         help="YAML config, e.g. config/taichi-256-heatmap.yaml or config/tiny-fomm.yaml (optional "
@@ -72,7 +74,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          help="how images of another shape meet the model's frame size: crop (centre crop to "
                               "the aspect ratio, then resize; default) or resize (stretch)")
     animate.add_argument("--visualize", action="store_true",
-                         help="write source | driving | driving mask | result side by side")
+                         help="also write source | driving | driving mask | result side by side, as "
+                              "<result>-side-by-side.mp4 beside the result")
+    animate.add_argument("--overwrite", action="store_true",
+                         help="replace an existing --result_video (and its side-by-side); without it an existing "
+                              "file is refused")
     train = parser.add_argument_group("train")
     train.add_argument("--log_dir", default="log", help="where new run folders are made (default: log)")
     train.add_argument("--checkpoint", default=None,
@@ -143,9 +149,6 @@ def animate(args: argparse.Namespace) -> None:
 
     if args.checkpoint is None:
         raise UserError("--mode animate needs --checkpoint (a training checkpoint or its run folder)")
-    if (args.source_image is None) != (args.driving_video is None):
-        raise UserError("--mode animate: give both --source_image and --driving_video (one image by one video), "
-                        "or neither (the test pairs of the checkpoint's dataset)")
     if args.source_image is None:
         if args.find_best_frame:
             raise UserError("--find_best_frame is for one image by one video (--source_image, --driving_video); "
@@ -157,7 +160,8 @@ def animate(args: argparse.Namespace) -> None:
     animate_single(args.checkpoint, args.source_image, args.driving_video, device=choose_device(args.device),
                    result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
                    batch_size=args.batch_size or 8, visualize=args.visualize, precision=args.mixed_precision,
-                   find_best_frame=args.find_best_frame, config_path=args.config, ablation=args.ablation)
+                   find_best_frame=args.find_best_frame, config_path=args.config, ablation=args.ablation,
+                   overwrite=args.overwrite)
 
 
 def inspect(args: argparse.Namespace) -> None:
@@ -196,26 +200,76 @@ def inspect(args: argparse.Namespace) -> None:
     print("loss       " + ", ".join(f"{k} {v:.4f}" for k, v in summary.loss.items()))
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The paths a command names, checked with the standard library before torch is imported (a typo costs
+    a second, not the 5 s of imports): inputs exist and are what they should be, outputs can be written
+    without destroying anything (modules/outputs.py)."""
+    import os
+
+    from modules.errors import UserError
+    from modules.outputs import check_output_file, check_output_folder
+
+    if args.mode == "train" and args.checkpoint and args.init_checkpoint:
+        raise UserError("--checkpoint (resume a run) and --init_checkpoint (start a new run from weights) "
+                        "exclude each other")
+    if args.config is not None:
+        if os.path.isdir(args.config):
+            raise UserError(f"{args.config}: is a folder, expected a YAML config file (--config)")
+        if not os.path.exists(args.config):
+            raise UserError(f"{args.config}: config file not found (--config)")
+        if args.mode == "inspect" or (args.mode == "train" and args.checkpoint is None):
+            # A whole config: validate it now (no torch needed); its warnings come when the mode reads it.
+            from modules.config import load_config
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                load_config(args.config)
+    for flag in ("checkpoint", "checkpoint_with_kp", "init_checkpoint"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.exists(path):
+            raise UserError(f"{path}: checkpoint file not found (--{flag}: a checkpoint file or a run folder)")
+    if args.mode == "animate" and (args.source_image is None) != (args.driving_video is None):
+        raise UserError("--mode animate: give both --source_image and --driving_video (one image by one video), "
+                        "or neither (the test pairs of the checkpoint's dataset)")
+    if args.mode == "animate" and args.source_image is not None:
+        if not os.path.exists(args.source_image):
+            raise UserError(f"{args.source_image}: file not found (--source_image)")
+        if os.path.isdir(args.source_image):
+            raise UserError(f"{args.source_image}: is a folder, expected an image file (--source_image)")
+        if args.driving_video is not None and not os.path.exists(args.driving_video):
+            raise UserError(f"{args.driving_video}: not found (--driving_video: a video file or a frame folder)")
+        from modules.outputs import default_result, side_by_side_path
+        from modules.video_io import WRITABLE_EXTENSIONS
+
+        inputs = (args.source_image, args.driving_video, args.checkpoint, args.config, args.checkpoint_with_kp)
+        result = args.result_video or default_result(args.source_image)
+        check_output_file(result, what="--result_video", inputs=inputs, overwrite=args.overwrite,
+                          extensions=WRITABLE_EXTENSIONS)
+        if args.visualize:
+            check_output_file(side_by_side_path(result), what="--visualize", inputs=inputs,
+                              overwrite=args.overwrite)
+    if args.mode == "train":
+        check_output_folder(args.log_dir, what="--log_dir",
+                            inputs=(args.config, args.checkpoint_with_kp, args.init_checkpoint))
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"WARNING: {message}\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from modules.errors import exit_status
+
     args = parse_args(argv)
     args.command = list(sys.argv) if argv is None else ["run.py", *argv]     # recorded in the run folder
     warnings.formatwarning = _format_warning
-    from modules.errors import UserError
 
-    try:
+    def command() -> None:
+        check_paths(args)
         {"train": train, "reconstruction": reconstruction, "animate": animate,
          "inspect": inspect}[args.mode](args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return exit_status(command)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 import logger as run_log
-from modules.config import Config, config_from_dict, load_config
+from modules.config import Config, config_from_dict, load_config, resolve_data_paths
 from modules.errors import CheckpointError, ConfigError, UserError
 from modules.family import KeypointLabels, StepContext, Trainable
 from modules.models import build_model, build_trainable, model_from_checkpoint
@@ -181,7 +181,7 @@ def _check_same_model(checkpoint: dict, config: Config, flag: str) -> None:
     saved = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config").to_dict()
     difference = _first_difference(saved["model_params"], config.to_dict()["model_params"], "model_params")
     if difference:
-        raise ConfigError(f"{config.path}: model_params differ from {flag} {checkpoint['path']}: {difference} "
+        raise ConfigError(f"{config.path}: {difference}: model_params differ from {flag} {checkpoint['path']} "
                           f"(the networks must be the same; only train_params may change)")
 
 
@@ -195,6 +195,7 @@ def _resolve_config(options: TrainOptions, resume: Optional[dict], init: Optiona
     for checkpoint, flag in ((resume, "--checkpoint"), (init, "--init_checkpoint")):
         if checkpoint and options.config:
             _check_same_model(checkpoint, config, flag)
+    resolve_data_paths(config, options.config or (resume or {}).get("path"))
     train = config.train_params
     if options.mixed_precision is not None:
         train.mixed_precision = options.mixed_precision

@@ -122,4 +122,15 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], sour
     if problems:
         raise CheckpointError(f"{source}: '{name}' does not fit the config's networks ({'; '.join(problems)}); "
                               f"check model_params against the config the checkpoint was trained with")
+    check_finite(state, source, name)
     module.load_state_dict(state, strict=True)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str, name: str) -> None:
+    """Refuse weights holding NaN or infinity (a diverged run's checkpoint), which would animate black frames
+    without a word: one line naming the network and the first such tensor."""
+    bad = [key for key, value in state.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"{source}: '{name}' holds NaN or infinite weights ({first_items(bad)}); the run "
+                              f"that wrote it diverged, use an earlier checkpoint")

@@ -58,6 +58,8 @@ class DatasetParams:
     id_sampling: bool = False
     pairs_list: Optional[str] = None
     augmentation_params: AugmentationParams = field(default_factory=AugmentationParams)
+    # the folders a relative root_dir was looked for in (resolve_data_paths), for the not-found error
+    searched: list = field(default_factory=list, metadata={"yaml": False})
 
     @property
     def size(self) -> tuple[int, int]:
@@ -387,6 +389,7 @@ class Config:
         """The resolved config as plain YAML-able data (what a run folder saves)."""
         data = dataclasses.asdict(self)
         data.pop("path")
+        data["dataset_params"].pop("searched")
         if not self.relative_motion_possible:
             # Only keypoints move relatively; writing it would make the saved config warn when reloaded.
             data["animate_params"].pop("normalization_params")
@@ -952,21 +955,125 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Read a YAML config with ``yaml.safe_load`` and validate it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: config file not found")
+def _repository_of(path: str) -> list[str]:
+    """The folders a file's relative data paths may be meant from: its folder and the ones above it, up to the
+    repository holding it (the first with setup.py or .git); just its folder and the one above if none does."""
+    folder = os.path.dirname(os.path.abspath(path))
+    chain = [folder]
+    while True:
+        if os.path.exists(os.path.join(chain[-1], "setup.py")) or os.path.exists(os.path.join(chain[-1], ".git")):
+            return chain
+        parent = os.path.dirname(chain[-1])
+        if parent == chain[-1]:
+            return chain[:2]
+        chain.append(parent)
+
+
+def resolve_data_paths(config: "Config", anchor: Optional[str]) -> None:
+    """Relative ``dataset_params.root_dir`` / ``pairs_list`` and ``metrics_params.keypoint_regressor``: the
+    current folder first (what they always meant), then the folders of the repository that ``anchor`` (the model
+    file, checkpoint or config they came from) lies in, so ``models/tiny-heatmap.pth.tar`` works from any folder.
+    A path found nowhere is left as it is; ``dataset_params.searched`` keeps where it was looked for."""
+    bases = [os.getcwd()] + ([] if anchor is None or not os.path.exists(anchor) else _repository_of(anchor))
+    bases = list(dict.fromkeys(os.path.abspath(b) for b in bases))
+
+    def find(value: Optional[str]) -> tuple[Optional[str], list[str]]:
+        if value is None or os.path.isabs(value) or os.path.exists(value):
+            return value, []
+        tried = [os.path.join(base, value) for base in bases]
+        return next((path for path in tried if os.path.exists(path)), value), tried
+
+    data = config.dataset_params
+    data.root_dir, data.searched = find(data.root_dir)
+    data.pairs_list, _ = find(data.pairs_list)
+    metrics = config.metrics_params
+    metrics.keypoint_regressor, _ = find(metrics.keypoint_regressor)
+
+
+# A config holds a few hundred values; aliases may not expand it beyond this (a "billion laughs" bomb of a few
+# hundred bytes would otherwise fill the memory when the document is copied).
+MAX_YAML_VALUES = 100_000
+
+
+def _yaml_problem(node: yaml.Node) -> Optional[str]:
+    """What makes a composed YAML document unfit for a config: a duplicate key, a recursive alias, or more than
+    MAX_YAML_VALUES values once aliases are expanded. Counted on the node graph, where an alias is one shared
+    node, so the check itself never expands anything."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(current: yaml.Node) -> int:
+        key = id(current)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise _YamlRefused(f"a recursive alias at line {current.start_mark.line + 1}")
+        active.add(key)
+        total = 1
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in current.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key_node.value in seen:
+                        raise _YamlRefused(f"duplicate key {key_node.value!r} at line {key_node.start_mark.line + 1} "
+                                           f"(first at line {seen[key_node.value]})")
+                    seen[key_node.value] = key_node.start_mark.line + 1
+                total += size(key_node) + size(value_node)
+        elif isinstance(current, yaml.SequenceNode):
+            total += sum(size(child) for child in current.value)
+        if total > MAX_YAML_VALUES:
+            raise _YamlRefused(f"its aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?)")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(node)
+    except _YamlRefused as refused:
+        return str(refused)
+    return None
+
+
+class _YamlRefused(Exception):
+    pass
+
+
+def read_yaml(path: str) -> Any:
+    """``yaml.safe_load`` of a file, refusing duplicate keys and alias bombs (``_yaml_problem``) before the
+    document is built; a ConfigError naming the file otherwise."""
     try:
         with open(path, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream)
+            loader = yaml.SafeLoader(stream)
+            try:
+                node = loader.get_single_node()
+                if node is None:
+                    return None
+                problem = _yaml_problem(node)
+                if problem:
+                    raise ConfigError(f"{path}: {problem}")
+                return loader.construct_document(node)
+            finally:
+                loader.dispose()
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config ({error.strerror or error})") from None
-    return config_from_dict(data, path)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read a YAML config (``read_yaml``: safe loading, no duplicate keys, bounded aliases) and validate it."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    return config_from_dict(read_yaml(path), path)

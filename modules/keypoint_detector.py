@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.blocks import AntiAliasDownsample, Hourglass, anti_alias_kernel_size, make_coordinate_grid
-from modules.checkpoint import first_items, read_checkpoint, resolve_checkpoint, state_dict_problems
+from modules.checkpoint import check_finite, first_items, read_checkpoint, resolve_checkpoint, state_dict_problems
 from modules.errors import CheckpointError
 
 MaskKind = Literal["heatmap", "circles", "softmax"]
@@ -238,10 +238,13 @@ def load_detector_state(detector: KPDetector, state_dict: Mapping[str, torch.Ten
                    "num_kp": detector.num_kp, "scale_factor": detector.scale_factor}
         inferred = infer_detector_params(state_dict)
         hint = ", ".join(f"{k}={v}" for k, v in inferred.items())
-        raise CheckpointError(f"{source}: kp_detector does not fit the configured detector "
-                              f"({'; '.join(parts)}); the checkpoint was built with {hint} "
-                              f"(config has {', '.join(f'{k}={v}' for k, v in current.items())}): set these in "
-                              f"model_params.kp_detector_params / common_params")
+        # The settings to use come first: the error line is cut at 250 characters.
+        changes = ", ".join(f"{k}={inferred[k]}" for k in current if k in inferred and inferred[k] != current[k]) \
+            or hint
+        raise CheckpointError(f"{source}: kp_detector does not fit the configured detector: it was built with "
+                              f"{changes} (config: {', '.join(f'{k}={v}' for k, v in current.items())}); set these "
+                              f"in model_params.kp_detector_params / common_params (all its settings: {hint}; {'; '.join(parts)})")
+    check_finite(state_dict, source, "kp_detector")
     detector.load_state_dict(state_dict, strict=True)
 
 

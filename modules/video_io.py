@@ -184,13 +184,30 @@ def _ffmpeg(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
 
 
+# ffmpeg's words -> plain ones (the first that matches); its option names mean nothing to a user.
+_FFMPEG_REASONS = (
+    (("matches no streams", "Failed to set value '0:v:0'", "does not contain any stream"),
+     "the file holds no video stream"),
+    (("moov atom not found",), "the file is incomplete (cut off while it was written?)"),
+    (("Invalid data found",), "the data is damaged or not a video"),
+    (("No space left",), "no space left on the disk"),
+    (("Permission denied",), "permission denied"),
+    (("No such file",), "file not found"),
+)
+
+
 def _ffmpeg_problem(stderr: bytes) -> str:
-    """ffmpeg's reason, one line: its last error line without the '[in#0 @ 0x...]' prefix."""
-    lines = [re.sub(r"^\[[^\]]*\]\s*", "", line).strip() for line in stderr.decode(errors="replace").splitlines()]
-    lines = [line for line in lines if line]
+    """ffmpeg's reason in plain words, one line: a known cause, or its first error line with the
+    '[in#0 @ 0x...]' prefix and any option names removed."""
+    text = stderr.decode(errors="replace")
+    for needles, reason in _FFMPEG_REASONS:
+        if any(needle in text for needle in needles):
+            return reason
+    lines = [re.sub(r"^\[[^\]]*\]\s*", "", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and "option" not in line and "FFMPEG" not in line.upper()[:6]]
     errors = [line for line in lines if "rror" in line or "nvalid" in line or "not found" in line]
-    reason = (errors or lines or ["unknown ffmpeg error"])[0]
-    return reason[:200]
+    reason = (errors or lines or ["the decoder failed"])[0]
+    return reason[:160]
 
 
 def _probe_ffmpeg(path: str) -> VideoInfo:
@@ -536,17 +553,22 @@ def has_audio(path: str) -> bool:
 
 class VideoWriter:
     """Frames streamed to ffmpeg as they come (memory does not grow with the video), optionally with the audio
-    track of another file; the result appears under its name only when complete.
+    track of another file; the result appears under its name only when complete and verified.
 
         with VideoWriter("out.mp4", fps=25, audio_from="driving.mp4") as writer:
             for batch in batches:                 # uint8 (n, H, W, 3) or (H, W, 3)
                 writer.write(batch)
 
-    The encoder writes ``.<name>.partial<ext>`` beside the result and renames it on success; an error (or a
-    Ctrl-C) inside the ``with`` removes it, so a failed run never leaves a broken file under the requested name.
+    The encoder writes a hidden partial file beside the result (``modules.outputs.partial_path``). When the
+    block ends, ffmpeg's exit status is checked and the file's frame count is read back; only then is it
+    renamed over the result. Any failure (an exception, Ctrl-C, SIGTERM, a full disk) removes the partial
+    file, leaves whatever was at the result's name untouched and raises one plain line (a ``VideoError``).
+    The result holds exactly one video stream and, with ``audio_from``, that file's first audio stream.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, audio_from: Optional[str] = None, quality: int = 8):
+        from modules.outputs import partial_path
+
         self.path = os.fspath(path)
         extension = os.path.splitext(self.path)[1].lower()
         if extension not in WRITABLE_EXTENSIONS:
@@ -554,36 +576,45 @@ class VideoWriter:
                                         f"{', '.join(WRITABLE_EXTENSIONS)})")
         if not fps or fps <= 0:
             raise VideoError(self.path, f"fps must be positive, got {fps}")
-        folder = os.path.dirname(os.path.abspath(self.path))
-        self.partial = os.path.join(folder, f".{os.path.splitext(os.path.basename(self.path))[0]}.partial{extension}")
+        self.partial = partial_path(self.path)
         self.fps, self.quality, self.extension = float(fps), quality, extension
         self.audio_from = audio_from if audio_from and extension != ".gif" and has_audio(audio_from) else None
         self.frames = 0
-        self._encoder = None
+        self._process: Optional[subprocess.Popen] = None
+        self._log = None                          # ffmpeg's stderr, in a temporary file (a pipe could fill up)
         self._size: Optional[tuple[int, int]] = None
 
     def __enter__(self) -> "VideoWriter":
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         return self
 
-    def _open(self, height: int, width: int) -> None:
+    def _command(self, height: int, width: int) -> list[str]:
         import imageio_ffmpeg
 
-        output_params = ["-map", "0:v:0"]
-        if self.extension == ".gif":
-            codec, pixel_format = "gif", "rgb8"
-        else:
-            codec, pixel_format = "libx264", "yuv420p"
-            if height % 2 or width % 2:          # yuv420p needs even sides: pad by one pixel, never resize
-                output_params += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+                   "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps:.6g}",
+                   "-i", "-"]
         if self.audio_from:
-            # Explicit maps: ffmpeg would otherwise take the best video stream of either input.
-            output_params += ["-map", "1:a:0"]
-        self._encoder = imageio_ffmpeg.write_frames(
-            self.partial, (width, height), fps=self.fps, codec=codec, pix_fmt_out=pixel_format,
-            quality=self.quality if codec == "libx264" else None, macro_block_size=1, output_params=output_params,
-            audio_path=self.audio_from, audio_codec="aac" if self.audio_from else None, ffmpeg_log_level="error")
-        self._encoder.send(None)                 # start the ffmpeg process
+            command += ["-i", self.audio_from]
+        # Explicit maps: exactly the frames, and the driver's first audio stream if it has one.
+        command += ["-map", "0:v:0"] + (["-map", "1:a:0", "-c:a", "aac"] if self.audio_from else ["-an"])
+        if self.extension == ".gif":
+            command += ["-c:v", "gif", "-pix_fmt", "rgb8"]
+        else:
+            # libx264 at imageio's quality scale (8 of 10 = crf 10); yuv420p needs even sides: pad, never resize.
+            command += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(int((1 - self.quality / 10) * 51))]
+            if height % 2 or width % 2:
+                command += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
+        return command + ["-f", {".mp4": "mp4", ".mov": "mov", ".gif": "gif"}[self.extension], self.partial]
+
+    def _open(self, height: int, width: int) -> None:
+        import tempfile
+
+        self._log = tempfile.TemporaryFile()
+        # start_new_session: a Ctrl-C in the terminal reaches this process, which then stops ffmpeg itself,
+        # instead of ffmpeg dying first and the error looking like a broken pipe.
+        self._process = subprocess.Popen(self._command(height, width), stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
         self._size = (height, width)
 
     def write(self, frames: np.ndarray) -> None:
@@ -593,30 +624,70 @@ class VideoWriter:
             frames = frames[None]
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames (n, H, W, 3), got {frames.dtype} {frames.shape}")
-        if self._encoder is None:
+        if self._process is None:
             self._open(*frames.shape[1:3])
         elif frames.shape[1:3] != self._size:
             raise ValueError(f"frame size {frames.shape[1:3]} differs from the video's {self._size}")
-        for frame in frames:
-            self._encoder.send(np.ascontiguousarray(frame))
+        try:
+            self._process.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except (BrokenPipeError, OSError):
+            self._process.wait()
+            raise self._failure() from None
         self.frames += len(frames)
 
-    def __exit__(self, kind, error, traceback) -> None:
-        complete = kind is None and self.frames > 0
+    def _failure(self) -> VideoError:
+        """Why ffmpeg stopped, in plain words."""
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace")
+        if "No space left" in text:
+            reason = "no space left on the disk"
+        elif "Permission denied" in text:
+            reason = "permission denied"
+        elif "Read-only file system" in text:
+            reason = "the file system is read-only"
+        elif "Disk quota" in text:
+            reason = "the disk quota is exceeded"
+        else:
+            reason = f"the video encoder failed (exit status {self._process.returncode})"
+        return VideoError(self.path, f"cannot write the video: {reason}; nothing was written there")
+
+    def _finish(self) -> None:
+        """Close ffmpeg's input, wait for it, check its exit status and read the frame count back."""
         try:
-            if self._encoder is not None:
-                self._encoder.close()            # waits for ffmpeg to finish the file
-        except Exception:
-            complete = False
+            self._process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        if self._process.wait() != 0:
+            raise self._failure()
+        try:
+            written = probe_video(self.partial).num_frames
+        except VideoError:
+            written = 0
+        if written != self.frames:
+            raise VideoError(self.path, f"the written video holds {written} frames instead of {self.frames}; "
+                                        f"nothing was written there")
+
+    def _stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
             if kind is None:
-                raise
-        finally:
-            if complete:
+                if self._process is None:
+                    raise VideoError(self.path, "no frames to write")
+                self._finish()
                 os.replace(self.partial, self.path)
-            elif os.path.exists(self.partial):
+        except BaseException:
+            self._stop()
+            raise
+        finally:
+            self._stop()                 # on an exception or a signal: ffmpeg is killed, not waited for
+            if self._log is not None:
+                self._log.close()
+            if os.path.exists(self.partial):
                 os.remove(self.partial)
-        if kind is None and not complete:
-            raise VideoError(self.path, "no frames to write")
 
 
 def to_uint8(images: "torch.Tensor", size: Optional[tuple[int, int]] = None) -> np.ndarray:

@@ -57,6 +57,23 @@ def contact_sheet(visual: np.ndarray, columns: int, count: int = SHEET_FRAMES) -
     return np.concatenate(rows, axis=0)
 
 
+DEMO_FILES = ("result.mp4", "side-by-side.mp4", "contact-sheet.png", "metrics.json")
+
+
+def check_demo_folder(out_dir: str, inputs: tuple = ()) -> None:
+    """``--out`` is replaced as a whole when the new demo is complete: refuse a folder that holds anything the
+    demo did not write (the user's own files would go with it), and paths that cannot be written."""
+    from modules.outputs import check_output_folder
+
+    check_output_folder(out_dir, what="--out", inputs=inputs)
+    if os.path.isdir(out_dir):
+        foreign = sorted(set(os.listdir(out_dir)) - set(DEMO_FILES))
+        if foreign:
+            raise UserError(f"--out {out_dir}: holds files the demo did not write ({', '.join(foreign[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}); the demo replaces its folder as a whole, "
+                            f"give a new or empty folder")
+
+
 def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_name: str = "auto") -> dict:
     """Animate the pair, write the files of the module docstring, return metrics.json's content."""
     import imageio.v3 as iio
@@ -66,9 +83,11 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
     import logger as run_log
     from animate import choose_motion, score_against_truth, stream_animation
     from modules.evaluation import FrameScorer, table_lines
+    from modules.outputs import results_folder
     from modules.video_io import VideoWriter, open_video
     from run import choose_device
 
+    check_demo_folder(out_dir, inputs=(model_path,))
     device = choose_device(device_name)
     config, model, checkpoint = run_log.load_model(model_path, device)
     pair = pair or demo_pair(root)
@@ -84,37 +103,40 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
     source = open_video(paths["source"], size).read([0])[0]
     driving, truth = open_video(paths["driving"], size), open_video(paths["ground truth"], size)
     motion = choose_motion(config, None, False, checkpoint["path"])
-    os.makedirs(out_dir, exist_ok=True)
-    fps = driving.fps or 25.0
-    strip: list[np.ndarray] = []
-    visual: list[np.ndarray] = []
-    progress = tqdm(total=driving.num_frames, unit="frame", desc="animating", dynamic_ncols=True)
-    with torch.inference_mode(), VideoWriter(os.path.join(out_dir, "result.mp4"), fps=fps) as writer:
-        stream_animation(model, source, driving.iter_frames(8), writer, size=size, device=device, motion=motion,
-                         adapt_scale=False, visualize=False, progress=progress, strip=strip, visual=visual,
-                         use_relative_jacobian=config.animate_params.normalization_params.use_relative_jacobian)
-    progress.close()
-    prediction = np.concatenate(strip)                                                  # (T, H, W, 3)
-    count = min(len(prediction), truth.num_frames)
-    truth_frames = truth.read(list(range(count)))
-    shown = np.concatenate([np.concatenate(visual)[:count], truth_frames], axis=2)      # + ground-truth column
-    columns = shown.shape[2] // size[1]
-    with VideoWriter(os.path.join(out_dir, "side-by-side.mp4"), fps=fps) as writer:
-        writer.write(shown)
-    iio.imwrite(os.path.join(out_dir, "contact-sheet.png"), contact_sheet(shown, columns))
+    final_dir = out_dir
+    # Built beside an earlier demo and swapped in when complete: an interrupted run keeps the earlier one.
+    with results_folder(final_dir) as out_dir:
+        fps = driving.fps or 25.0
+        strip: list[np.ndarray] = []
+        visual: list[np.ndarray] = []
+        progress = tqdm(total=driving.num_frames, unit="frame", desc="animating", dynamic_ncols=True)
+        relative_jacobian = config.animate_params.normalization_params.use_relative_jacobian
+        with torch.inference_mode(), VideoWriter(os.path.join(out_dir, "result.mp4"), fps=fps) as writer:
+            stream_animation(model, source, driving.iter_frames(8), writer, size=size, device=device,
+                             motion=motion, adapt_scale=False, progress=progress, strip=strip, visual=visual,
+                             use_relative_jacobian=relative_jacobian)
+        progress.close()
+        prediction = np.concatenate(strip)                                              # (T, H, W, 3)
+        count = min(len(prediction), truth.num_frames)
+        truth_frames = truth.read(list(range(count)))
+        shown = np.concatenate([np.concatenate(visual)[:count], truth_frames], axis=2)  # + ground-truth column
+        columns = shown.shape[2] // size[1]
+        with VideoWriter(os.path.join(out_dir, "side-by-side.mp4"), fps=fps) as writer:
+            writer.write(shown)
+        iio.imwrite(os.path.join(out_dir, "contact-sheet.png"), contact_sheet(shown, columns))
 
-    scorer = FrameScorer(config, size)
-    scores = score_against_truth(scorer, prediction, source, driving, truth, batch_size=16)
-    table = scorer.table(scores, ("prediction", "copy_source", "copy_driving"))
-    result = {"pair": pair, "model": model_path, "step": checkpoint.get("step"), "motion": motion, "frames": count,
-              "result": table["prediction"], "copy_source": table["copy_source"],
-              "copy_driving": table["copy_driving"], "skipped": scorer.skipped}
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
-        json.dump(result, stream, indent=2)
+        scorer = FrameScorer(config, size)
+        scores = score_against_truth(scorer, prediction, source, driving, truth, batch_size=16)
+        table = scorer.table(scores, ("prediction", "copy_source", "copy_driving"))
+        result = {"pair": pair, "model": model_path, "step": checkpoint.get("step"), "motion": motion,
+                  "frames": count, "result": table["prediction"], "copy_source": table["copy_source"],
+                  "copy_driving": table["copy_driving"], "skipped": scorer.skipped}
+        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
+            json.dump(result, stream, indent=2)
 
     print(f"demo pair {pair}: {model_path} (step {checkpoint.get('step')}, {motion} motion), {count} frames")
     for name in ("result.mp4", "side-by-side.mp4", "contact-sheet.png", "metrics.json"):
-        print(f"  {os.path.join(out_dir, name)}")
+        print(f"  {os.path.join(final_dir, name)}")
     print("against the ground-truth animation:")
     for line in table_lines({"result": table["prediction"], "copy_source": table["copy_source"],
                              "copy_driving": table["copy_driving"]}, scorer.skipped):

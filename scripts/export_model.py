@@ -1,6 +1,6 @@
 """Export a training checkpoint as a model file: its networks and config, without optimizer or RNG state.
 
-    python scripts/export_model.py log/tiny-heatmap-<ts> --out models/tiny-heatmap.pth.tar \\
+    python scripts/export_model.py log/tiny-heatmap-<ts> --out models/tiny-heatmap.pth.tar [--overwrite] \\
         [--note "what made it"] [--training_time "17 min 34 s on 2 CPU cores"]
 
 The model file (format ``kpmask-model-1``) animates and reconstructs like the checkpoint
@@ -20,9 +20,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modules.errors import OneLineArgumentParser, exit_status  # noqa: E402
 
 
-def export(checkpoint_path: str, out: str, note: str = "", training_time: str = "") -> dict:
+def export(checkpoint_path: str, out: str, note: str = "", training_time: str = "",
+           overwrite: bool = False) -> dict:
     """Write the model file of ``checkpoint_path`` (a checkpoint or run folder) to ``out``; returns its content.
-    The file is checked to load strictly into the networks of its config before anything is written."""
+    An existing ``out`` is refused unless ``overwrite``. The file is checked to load strictly into the networks
+    of its config before anything is written, and written atomically."""
+    from modules.outputs import check_output_file
+
+    check_output_file(out, what="--out", inputs=(checkpoint_path,), overwrite=overwrite)
     import logger as run_log
     from modules.checkpoint import atomic_save
     from modules.config import config_from_dict
@@ -52,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the model file to write (.pth.tar)")
     parser.add_argument("--note", default="", help="free text kept in the file's provenance")
     parser.add_argument("--training_time", default="", help="wall-clock training time, kept in the provenance")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
 
     def command() -> None:
-        export(args.checkpoint, args.out, args.note, args.training_time)
+        export(args.checkpoint, args.out, args.note, args.training_time, overwrite=args.overwrite)
 
     return exit_status(command)
 

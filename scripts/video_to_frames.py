@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional
@@ -25,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from PIL import Image  # noqa: E402
 
-from modules.errors import UserError, exit_status  # noqa: E402
+from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
+from modules.outputs import check_output_folder, results_folder  # noqa: E402
 from modules.video_io import VIDEO_EXTENSIONS, VideoError, open_video  # noqa: E402
 
 
@@ -39,29 +39,31 @@ def find_videos(input_dir: str) -> list[str]:
     return found
 
 
+class _NoFrames(Exception):
+    pass
+
+
 def convert(source: str, target: str, size: Optional[tuple[int, int]]) -> tuple[int, Optional[str]]:
-    """Write ``source``'s frames as ``target/%07d.png`` -> (frames written, error message or None)."""
-    partial = target + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
+    """Write ``source``'s frames as ``target/%07d.png`` -> (frames written, error message or None). The folder
+    is built beside ``target`` and swapped in when complete: a failed conversion keeps an earlier one."""
     count = 0
     try:
-        for batch in open_video(source, size).iter_frames(16):
-            for frame in batch:
-                Image.fromarray(frame).save(os.path.join(partial, f"{count:07d}.png"))
-                count += 1
+        with results_folder(target) as partial:
+            for batch in open_video(source, size).iter_frames(16):
+                for frame in batch:
+                    Image.fromarray(frame).save(os.path.join(partial, f"{count:07d}.png"))
+                    count += 1
+            if count == 0:
+                raise _NoFrames()
     except VideoError as error:
-        shutil.rmtree(partial, ignore_errors=True)
         return 0, str(error)
-    if count == 0:
-        shutil.rmtree(partial, ignore_errors=True)
+    except _NoFrames:
         return 0, f"{source}: no frames decoded"
-    os.replace(partial, target)
     return count, None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input_dir", help="folder of videos (searched recursively: train/, test/, ...)")
     parser.add_argument("output_dir", help="where the frame folders go (same sub-folders)")
     parser.add_argument("--size", type=int, nargs="+", metavar="N", default=None,
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
         raise UserError(f"--size {' '.join(map(str, args.size))}: expected one or two positive integers (H W)")
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected a positive integer")
+    check_output_folder(output_dir, what="output_dir", inputs=(input_dir,))
     size = None if args.size is None else (args.size[0], args.size[-1])
     videos = find_videos(input_dir)
     if not videos:
@@ -99,8 +102,6 @@ def main(argv=None) -> int:
         if os.path.isdir(target) and not args.overwrite:
             skipped += 1
             continue
-        if os.path.isdir(target):
-            shutil.rmtree(target)
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         jobs.append((os.path.join(input_dir, relative), target, size))
 

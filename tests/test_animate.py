@@ -85,8 +85,11 @@ def test_audio_is_carried_and_circles_animate_relatively_with_visualisation(tmp_
                    "--batch_size", "5") == 0
     video = open_video(out)
     assert video.num_frames == open_video(driving).num_frames == 12 and video.fps == pytest.approx(12)
-    assert video.read([0]).shape == (1, FRAME, 4 * FRAME, 3)                   # source | driving | mask | result
-    assert has_audio(out)
+    assert video.read([0]).shape == (1, FRAME, FRAME, 3)                       # the result itself
+    side = open_video(str(tmp_path / "result-side-by-side.mp4"))                 # written beside it, not instead
+    assert side.num_frames == 12
+    assert side.read([0]).shape == (1, FRAME, 4 * FRAME, 3)                    # source | driving | mask | result
+    assert has_audio(out) and has_audio(side.path)
 
 
 def test_bad_inputs_are_one_line_errors_and_leave_no_result(tmp_path, checkpoints, capsys):
@@ -198,7 +201,7 @@ def test_streaming_keeps_at_most_two_batches_of_frames_alive(tiny_model):
     with torch.inference_mode():
         stream_animation(tiny_model, np.zeros((FRAME, FRAME, 3), dtype=np.uint8), reader(), writer,
                          size=(FRAME, FRAME), device=torch.device("cpu"), motion="absolute", adapt_scale=False,
-                         visualize=False, progress=tqdm(disable=True))
+                         progress=tqdm(disable=True))
     assert writer.frames == 1000
     assert most <= 2
 
@@ -225,7 +228,7 @@ def test_bf16_animation_stays_close_to_fp32(tiny_model):
         writer = Collect()
         with torch.inference_mode():
             stream_animation(tiny_model, source, iter([driving[:3], driving[3:]]), writer, size=(FRAME, FRAME),
-                             device=torch.device("cpu"), motion="absolute", adapt_scale=False, visualize=False,
+                             device=torch.device("cpu"), motion="absolute", adapt_scale=False, 
                              progress=tqdm(disable=True), precision=precision)
         results[precision] = np.concatenate(writer.frames).astype(np.float64)
     mse = np.mean((results["no"] - results["bf16"]) ** 2) / 255 ** 2
@@ -293,7 +296,7 @@ def test_find_best_frame_measures_relative_motion_from_the_closest_pose_as_fomm_
         with torch.inference_mode():
             stream_animation(model, source, iter([driving[i:i + 2] for i in range(0, 5, 2)]), writer,
                              size=(FRAME, FRAME), device=torch.device("cpu"), motion="relative",
-                             adapt_scale=False, visualize=False, progress=tqdm(disable=True), reference=reference)
+                             adapt_scale=False, progress=tqdm(disable=True), reference=reference)
         return np.concatenate(writer.frames).astype(int)
 
     best = generate([0, 1, 2, 3, 4], frames[2])

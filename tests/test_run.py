@@ -62,7 +62,7 @@ def test_mismatched_checkpoint_exits_2_with_the_settings_to_use(tmp_path):
                                            num_blocks=3, temperature=0.1, estimate_jacobian=True,
                                            scale_factor=0.25).state_dict())
     _assert_one_line_error(run("--config", config_path("tiny-heatmap.yaml"), "--checkpoint_with_kp", path),
-                           path, "num_kp=6")
+                           "other.pth.tar", "num_kp=6")
 
 
 @pytest.mark.parametrize("args, fragment", [
