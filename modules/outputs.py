@@ -22,7 +22,7 @@ import contextlib
 import os
 import shutil
 import signal
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from modules.errors import UserError
 
@@ -148,9 +148,9 @@ def _remove(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, verify: Optional[Callable[[str], None]] = None) -> Iterator[str]:
-    """Yield a temporary path to write ``path``'s content to; when the block ends normally (and ``verify``
-    (temporary path) raises nothing) it is renamed over ``path``, otherwise removed.
+def atomic_file(path: str) -> Iterator[str]:
+    """Yield a temporary path to write ``path``'s content to; when the block ends normally it is renamed over
+    ``path``, otherwise removed.
 
         with atomic_file("strip.png") as temporary:
             imageio.imwrite(temporary, frames)
@@ -159,24 +159,10 @@ def atomic_file(path: str, verify: Optional[Callable[[str], None]] = None) -> It
     os.makedirs(os.path.dirname(temporary), exist_ok=True)
     try:
         yield temporary
-        if verify is not None:
-            verify(temporary)
         os.replace(temporary, path)
     except BaseException:
         _remove(temporary)
         raise
-
-
-def write_error(path: str, error: OSError) -> UserError:
-    """An OSError met while writing ``path`` as one plain line (a full disk, a read-only folder, ...)."""
-    import errno
-
-    reasons = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "the disk quota is exceeded",
-               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-               errno.EROFS: "the file system is read-only", errno.EISDIR: "is a folder",
-               errno.ENOTDIR: "a part of the path is a file, not a folder", errno.ENAMETOOLONG: "the name is too long"}
-    reason = reasons.get(error.errno, error.strerror or str(error))
-    return UserError(f"{path}: cannot write ({reason}); nothing was written there")
 
 
 @contextlib.contextmanager
@@ -205,34 +191,3 @@ def results_folder(path: str) -> Iterator[str]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def stale_partials(folder: str) -> list[str]:
-    """Partial results a killed process (``kill -9``, a power cut) left in ``folder``: hidden ``.*.partial-*``
-    and ``.*.old-*`` entries whose process is gone."""
-    found = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return found
-    for name in names:
-        if not name.startswith("."):
-            continue
-        for marker in (PARTIAL + "-", ".old-"):
-            if marker in name:
-                digits = name.split(marker, 1)[1].split(".", 1)[0]
-                if digits.isdigit() and not _alive(int(digits)):
-                    found.append(os.path.join(folder, name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
