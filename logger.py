@@ -142,6 +142,10 @@ ABSENT_NETWORKS = {"perturbed": {"kp_detector"}, "detector": {"generator", "opti
                                                               "scheduler_generator"}}
 
 
+class ModelFileError(CheckpointError):
+    """A model file given where a training checkpoint is needed (resume, export)."""
+
+
 def _missing(checkpoint: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     """``keys`` absent from ``checkpoint``, except the networks its family does not have."""
     config = checkpoint.get("config")
@@ -154,8 +158,8 @@ def _missing(checkpoint: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
 def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
     """A read checkpoint checked to be a training checkpoint of this project, with its ``path`` added."""
     if checkpoint.get("format") == MODEL_FORMAT:
-        raise CheckpointError(f"{path}: a model file (networks and config, no optimizer state): it animates, "
-                              f"reconstructs and serves as --checkpoint_with_kp, but cannot resume training")
+        raise ModelFileError(f"{path}: a model file (networks and config, no optimizer state): it animates, "
+                             f"reconstructs and serves as --checkpoint_with_kp, but cannot resume training")
     missing = _missing(checkpoint, CHECKPOINT_KEYS)
     if not missing and checkpoint["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {checkpoint['format']!r}, this version reads "

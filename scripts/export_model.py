@@ -33,7 +33,11 @@ def export(checkpoint_path: str, out: str, note: str = "", training_time: str = 
     from modules.config import config_from_dict
     from modules.models import model_from_checkpoint
 
-    checkpoint = run_log.load_training_checkpoint(checkpoint_path)
+    try:
+        checkpoint = run_log.load_training_checkpoint(checkpoint_path)
+    except run_log.ModelFileError:
+        raise run_log.ModelFileError(f"{checkpoint_path}: already a model file; export_model.py exports a "
+                                     f"training checkpoint or its run folder (log/<run>)") from None
     run_json = os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), "run.json")
     sessions = []
     if os.path.isfile(run_json):

@@ -454,6 +454,8 @@ def test_export_and_demo_never_replace_what_they_did_not_write(tmp_path, tiny_ru
     assert script("export_model.py", tiny_run["run"], "--out", str(out), "--overwrite").returncode == 0
     assert out.read_bytes() != b"a model I had" and not partials(str(tmp_path))
     assert_one_line_error(script("export_model.py", str(out), "--out", str(out), "--overwrite"), "input")
+    assert_one_line_error(script("export_model.py", str(out), "--out", str(tmp_path / "again.pth.tar")),
+                          "already a model file", "training checkpoint")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
