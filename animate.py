@@ -7,7 +7,7 @@
 
 Frames are decoded, generated in batches and encoded as a stream: memory does not grow with the video's
 length, and the source's part (mask, keypoints) is computed once. The result keeps the driving video's frame
-count and fps and carries its audio track. Motion (DESIGN.md sec. 3): heatmap checkpoints animate absolutely
+count and fps and carries its audio track. Motion (FOMM's relative animation; keypoint-mask paper sec. 2.2): heatmap checkpoints animate absolutely
 (the mask has no points to move); circles and FOMM checkpoints move the source's keypoints by the driver's
 motion since its first frame (relative, the default; FOMM moves the Jacobians too) or use the driver's
 keypoints as they are (absolute). With ``--find_best_frame`` the relative motion is measured from the

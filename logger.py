@@ -19,7 +19,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import warnings
@@ -37,15 +36,13 @@ from modules.outputs import atomic_file
 
 CHECKPOINT_FORMAT = "kpmask-train-1"
 # Entries a training checkpoint of this project must hold (FOMM's names first, then ours).
-CHECKPOINT_KEYS = ("kp_detector", "generator", "optimizer_generator", "epoch",
-                   "scheduler_generator", "step", "batch", "epoch_complete", "rng", "config", "format")
+# (and the networks of its family; the optimizer states are checked when it resumes)
+CHECKPOINT_KEYS = ("epoch", "step", "batch", "epoch_complete", "rng", "config", "format")
 # A model file (scripts/export_model.py): the networks and the config of a training checkpoint without its
 # optimizer and RNG state, for shipping and inference. It animates, reconstructs and serves as
 # --checkpoint_with_kp, but does not resume.
 MODEL_FORMAT = "kpmask-model-1"
-MODEL_KEYS = ("kp_detector", "generator", "config", "format", "step", "epoch", "provenance")
-# Networks a model file carries over from its training checkpoint, where present (the family decides).
-MODEL_NETWORKS = ("kp_detector", "generator", "mask_generator", "mask_refinement")
+MODEL_KEYS = ("config", "format", "step", "epoch", "provenance")      # and the networks of its family
 PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpeg", "pillow", "scikit-image",
             "tqdm", "tensorboard")
 
@@ -136,23 +133,19 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
     return _validated(read_checkpoint(path), path)
 
 
-# Networks a family does not have: the perturbed-masks family learns its masks (no kp_detector), the labelled
-# detector is a detector only (no generator).
-ABSENT_NETWORKS = {"perturbed": {"kp_detector"}, "detector": {"generator", "optimizer_generator",
-                                                              "scheduler_generator"}}
 
 
 class ModelFileError(CheckpointError):
     """A model file given where a training checkpoint is needed (resume, export)."""
 
 
-def _missing(checkpoint: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """``keys`` absent from ``checkpoint``, except the networks its family does not have."""
-    config = checkpoint.get("config")
-    model = config.get("model_params") if isinstance(config, dict) else None
-    family = model.get("family") if isinstance(model, dict) else None
-    absent = ABSENT_NETWORKS.get(family, set())
-    return [key for key in keys if key not in checkpoint and key not in absent]
+def _missing(checkpoint: dict[str, Any], keys: tuple[str, ...], inference: bool = False) -> list[str]:
+    """``keys`` and the networks of the checkpoint's family (its record's ``networks``, or only those inference
+    runs: ``inference_networks``) absent from it."""
+    from modules.family import family_name, registered
+    record = registered().get(family_name(checkpoint.get("config")))   # an unknown one: the config reader's error
+    networks = () if record is None else record.inference_networks if inference else record.networks
+    return [key for key in (*networks, *keys) if key not in checkpoint]
 
 
 def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
@@ -199,7 +192,7 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
         checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
     else:
         if checkpoint is not None and checkpoint.get("format") == MODEL_FORMAT:
-            missing = _missing(checkpoint, MODEL_KEYS)
+            missing = _missing(checkpoint, MODEL_KEYS, inference=True)
             if missing:
                 raise CheckpointError(f"{path}: model file without {', '.join(missing)}")
             # results of a shipped model go into <its folder>/<its name>/, beside it
@@ -211,13 +204,13 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
                           UserWarning, stacklevel=2)
         config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
     if ablation is not None:
-        if config.family != "perturbed":
+        if ablation not in config.record.ablations:
             raise UserError(f"--ablation {ablation}: {checkpoint['path']} is a {config.motion_name} model; the "
                             f"ablations (no_pert, no_ref, no_id) are the perturbed-masks model's")
         config.model_params.ablation = ablation
         checkpoint = dict(checkpoint, results_suffix=f"-{ablation}")
     resolve_data_paths(config, config_path if "config" not in checkpoint else checkpoint["path"])
-    if config.family == "detector":
+    if not config.record.animates:
         raise UserError(f"{checkpoint['path']}: a labelled keypoint detector (stage one) has no generator to "
                         f"reconstruct or animate with; pass it as --checkpoint_with_kp to a heatmap, circles or FOMM "
                         f"config with its detector settings (measure it with scripts/keypoints_vs_joints.py)")
@@ -236,7 +229,9 @@ def _results_root(path: str) -> str:
 def model_file(checkpoint: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
     """The model file (MODEL_FORMAT) of a training checkpoint: its networks and config, and ``provenance``
     (how it was made: commands, seed, training time, ...)."""
-    networks = {key: checkpoint[key] for key in MODEL_NETWORKS if key in checkpoint}
+    from modules.config import config_from_dict
+    record = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config").record
+    networks = {key: checkpoint[key] for key in record.inference_networks}
     return {**networks, "config": checkpoint["config"], "format": MODEL_FORMAT, "step": checkpoint["step"],
             "epoch": checkpoint["epoch"], "provenance": dict(provenance)}
 

@@ -1,6 +1,6 @@
 """Reconstruction: ``python run.py --mode reconstruction --checkpoint CKPT [--batch_size N]``.
 
-The papers' protocol (DESIGN.md sec. 5): for each test video the first frame is the source and every frame
+The papers' protocol (perturbed-masks paper sec. 4.1): for each test video the first frame is the source and every frame
 is a driving frame; the generated video is compared with the real one. Frames are streamed from the video in
 batches (the source mask is computed once), so memory does not grow with a video's length except for the
 png strip, which holds the whole video as pose-evaluation tools expect.

@@ -187,7 +187,7 @@ def inspect(args: argparse.Namespace) -> None:
     kind = config.motion_name
     print(f"config     {args.config}  ({kind}, frames {config.dataset_params.size[0]}x"
           f"{config.dataset_params.size[1]}, device {device}, batch {batch_size})")
-    if config.family != "perturbed":          # the perturbed-masks model learns its masks: no detector
+    if config.record.reads_detector:          # the perturbed-masks model learns its masks: no detector
         print(f"detector   {args.checkpoint_with_kp or 'random weights (no --checkpoint_with_kp)'}")
     for name, count in summary.parameters.items():
         print(f"params     {name:<34} {count / 1e6:8.2f} M")

@@ -2,7 +2,7 @@
 
 One loop for every model family (modules/family.py): the family says which networks are saved and which get
 an Adam optimizer (betas from the config, LR x0.1 at ``epoch_milestones``), and computes one step's losses
-and backward passes; the loop does the rest. Keypoint mask (the paper's recipe, sec. 2.4, DESIGN.md 1.6):
+and backward passes; the loop does the rest. Keypoint mask (the paper's recipe, sec. 2.4):
 the two generators are optimised, the detector is frozen (eval mode, no gradient, not in an optimizer).
 FOMM (stage one): generator, detector and discriminator, each with its own optimizer and learning rate.
 What this loop adds to the original code:
@@ -422,7 +422,7 @@ class Trainer:
             for message in [f"run folder {self.run_dir}"] + notes:
                 self.log.note(message)
             if resume is None and init is None and options.checkpoint_with_kp is None and \
-                    config.family == "keypoint_mask":
+                    config.record.needs_pretrained_detector:
                 # build_model has already warned on the terminal
                 self.log.note("the keypoint detector has RANDOM weights (no --checkpoint_with_kp): masks carry "
                               "no learned structure", echo=False)

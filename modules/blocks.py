@@ -1,7 +1,7 @@
 """Shared building blocks: anti-aliased downsampling, coordinate grids, conv blocks and the hourglass U-Net.
 
 The module and attribute names (``conv``, ``norm``, ``down_blocks``, ``up_blocks``, ``encoder``,
-``decoder``) are part of the FOMM checkpoint contract (DESIGN.md sec. 2): state-dict keys are built from
+``decoder``) are part of the FOMM checkpoint contract (the keys of FOMM's published checkpoints): state-dict keys are built from
 them, so renaming one breaks loading of official checkpoints.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def anti_alias_kernel_size(scale: float) -> tuple[int, float]:
 
 
 class AntiAliasDownsample(nn.Module):
-    """Gaussian low-pass then keep every (1/scale)-th pixel (DESIGN.md 1.1: sigma 1.5, 13x13 at 0.25).
+    """Gaussian low-pass then keep every (1/scale)-th pixel (FOMM's anti-aliasing: sigma 1.5, 13x13 at 0.25).
 
     The kernel is a buffer named ``weight`` because FOMM checkpoints store it as ``down.weight``.
     """
@@ -158,7 +158,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Hourglass decoder: UpBlock2d per level, each output concatenated with the encoder's skip.
 
-    ``skips=False`` is the perturbed-masks paper's variant (DESIGN.md sec. 7): every up block reads only the
+    ``skips=False`` is the perturbed-masks paper's variant (its sec. 3): every up block reads only the
     block below it, and the output has ``block_expansion`` channels.
     """
 

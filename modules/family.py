@@ -1,4 +1,9 @@
-"""What the one trainer and the one inference path need of a model family (keypoint mask, FOMM, ...).
+"""The model families' registry, and what the one trainer and the one inference path need of a family.
+
+Each family is one module under ``modules/families/`` that calls ``register(Family(...))`` once: its name,
+its ``model_params`` and ``train_params`` schemas and checks, how to build and load its networks, its
+``Trainable``, its checkpoint network names and whether it moves relatively. The config reader, the trainer,
+the inference modes and the checkpoint code ask the record (``family_of(name)``), never the name.
 
 A family gives two objects:
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -77,3 +82,75 @@ class Trainable(nn.Module):
         """Forward, losses and ``context.backward`` of every loss; the trainer then steps the optimizers.
         ``labels`` are given when ``label_params`` asks for them."""
         raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The registry
+
+def _no_check(config: Any, file: str) -> None:
+    pass
+
+
+def _no_legacy(data: dict, file: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything the shared code needs to know of one family; ``register`` it from its module."""
+    name: str                              # model_params.family in the YAML
+    model_params: type                     # the dataclass of its model_params section
+    train_params: type                     # the dataclass of its train_params section (modules.config.TrainParams or a subclass)
+    # (config, checkpoint_with_kp) -> the inference model with fresh weights (a given detector loaded, frozen)
+    build: Callable[[Any, Optional[str]], nn.Module]
+    # (config, checkpoint, source) -> the inference model with a checkpoint's weights, loaded strictly
+    load: Callable[[Any, dict, str], nn.Module]
+    # (config, model, perceptual) -> its Trainable; ``perceptual()`` builds the config's perceptual loss
+    trainable: Callable[[Any, nn.Module, Callable[[], nn.Module]], "Trainable"]
+    networks: tuple[str, ...]              # the checkpoint keys of its networks (FOMM's names where FOMM has them)
+    title: Callable[[Any], str]            # model_params -> its name in messages ("FOMM", "circles mask")
+    training_only: tuple[str, ...] = ()    # those of ``networks`` inference never runs (a model file leaves them out)
+    relative_motion: Callable[[Any], bool] = lambda params: False   # has keypoints to move relatively
+    check: Callable[[Any, str], None] = _no_check                   # (config, file): its cross-field checks
+    # (frame side in px, model_params) -> why that side cannot go through its networks, or None
+    frame_size_problem: Callable[[int, Any], Optional[str]] = lambda size, params: None
+    map_legacy: Callable[[dict, str], None] = _no_legacy            # rewrites older repositories' keys in place
+    animates: bool = True                  # it has a generator: it reconstructs and animates
+    reads_detector: bool = True            # it holds FOMM's KPDetector (--checkpoint_with_kp applies)
+    needs_pretrained_detector: bool = False   # a random detector makes its results meaningless (a warning)
+    reconstruction_keys: tuple[str, ...] = ()  # reconstruction_params keys only this family reads
+    ablations: tuple[str, ...] = ()        # values of --ablation it accepts (the first: none)
+
+    @property
+    def inference_networks(self) -> tuple[str, ...]:
+        """What a model file carries: the networks inference runs."""
+        return tuple(name for name in self.networks if name not in self.training_only)
+
+
+_REGISTRY: dict[str, Family] = {}
+DEFAULT_FAMILY = "keypoint_mask"          # a config without model_params.family: the paper's model
+
+
+def family_name(config_data: Any) -> Any:
+    """The family a plain config mapping names (``model_params.family``, else DEFAULT_FAMILY)."""
+    model = config_data.get("model_params") if isinstance(config_data, dict) else None
+    return model.get("family", DEFAULT_FAMILY) if isinstance(model, dict) else DEFAULT_FAMILY
+
+
+def register(family: Family) -> Family:
+    """Add a family (each module under modules/families/ calls this once, at import)."""
+    if family.name in _REGISTRY and _REGISTRY[family.name] is not family:
+        raise ValueError(f"model family {family.name!r} is registered twice")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def registered() -> dict[str, Family]:
+    """name -> Family of every family (importing modules/families/ registers the project's own)."""
+    import modules.families  # noqa: F401  (its modules register themselves)
+    return dict(_REGISTRY)
+
+
+def family_of(name: str) -> Family:
+    """The record of family ``name``; KeyError if none is registered under it."""
+    return registered()[name]

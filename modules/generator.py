@@ -1,6 +1,6 @@
-"""The low-res and high-res generators (keypoint-mask paper sec. 2.3; DESIGN.md 1.3-1.4).
+"""The low-res and high-res generators (keypoint-mask paper sec. 2.3).
 
-Both are shared with the perturbed-masks model, whose l and h networks are the same (DESIGN.md sec. 7).
+Both are shared with the perturbed-masks model, whose l and h networks are the same (perturbed-masks paper sec. 3).
 """
 from __future__ import annotations
 
@@ -94,3 +94,14 @@ class MaskGenerator(nn.Module):
         high = self.high_res(source, source_mask, driving_mask, low)
         return GeneratorOutput(low_res_prediction=low, prediction=high, source_mask=source_mask,
                                driving_mask=driving_mask)
+
+
+def build_mask_generator(model_params) -> MaskGenerator:
+    """l and h of a keypoint-mask or perturbed-masks ``model_params`` (its common_params and generator_params)."""
+    common, generator = model_params.common_params, model_params.generator_params
+    low_res = LowResGenerator(common.num_channels, generator.block_expansion, generator.max_features,
+                              generator.num_up_blocks, generator.num_bottleneck_blocks, common.scale_factor)
+    high = generator.high_res
+    high_res = HighResGenerator(common.num_channels, high.block_expansion, high.max_features, high.num_blocks,
+                                copy_source_init=high.init == "copy_source")
+    return MaskGenerator(low_res, high_res)

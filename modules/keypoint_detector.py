@@ -1,6 +1,6 @@
 """FOMM's keypoint detector and the structural masks built from it (keypoint-mask paper sec. 2.1-2.2).
 
-``KPDetector`` has FOMM's constructor arguments and exactly FOMM's state-dict keys (DESIGN.md sec. 2), so
+``KPDetector`` has FOMM's constructor arguments and exactly FOMM's state-dict keys (those of FOMM's published checkpoints), so
 the ``kp_detector`` entry of an official ``vox-cpk.pth.tar`` / ``taichi-cpk.pth.tar`` loads strictly.
 ``KeypointMask`` wraps a frozen detector and turns images into the one-channel mask the generators read.
 """
@@ -93,7 +93,7 @@ class KPDetector(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Structural masks (keypoint-mask paper sec. 2.1-2.2; DESIGN.md 1.2)
+# Structural masks (keypoint-mask paper sec. 2.1-2.2)
 
 def normalize_and_pad(maps: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """Min-max normalise each sample of (B, 1, h, w) to [0, 1], then zero-pad it centred to ``out_size``."""

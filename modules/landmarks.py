@@ -1,4 +1,4 @@
-"""Landmark detectors behind the papers' keypoint metrics (AKD, MKR, AED; DESIGN.md sec. 5).
+"""Landmark detectors behind the papers' keypoint metrics (AKD, MKR, AED; perturbed-masks paper sec. 4).
 
 Three detectors share one interface, ``detect(frames uint8 (T, H, W, 3)) -> Landmarks``:
 

@@ -1,4 +1,4 @@
-"""The multi-scale VGG-19 perceptual loss (keypoint-mask paper sec. 2.4; DESIGN.md 1.5).
+"""The multi-scale VGG-19 perceptual loss (keypoint-mask paper sec. 2.4).
 
 ``PerceptualLoss`` takes any feature extractor that maps (B, 3, H, W) images to a list of feature maps,
 so tests can inject a tiny one; ``VGG19Features`` is the real one, built only as deep as the loss needs.

@@ -1,4 +1,4 @@
-"""The metrics of the papers' tables (DESIGN.md sec. 5), one value per frame.
+"""The metrics of the papers' tables (keypoint-mask paper sec. 3.2, perturbed-masks paper sec. 4), one value per frame.
 
 L1, PSNR and SSIM take frames as float tensors (N, 3, H, W) in [0, 1]. AKD, MKR and AED take the
 ``Landmarks`` a detector found on the real and on the generated frames (modules/landmarks.py). Every metric

@@ -1,5 +1,5 @@
 """The perturbed-masks paper's mask perturbations and driver colour augmentation, as tensor operations on the
-model's device (DESIGN.md sec. 7; the public code did them in numpy with imgaug, one sample at a time).
+model's device (perturbed-masks paper sec. 3.1; the public code did them in numpy with imgaug, one sample at a time).
 
 * ``perturb_train`` (P_train): split the mask into strips along one axis and rescale each strip along that
   axis, rescale the whole along the other axis; then the same with the axes swapped; then ``threshold``.

@@ -134,8 +134,9 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
     result.update(regress_joints(np.concatenate(fit_keypoints), np.concatenate(fit_joints),
                                  np.concatenate(all_keypoints), np.concatenate(all_joints)))
 
-    if config.family == "detector":       # each keypoint has its labelled joint: how far from it?
-        points = config.model_params.label_params.points
+    labels = getattr(config.model_params, "label_params", None)
+    if labels is not None:                # a labelled detector: each keypoint has its joint; how far from it?
+        points = labels.points
         if all(name in joint_names for name in points):
             columns = [joint_names.index(name) for name in points]
             labelled = np.linalg.norm(np.concatenate(all_keypoints) - np.concatenate(all_joints)[:, columns], axis=-1)

@@ -134,7 +134,7 @@ def tiny_model(tiny_config):
 
 @pytest.fixture
 def tiny_loss(tiny_config):
-    from modules.models import build_loss
+    from modules.families.keypoint_mask import build_loss
 
     return build_loss(tiny_config, feature_extractor=TinyFeatures())
 

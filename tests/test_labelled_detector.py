@@ -23,7 +23,7 @@ from modules.errors import UserError
 from modules.family import KeypointLabels, StepContext
 from modules.keypoint_detector import KPDetector, load_fomm_detector
 from modules.keypoint_labels import LabelLayout, labels_to_normalized
-from modules.labelled_detector import heatmap_label_loss, keypoint_label_loss
+from modules.families.detector import heatmap_label_loss, keypoint_label_loss
 
 JOINTS = ["head", "neck", "pelvis", "l_shoulder", "r_shoulder", "l_elbow", "r_elbow", "l_hand", "r_hand", "l_hip",
           "r_hip", "l_knee", "r_knee", "l_foot", "r_foot"]

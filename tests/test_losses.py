@@ -100,7 +100,7 @@ def test_slices_end_at_the_relus_of_torchvision_vgg19_after_imagenet_normalisati
 
 
 def test_build_loss_builds_only_up_to_the_last_non_zero_weight(tiny_config):
-    from modules.models import build_loss
+    from modules.families.keypoint_mask import build_loss
 
     tiny_config.train_params.loss_weights.perceptual = [10, 0, 10, 0, 0]
     with pytest.warns(RandomWeightsWarning):

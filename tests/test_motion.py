@@ -1,4 +1,4 @@
-"""Relative motion (DESIGN.md sec. 3): translations carry over, adapt_scale scales them by the hulls' ratio."""
+"""Relative motion (FOMM's relative animation; keypoint-mask paper sec. 2.2): translations carry over, adapt_scale scales them by the hulls' ratio."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The perturbed-masks family (DESIGN.md sec. 7): perturbations, gradient routing, ablations, and a tiny
+"""The perturbed-masks family (perturbed-masks paper sec. 3): perturbations, gradient routing, ablations, and a tiny
 train -> reconstruction -> animation round trip through run.py."""
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def _grads(loss: torch.Tensor, network: torch.nn.Module) -> float:
 
 def test_gradient_routing_mask_loss_trains_r_alone_and_the_loss_on_f_trains_h_alone():
     from modules.losses import PerceptualLoss
-    from modules.perturbed import PerturbedTraining
+    from modules.families.perturbed import PerturbedTraining
 
     model = build(tiny_perturbed()).train()
     trainable = PerturbedTraining(model, PerceptualLoss(TinyFeatures(), scales=[1, 0.5], weights=[10, 10, 10]),

@@ -107,9 +107,9 @@ def test_detector_is_bit_identical_after_training(tmp_path, dataset_root, kp_che
     assert_same_state(trained["kp_detector"], read_checkpoint(kp_checkpoint)["kp_detector"])   # BN buffers too
     # the optimizer holds exactly the generators' parameters, and they trained
     from modules.config import load_config
-    from modules.models import build_generator
+    from modules.generator import build_mask_generator
 
-    generator_parameters = list(build_generator(load_config(config)).parameters())
+    generator_parameters = list(build_mask_generator(load_config(config).model_params).parameters())
     assert trained["optimizer_generator"]["param_groups"][0]["params"] == list(range(len(generator_parameters)))
     assert len(trained["optimizer_generator"]["state"]) == len(generator_parameters)
 
@@ -214,7 +214,7 @@ def test_init_checkpoint_starts_a_new_run_from_weights(tmp_path, dataset_root, k
 
 def test_nan_loss_stops_with_the_step_named_and_keeps_the_checkpoint(tmp_path, dataset_root, kp_checkpoint,
                                                                      monkeypatch, capsys):
-    from modules.models import KeypointMaskLoss
+    from modules.families.keypoint_mask import KeypointMaskLoss
 
     config = write_config(tmp_path, dataset_root)
     original, calls = KeypointMaskLoss.forward, []
@@ -361,7 +361,8 @@ def test_sampler_ranks_together_make_the_single_process_batches():
 def test_ddp_two_gloo_processes_match_one_process_averaging_gradients(tmp_path, dataset_root, kp_checkpoint):
     from frames_dataset import DatasetRepeater, FramesDataset
     from modules.config import load_config
-    from modules.models import build_loss, build_model
+    from modules.families.keypoint_mask import build_loss
+    from modules.models import build_model
     from train import Distributed, EpochBatchSampler
 
     config_file = write_config(tmp_path, dataset_root, batch_size=4, channels_last=False)   # as the reference below
@@ -421,7 +422,7 @@ def test_ddp_two_gloo_processes_match_one_process_averaging_gradients(tmp_path, 
 
 
 def test_a_training_step_runs_no_backward_through_the_detector(tiny_model, tiny_loss):
-    from modules.models import KeypointMaskTraining
+    from modules.families.keypoint_mask import KeypointMaskTraining
     from train import step_context
 
     trainable = KeypointMaskTraining(tiny_model, tiny_loss)

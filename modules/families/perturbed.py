@@ -1,4 +1,4 @@
-"""The perturbed-masks family (Shalev & Wolf; DESIGN.md sec. 7): a learned mask generator m, a mask refinement
+"""The perturbed-masks family (Shalev & Wolf, sec. 3): a learned mask generator m, a mask refinement
 network r, and the keypoint-mask family's low-res and high-res generators l and h (modules/generator.py, the
 same classes: the keypoint-mask paper copied them from this one).
 
@@ -15,6 +15,8 @@ Ablations (``model_params.ablation``): ``no_pert`` skips P_test, ``no_ref`` skip
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Optional
 
 import torch
@@ -22,8 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.blocks import AntiAliasDownsample, Hourglass
-from modules.family import Keypoints, StepContext, StepOutput, Trainable
-from modules.generator import GeneratorOutput, MaskGenerator
+from modules.checkpoint import load_state_strict
+from modules.config import (Config, GeneratorParams, GeneratorTrainParams, JitterParams, PerceptualLossWeights,
+                            check_generator_training, check_mask_generators, high_res_size_problem)
+from modules.errors import CheckpointError, ConfigError
+from modules.family import Family, Keypoints, StepContext, StepOutput, Trainable, register
+from modules.generator import GeneratorOutput, MaskGenerator, build_mask_generator
+from modules.schema import check_positive, check_widths, fail
 from modules.losses import PerceptualLoss
 from modules.perturbations import Threshold, colour_augment, perturb_train, threshold
 
@@ -171,7 +178,7 @@ class _Forward(nn.Module):
 
 
 class PerturbedTraining(Trainable):
-    """The loss of DESIGN.md sec. 7 with its gradient routing; r trains from ``refinement_start_epoch`` on."""
+    """The loss of the perturbed-masks paper (sec. 3.1) with its gradient routing; r trains from ``refinement_start_epoch`` on."""
 
     loss_names = PerturbedLossTerms._fields
     shown_names = "source|driving|m_s|m_d|m_dp|m_dr|low_res|high_res"
@@ -235,3 +242,160 @@ class PerturbedTraining(Trainable):
                     out.prediction]
 
         return StepOutput(terms._asdict(), shown)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Its config
+
+@dataclass
+@dataclass
+class MaskCommonParams:
+    num_channels: int = 3
+    # m reads frame * scale_factor and draws its mask there; the low-res generator reads the same size.
+    scale_factor: float = 0.25
+
+
+@dataclass
+class MaskNetworkParams:
+    """m or r: an hourglass without skips, a 7x7 head, sigmoid(x / temperature) (perturbed-masks paper sec. 3)."""
+    block_expansion: int
+    max_features: int
+    num_blocks: int
+    temperature: float = 0.1
+
+
+@dataclass
+class PerturbationParams:
+    """P_train and P_test. threshold: 'median' (each mask's own, the paper) or a fixed value in [0, 1) (the
+    public code: 60/255 = 0.235 for Tai-Chi, 100/255 = 0.392 for VoxCeleb)."""
+    threshold: Literal["median"] | float = "median"
+    num_strips: int = 6
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+
+
+@dataclass
+class PerturbedModelParams:
+    """The perturbed-masks model: mask generator m, refinement r, and the keypoint-mask generators l and h."""
+    mask_generator_params: MaskNetworkParams
+    mask_refinement_params: MaskNetworkParams
+    generator_params: GeneratorParams
+    common_params: MaskCommonParams = field(default_factory=MaskCommonParams)
+    perturbation_params: PerturbationParams = field(default_factory=PerturbationParams)
+    # A, on the driver frame that m sees in training: factors U[1 - a, 1 + a], hue shift U[-hue, hue]
+    colour_augmentation: JitterParams = field(default_factory=lambda: JitterParams(0.1, 0.1, 0.1, 0.1))
+    # The paper's ablations: no_pert (no P_test), no_ref (no r), no_id (neither).
+    ablation: Literal["none", "no_pert", "no_ref", "no_id"] = "none"
+    family: Literal["perturbed"] = "perturbed"
+
+
+
+@dataclass
+class PerturbedLossWeights(PerceptualLossWeights):
+    mask: float = 0.0                     # L1(m_dr, m_d), 100 in the paper
+
+
+@dataclass
+class PerturbedTrainParams(GeneratorTrainParams):
+    loss_weights: PerturbedLossWeights
+    # the epoch (0-based) from which r trains; the paper starts it after the first
+    refinement_start_epoch: int = 1
+
+
+def check(config: Config, file: str) -> None:
+    check_generator_training(config, file)
+    check_mask_generators(config, file)
+    model, train = config.model_params, config.train_params
+    for name in ("mask_generator_params", "mask_refinement_params"):
+        params = getattr(model, name)
+        check_widths(file, f"model_params.{name}", params.block_expansion, params.max_features)
+        check_positive(file, [(f"model_params.{name}.num_blocks", params.num_blocks)])
+        if params.temperature <= 0:
+            fail(file, f"model_params.{name}.temperature", "a positive number", params.temperature)
+    perturbation = model.perturbation_params
+    if perturbation.threshold != "median" and not 0 <= perturbation.threshold < 1:
+        fail(file, "model_params.perturbation_params.threshold", "'median' or a number in [0, 1)",
+              perturbation.threshold)
+    check_positive(file, [("model_params.perturbation_params.num_strips", perturbation.num_strips)])
+    low_high = perturbation.scale_range
+    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+        fail(file, "model_params.perturbation_params.scale_range", "[low, high] with 0 < low <= high", low_high)
+    colour = model.colour_augmentation
+    for name in ("brightness", "contrast", "saturation"):
+        if not 0 <= getattr(colour, name) < 1:
+            fail(file, f"model_params.colour_augmentation.{name}", "a number in [0, 1)", getattr(colour, name))
+    if not 0 <= colour.hue <= 0.5:
+        fail(file, "model_params.colour_augmentation.hue", "a number in [0, 0.5]", colour.hue)
+    if train.loss_weights.mask <= 0:
+        # 0 would leave r at its random weights, and the test-time path (ablation none, no_pert) animates
+        # through it
+        fail(file, "train_params.loss_weights.mask", "a positive number (100 in the paper): it is what trains "
+              "the refinement network r", train.loss_weights.mask)
+    if not 0 <= train.refinement_start_epoch < train.num_epochs:
+        fail(file, "train_params.refinement_start_epoch",
+              f"0 to num_epochs - 1 ({train.num_epochs - 1}): r must train at least one epoch",
+              train.refinement_start_epoch)
+    if not any(train.loss_weights.perceptual) and train.loss_weights.l1 == 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: perceptual and l1 are both 0, the generators "
+                          f"would learn nothing")
+
+
+
+def frame_size_problem(size: int, model: PerturbedModelParams) -> Optional[str]:
+    """m and r halve frame*scale_factor num_blocks times; h halves the frame."""
+    side = round(size * model.common_params.scale_factor)
+    for name in ("mask_generator_params", "mask_refinement_params"):
+        blocks = getattr(model, name).num_blocks
+        if side % 2 ** blocks:
+            return f"{name} sees {side} px, which its {blocks}-block hourglass cannot halve {blocks} times"
+    if side - 6 < 1:
+        return f"the masks' {side} px leave nothing after their 7x7 heads"
+    return high_res_size_problem(size, model.generator_params)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building, loading, training
+
+def build(config: Config, checkpoint_with_kp: Optional[str] = None) -> PerturbedMaskModel:
+    """m, r, l and h of a perturbed-masks config (random weights: nothing of it is pretrained)."""
+    if checkpoint_with_kp:
+        raise ConfigError(f"{config.path}: --checkpoint_with_kp: the perturbed-masks model has no keypoint "
+                          f"detector (its mask generator trains with it); leave the flag out")
+    params = config.model_params
+    common = params.common_params
+
+    def mask_network(in_channels: int, net: MaskNetworkParams, scale: float) -> MaskNetwork:
+        return MaskNetwork(in_channels, net.block_expansion, net.max_features, net.num_blocks, net.temperature,
+                           scale_factor=scale)
+
+    return PerturbedMaskModel(
+        mask_generator=mask_network(common.num_channels, params.mask_generator_params, common.scale_factor),
+        refinement=mask_network(common.num_channels + 2, params.mask_refinement_params, 1.0),
+        generator=build_mask_generator(params), threshold_rule=params.perturbation_params.threshold,
+        ablation=params.ablation, scale_factor=common.scale_factor,
+        reconstruct_test_time=config.reconstruction_params.test_time_path)
+
+
+def load(config: Config, checkpoint: dict, source: str) -> PerturbedMaskModel:
+    model = build(config)
+    for name, network in checkpoint_networks(model).items():
+        if name not in checkpoint:
+            raise CheckpointError(f"{source}: no '{name}' weights (a perturbed-masks checkpoint holds "
+                                  f"{', '.join(checkpoint_networks(model))})")
+        load_state_strict(network, checkpoint[name], source, name)
+    return model
+
+
+def trainable(config: Config, model: PerturbedMaskModel, perceptual) -> PerturbedTraining:
+    train, params = config.train_params, config.model_params
+    perturbation = params.perturbation_params
+    return PerturbedTraining(model, perceptual(), mask_weight=train.loss_weights.mask, l1_weight=train.loss_weights.l1,
+                             refinement_start_epoch=train.refinement_start_epoch,
+                             augmentation=dataclasses.asdict(params.colour_augmentation),
+                             num_strips=perturbation.num_strips, scale_range=tuple(perturbation.scale_range))
+
+
+FAMILY = register(Family(
+    name="perturbed", model_params=PerturbedModelParams, train_params=PerturbedTrainParams,
+    build=build, load=load, trainable=trainable, networks=("mask_generator", "mask_refinement", "generator"),
+    title=lambda params: "perturbed masks", check=check, frame_size_problem=frame_size_problem,
+    reads_detector=False, reconstruction_keys=("test_time_path",), ablations=("none", "no_pert", "no_ref", "no_id")))

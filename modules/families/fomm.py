@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, Literal, NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from modules.config import Config
+from dataclasses import dataclass, field
+
+from modules.config import (CommonParams, Config, DetectorSettings, GeneratorTrainParams, KPDetectorParams,
+                            PerceptualLossWeights, TransformParams, check_generator_training, check_jacobian_weight,
+                            map_detector_scale_factor)
+from modules.errors import ConfigError
+from modules.schema import check_positive, check_widths, fail, is_inverse_integer
 from modules.discriminator import MultiScaleDiscriminator
 from modules.drawing import draw_keypoints
 from modules.checkpoint import load_state_strict
 from modules.errors import CheckpointError
-from modules.family import Keypoints, StepContext, StepOutput, Trainable
+from modules.family import Family, Keypoints, StepContext, StepOutput, Trainable, register
 from modules.fomm_generator import FommOutput, OcclusionAwareGenerator
-from modules.keypoint_detector import KPDetector, load_detector_state
+from modules.keypoint_detector import KPDetector, load_detector_state, load_fomm_detector
 from modules.losses import (ImagePyramid, PerceptualLoss, equivariance_jacobian_loss, equivariance_value_loss,
                             feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss)
 from modules.motion import relative_keypoints
@@ -77,7 +83,7 @@ class FommModel(nn.Module):
     def animate(self, state: FommSource, driving: torch.Tensor, initial: Optional[Keypoints] = None,
                 adapt_scale: bool = False, use_relative_jacobian: bool = True) -> FommAnimation:
         """driving (B, 3, H, W) -> the source moved like it: absolutely (the driver's keypoints as they are), or,
-        given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (DESIGN.md sec. 3)."""
+        given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (FOMM's relative animation; keypoint-mask paper sec. 2.2)."""
         batch = driving.shape[0]
         kp_source = _expand(state.keypoints, batch)
         detected = self.keypoints(driving)
@@ -271,3 +277,159 @@ class FommTraining(Trainable):
                     generated.deformed, occlusion, prediction]
 
         return StepOutput(losses, shown)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Its config: FOMM's own model_params and train_params keys
+
+@dataclass
+@dataclass
+class DenseMotionParams:
+    block_expansion: int                  # hourglass width (64 in FOMM's 256 configs)
+    max_features: int
+    num_blocks: int
+    scale_factor: float = 0.25            # the flow is computed at frame * scale_factor
+    kp_variance: float = 0.01             # Gaussians of the heatmap differences, normalised coordinates
+
+
+@dataclass
+class FommGeneratorParams:
+    block_expansion: int
+    max_features: int
+    num_down_blocks: int
+    num_bottleneck_blocks: int
+    dense_motion_params: DenseMotionParams
+    estimate_occlusion_map: bool = True
+    # Not in FOMM: the last convolution also reads the warped source and starts as a copy of it, so a short
+    # CPU run learns motion instead of first learning to autoencode (see OcclusionAwareGenerator).
+    deformed_skip: bool = False
+
+
+@dataclass
+class DiscriminatorParams:
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    block_expansion: int = 32
+    max_features: int = 512
+    num_blocks: int = 4
+    sn: bool = True                       # spectral norm (the official checkpoints have it)
+    use_kp: bool = False                  # keypoint Gaussians as extra input channels
+    kp_variance: float = 0.01
+
+
+@dataclass
+class FommModelParams(DetectorSettings):
+    """FOMM (stage one): detector, dense motion and occlusion-aware generator, optional discriminator."""
+    common_params: CommonParams
+    kp_detector_params: KPDetectorParams
+    generator_params: FommGeneratorParams
+    discriminator_params: DiscriminatorParams = field(default_factory=DiscriminatorParams)
+    family: Literal["fomm"] = "fomm"
+    # grid_sample's align_corners in the dense motion, the generator and the equivariance transform. FOMM's
+    # official checkpoints were trained with PyTorch 1.0, which sampled like align_corners=True: keep true to
+    # run them. True is also what the coordinate grid means (pixel centres at -1 and +1).
+    align_corners: bool = True
+
+
+
+@dataclass
+class FommLossWeights(PerceptualLossWeights):
+    # FOMM's vox/taichi-256 values: 0, 1, [10, 10, 10, 10], 10, 10. With generator_gan 0 the discriminator is
+    # neither used nor trained, as in FOMM.
+    generator_gan: float = 0.0
+    discriminator_gan: float = 0.0
+    feature_matching: list[float] = field(default_factory=list)
+    equivariance_value: float = 0.0
+    equivariance_jacobian: float = 0.0
+
+
+@dataclass
+class FommTrainParams(GeneratorTrainParams):
+    loss_weights: FommLossWeights
+    # learning rates of the detector and discriminator (null: lr_generator), the TPS transform
+    lr_kp_detector: Optional[float] = None
+    lr_discriminator: Optional[float] = None
+    transform_params: TransformParams = field(default_factory=TransformParams)
+
+
+def check(config: Config, file: str) -> None:
+    check_generator_training(config, file)
+    model, train = config.model_params, config.train_params
+    generator = model.generator_params
+    dense = generator.dense_motion_params
+    disc = model.discriminator_params
+    prefix = "model_params.generator_params"
+    check_widths(file, prefix, generator.block_expansion, generator.max_features)
+    check_widths(file, f"{prefix}.dense_motion_params", dense.block_expansion, dense.max_features)
+    check_widths(file, "model_params.discriminator_params", disc.block_expansion, disc.max_features)
+    check_positive(file, [(f"{prefix}.dense_motion_params.num_blocks", dense.num_blocks),
+                           ("model_params.discriminator_params.num_blocks", disc.num_blocks),
+                           ("train_params.transform_params.points_tps", train.transform_params.points_tps)])
+    for key, value in ((f"{prefix}.num_down_blocks", generator.num_down_blocks),
+                       (f"{prefix}.num_bottleneck_blocks", generator.num_bottleneck_blocks)):
+        if value < 0:
+            fail(file, key, "0 or more", value)
+    if not is_inverse_integer(dense.scale_factor):
+        fail(file, f"{prefix}.dense_motion_params.scale_factor", "1/n for an integer n (0.25 in FOMM)",
+              dense.scale_factor)
+    if not disc.scales or not all(is_inverse_integer(s) for s in disc.scales):
+        fail(file, "model_params.discriminator_params.scales", "pyramid scales 1/n, e.g. [1]", disc.scales)
+    for key, value in ((f"{prefix}.dense_motion_params.kp_variance", dense.kp_variance),
+                       ("model_params.discriminator_params.kp_variance", disc.kp_variance)):
+        if value <= 0:
+            fail(file, key, "a positive number", value)
+    for name in ("lr_kp_detector", "lr_discriminator"):
+        value = getattr(train, name)
+        if value is not None and value < 0:
+            fail(file, f"train_params.{name}", "0 or more (0 freezes the network) or null", value)
+    transform = train.transform_params
+    if transform.sigma_affine < 0 or transform.sigma_tps < 0:
+        fail(file, "train_params.transform_params", "sigma_affine and sigma_tps >= 0",
+              f"{transform.sigma_affine}, {transform.sigma_tps}")
+    weights = train.loss_weights
+    values = [weights.generator_gan, weights.discriminator_gan, weights.equivariance_value,
+              weights.equivariance_jacobian] + weights.feature_matching
+    if any(w < 0 for w in values):
+        fail(file, "train_params.loss_weights", "weights >= 0", values)
+    if len(weights.feature_matching) > disc.num_blocks:
+        fail(file, "train_params.loss_weights.feature_matching",
+              f"at most one weight per discriminator block ({disc.num_blocks})", weights.feature_matching)
+    check_jacobian_weight(config, file)
+    if not any(weights.perceptual) and weights.l1 == 0 and weights.generator_gan == 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: perceptual, l1 and generator_gan are all 0, the "
+                          f"generator would learn nothing")
+
+
+
+def frame_size_problem(size: int, model: FommModelParams) -> Optional[str]:
+    """The dense motion network's and the generator's own size constraints (the detector's are shared)."""
+    generator = model.generator_params
+    dense = generator.dense_motion_params
+    motion_side = size * dense.scale_factor
+    if abs(motion_side - round(motion_side)) > 1e-6:
+        return f"{size} x dense_motion_params.scale_factor {dense.scale_factor} is not a whole number of pixels"
+    if round(motion_side) % 2 ** dense.num_blocks:
+        return (f"the dense motion network sees {round(motion_side)} px, which its {dense.num_blocks}-block "
+                f"hourglass cannot halve {dense.num_blocks} times")
+    if size % 2 ** generator.num_down_blocks:
+        return f"the generator's {generator.num_down_blocks} down blocks need a multiple of " \
+               f"{2 ** generator.num_down_blocks}"
+    return None
+
+
+def _build(config: Config, checkpoint_with_kp: Optional[str] = None) -> FommModel:
+    """Its three networks, random (stage one trains the detector; ``checkpoint_with_kp`` starts it from a FOMM
+    checkpoint's)."""
+    model = build_fomm_model(config)
+    if checkpoint_with_kp:
+        model.kp_detector.load_state_dict(load_fomm_detector(
+            checkpoint_with_kp, config.model_params.detector_kwargs()).state_dict())
+    return model
+
+
+FAMILY = register(Family(
+    name="fomm", model_params=FommModelParams, train_params=FommTrainParams,
+    build=_build, load=fomm_from_checkpoint,
+    trainable=lambda config, model, perceptual: FommTraining(model, perceptual(), config),
+    networks=("kp_detector", "generator", "discriminator"), training_only=("discriminator",), title=lambda params: "FOMM",
+    relative_motion=lambda params: True, check=check, frame_size_problem=frame_size_problem,
+    map_legacy=map_detector_scale_factor))

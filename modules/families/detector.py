@@ -18,16 +18,21 @@ The losses, each optional by its weight:
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from modules.config import Config
+from modules.config import (CommonParams, Config, DetectorSettings, KPDetectorParams, LabelParams, LossWeights,
+                            TrainParams, TransformParams, check_jacobian_weight, map_detector_scale_factor)
+from modules.errors import CheckpointError, ConfigError
 from modules.drawing import draw_keypoints
-from modules.family import KeypointLabels, Keypoints, StepContext, StepOutput, Trainable
-from modules.keypoint_detector import KeypointOutput, KPDetector, draw_circles_mask, draw_gaussians, normalize_and_pad
+from modules.family import Family, KeypointLabels, Keypoints, StepContext, StepOutput, Trainable, register
+from modules.keypoint_detector import (KeypointOutput, KPDetector, draw_circles_mask, draw_gaussians,
+                                      load_detector_state, load_fomm_detector, normalize_and_pad)
 from modules.losses import equivariance_jacobian_loss, equivariance_value_loss
+from modules.schema import fail
 from modules.transform import RandomTPS
 
 
@@ -150,3 +155,94 @@ class LabelledDetectorTraining(Trainable):
                     draw_keypoints(driving, value[batch:], radius), heatmap_mask, circles_mask]
 
         return StepOutput(losses._asdict(), shown)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Its config
+
+@dataclass
+@dataclass
+class DetectorModelParams(DetectorSettings):
+    """A keypoint-labelled stage one: FOMM's KPDetector alone, its soft-argmax keypoints supervised by labels,
+    FOMM's equivariance terms optional (they train the Jacobians). Its checkpoint is FOMM's ``kp_detector``."""
+    common_params: CommonParams
+    kp_detector_params: KPDetectorParams
+    label_params: LabelParams
+    # Variance of the target Gaussians of the heatmap term, normalised coordinates (the circles' 0.003 default)
+    heatmap_variance: float = 0.003
+    family: Literal["detector"] = "detector"
+    align_corners: bool = True            # grid_sample of the equivariance transform, as FOMM's
+
+
+
+@dataclass
+class DetectorLossWeights(LossWeights):
+    # L1 of the soft-argmax keypoints to their labels (normalised coordinates), and the mean squared difference
+    # of the raw heatmaps to Gaussians drawn at the labels; FOMM's equivariance terms (they train the Jacobians)
+    keypoint: float = 0.0
+    heatmap: float = 0.0
+    equivariance_value: float = 0.0
+    equivariance_jacobian: float = 0.0
+
+
+@dataclass
+class DetectorTrainParams(TrainParams):
+    loss_weights: DetectorLossWeights
+    lr_kp_detector: Optional[float] = None   # required (checked)
+    transform_params: TransformParams = field(default_factory=TransformParams)
+
+
+def check(config: Config, file: str) -> None:
+    model, train = config.model_params, config.train_params
+    if train.lr_kp_detector is None or train.lr_kp_detector <= 0:
+        fail(file, "train_params.lr_kp_detector", "a positive number (the detector's learning rate)",
+             train.lr_kp_detector)
+    labels, weights = model.label_params, train.loss_weights
+    if not labels.points:
+        fail(file, "model_params.label_params.points", "at least one point name", labels.points)
+    if len(set(labels.points)) != len(labels.points):
+        fail(file, "model_params.label_params.points", "distinct point names", labels.points)
+    if len(labels.points) != model.common_params.num_kp:
+        fail(file, "model_params.label_params.points", f"one name per keypoint (common_params.num_kp is "
+              f"{model.common_params.num_kp})", f"{len(labels.points)} names")
+    if not 0 < labels.min_visibility <= 1:
+        fail(file, "model_params.label_params.min_visibility", "a number in (0, 1]", labels.min_visibility)
+    if model.heatmap_variance <= 0:
+        fail(file, "model_params.heatmap_variance", "a positive number", model.heatmap_variance)
+    values = [weights.keypoint, weights.heatmap, weights.equivariance_value, weights.equivariance_jacobian]
+    if any(w < 0 for w in values):
+        fail(file, "train_params.loss_weights", "keypoint, heatmap and equivariance weights >= 0", values)
+    if weights.keypoint == 0 and weights.heatmap == 0:
+        raise ConfigError(f"{file}: train_params.loss_weights: keypoint and heatmap are both 0, the labels would "
+                          f"train nothing (a stage one without labels is family: fomm)")
+    check_jacobian_weight(config, file)
+    transform = train.transform_params
+    if transform.sigma_affine < 0 or transform.sigma_tps < 0 or transform.points_tps < 1:
+        fail(file, "train_params.transform_params", "sigma_affine, sigma_tps >= 0 and points_tps >= 1",
+              f"{transform.sigma_affine}, {transform.sigma_tps}, {transform.points_tps}")
+
+
+
+def build(config: Config, checkpoint_with_kp: Optional[str] = None) -> LabelledDetector:
+    """The detector, random or (fine-tuning on labels) from a FOMM checkpoint's, official or ours."""
+    model = build_labelled_detector(config)
+    if checkpoint_with_kp:
+        model.kp_detector.load_state_dict(load_fomm_detector(
+            checkpoint_with_kp, config.model_params.detector_kwargs()).state_dict())
+        model.kp_detector.requires_grad_(True)
+    return model
+
+
+def load(config: Config, checkpoint: dict, source: str) -> LabelledDetector:
+    model = build_labelled_detector(config)
+    if not isinstance(checkpoint.get("kp_detector"), dict):
+        raise CheckpointError(f"{source}: no 'kp_detector' state dict")
+    load_detector_state(model.kp_detector, checkpoint["kp_detector"], source)
+    return model
+
+
+FAMILY = register(Family(
+    name="detector", model_params=DetectorModelParams, train_params=DetectorTrainParams,
+    build=build, load=load, trainable=lambda config, model, perceptual: LabelledDetectorTraining(model, config),
+    networks=("kp_detector",), title=lambda params: "labelled keypoint detector", check=check,
+    map_legacy=map_detector_scale_factor, animates=False))

@@ -1,0 +1,97 @@
+"""The layout the redesign keeps (issue 17): each family in one module that registers a record, the shared
+code family-blind, so that a new family is one module plus one YAML config."""
+import dataclasses
+import os
+import re
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import modules.family as family_module
+from modules.config import Config, GeneratorTrainParams, config_from_dict
+from modules.family import Family, register, registered
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPARES_A_FAMILY = re.compile(r"family\s*(==|!=|in\s*[(\[{])")
+
+
+def project_python_files():
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in ("tests", "log", "data", "build")]
+        for name in files:
+            if name.endswith(".py"):
+                yield os.path.relpath(os.path.join(folder, name), REPO)
+
+
+def test_only_family_code_compares_a_family():
+    offenders = []
+    for path in project_python_files():
+        if path.startswith(os.path.join("modules", "families")) or path == os.path.join("modules", "family.py"):
+            continue
+        with open(os.path.join(REPO, path), encoding="utf-8") as stream:
+            for number, line in enumerate(stream, 1):
+                if COMPARES_A_FAMILY.search(line.split("#")[0]):
+                    offenders.append(f"{path}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_every_registered_family_names_itself_and_its_networks():
+    families = registered()
+    assert list(families)[0] == "keypoint_mask"          # the paper's model: the default, listed first
+    assert set(families) == {"keypoint_mask", "fomm", "perturbed", "detector"}
+    for name, record in families.items():
+        fields = {f.name: f for f in dataclasses.fields(record.model_params)}
+        assert fields["family"].default == name
+        assert record.networks and len(set(record.networks)) == len(record.networks)
+        assert dataclasses.is_dataclass(record.train_params)
+
+
+class ToyModel(nn.Module):
+    """A fifth family's whole model: the prediction is the source, brightened by one learned number."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(()))
+
+
+def test_a_fifth_family_is_one_registered_record_and_one_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(family_module, "_REGISTRY", dict(family_module._REGISTRY))
+
+    @dataclasses.dataclass
+    class Common:
+        num_channels: int = 3
+        scale_factor: float = 1.0
+
+    @dataclasses.dataclass
+    class Params:
+        common_params: Common = dataclasses.field(default_factory=Common)
+        family: str = "toy"
+
+    def load(config, checkpoint, source):
+        model = ToyModel()
+        model.load_state_dict(checkpoint["generator"])
+        return model
+
+    register(Family(name="toy", model_params=Params, train_params=GeneratorTrainParams,
+                    build=lambda config, checkpoint_with_kp=None: ToyModel(), load=load,
+                    trainable=lambda config, model, perceptual: None, networks=("generator",),
+                    title=lambda params: "toy", reads_detector=False))
+    data = yaml.safe_load("""
+dataset_params: {root_dir: data, frame_shape: [64, 64, 3]}
+model_params: {family: toy}
+train_params: {num_epochs: 1, batch_size: 1, checkpoint_freq: 1, lr_generator: 1.0e-4, scales: [1],
+               loss_weights: {perceptual: [1]}}
+""")
+    config = config_from_dict(data, "toy.yaml")
+    assert isinstance(config, Config) and config.motion_name == "toy" and not config.relative_motion_possible
+    assert config_from_dict(config.to_dict(), "saved").to_dict() == config.to_dict()
+    from modules.models import build_model, model_from_checkpoint
+    model = build_model(config)
+    with torch.no_grad():
+        model.gain.fill_(2.0)
+    loaded = model_from_checkpoint(config, {"generator": model.state_dict()}, "toy.pth.tar")
+    assert loaded.gain.item() == 2.0
+    with pytest.raises(Exception, match="model_params.family: expected one of 'keypoint_mask'.*'toy'"):
+        config_from_dict({**data, "model_params": {"family": "toyy"}}, "toy.yaml")
