@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["modules"],
+    packages=["modules", "modules.families"],
     # The top-level stage scripts are importable modules too (run.py is the console entry point).
     py_modules=["run", "train", "logger", "frames_dataset", "reconstruction", "animate"],
     install_requires=[

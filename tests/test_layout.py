@@ -95,3 +95,11 @@ train_params: {num_epochs: 1, batch_size: 1, checkpoint_freq: 1, lr_generator: 1
     assert loaded.gain.item() == 2.0
     with pytest.raises(Exception, match="model_params.family: expected one of 'keypoint_mask'.*'toy'"):
         config_from_dict({**data, "model_params": {"family": "toyy"}}, "toy.yaml")
+
+
+def test_setup_installs_every_package_of_the_project():
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as stream:
+        listed = set(re.search(r"packages=\[([^\]]*)\]", stream.read()).group(1).replace('"', "").replace(" ", "").split(","))
+    found = {os.path.relpath(folder, REPO).replace(os.sep, ".")
+             for folder, _, files in os.walk(os.path.join(REPO, "modules")) if "__init__.py" in files}
+    assert found <= listed, f"setup.py packages miss {sorted(found - listed)}"
