@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from modules.config import (CommonParams, Config, DetectorSettings, KPDetectorParams, LabelParams, LossWeights,
-                            TrainParams, TransformParams, check_jacobian_weight, map_detector_scale_factor)
+                            TrainParams, TransformParams)
+from modules.config_checks import check_jacobian_weight, map_detector_scale_factor
 from modules.errors import CheckpointError, ConfigError
 from modules.drawing import draw_keypoints
 from modules.family import Family, KeypointLabels, Keypoints, StepContext, StepOutput, Trainable, register

@@ -17,8 +17,8 @@ from torch import nn
 from dataclasses import dataclass, field
 
 from modules.config import (CommonParams, Config, DetectorSettings, GeneratorTrainParams, KPDetectorParams,
-                            PerceptualLossWeights, TransformParams, check_generator_training, check_jacobian_weight,
-                            map_detector_scale_factor)
+                            PerceptualLossWeights, TransformParams)
+from modules.config_checks import check_generator_training, check_jacobian_weight, map_detector_scale_factor
 from modules.errors import ConfigError
 from modules.schema import check_positive, check_widths, fail, is_inverse_integer
 from modules.discriminator import MultiScaleDiscriminator

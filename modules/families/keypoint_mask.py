@@ -12,7 +12,8 @@ from torch import nn
 
 from modules.checkpoint import load_state_strict
 from modules.config import (CommonParams, Config, DetectorSettings, GeneratorParams, GeneratorTrainParams,
-                            KPDetectorParams, check_generator_training, check_mask_generators, high_res_size_problem)
+                            KPDetectorParams)
+from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
 from modules.errors import ConfigError, ConfigWarning
 from modules.family import Family, Keypoints, StepContext, StepOutput, Trainable, register
 from modules.generator import GeneratorOutput, MaskGenerator, build_mask_generator

@@ -25,8 +25,8 @@ from torch import nn
 
 from modules.blocks import AntiAliasDownsample, Hourglass
 from modules.checkpoint import load_state_strict
-from modules.config import (Config, GeneratorParams, GeneratorTrainParams, JitterParams, PerceptualLossWeights,
-                            check_generator_training, check_mask_generators, high_res_size_problem)
+from modules.config import Config, GeneratorParams, GeneratorTrainParams, JitterParams, PerceptualLossWeights
+from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
 from modules.errors import CheckpointError, ConfigError
 from modules.family import Family, Keypoints, StepContext, StepOutput, Trainable, register
 from modules.generator import GeneratorOutput, MaskGenerator, build_mask_generator
