@@ -43,7 +43,7 @@ CHECKPOINT_KEYS = ("epoch", "step", "batch", "epoch_complete", "rng", "config", 
 # --checkpoint_with_kp, but does not resume.
 MODEL_FORMAT = "kpmask-model-1"
 MODEL_KEYS = ("config", "format", "step", "epoch", "provenance")      # and the networks of its family
-PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpeg", "pillow", "scikit-image",
+PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpeg", "pillow", "scikit-image", "scipy",
             "tqdm", "tensorboard")
 
 

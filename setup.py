@@ -20,6 +20,7 @@ setup(
         "imageio-ffmpeg",
         "pillow",
         "scikit-image",
+        "scipy",
         "tqdm",
         "tensorboard",
     ],

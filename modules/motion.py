@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
+from scipy.spatial import ConvexHull, QhullError
 
 
 class MovedKeypoints(NamedTuple):
@@ -23,31 +24,14 @@ class MovedKeypoints(NamedTuple):
 
 
 def convex_hull_area(points: torch.Tensor) -> torch.Tensor:
-    """Area of the convex hull of each sample's points: (B, K, 2) -> (B,). Andrew's monotone chain."""
+    """Area of the convex hull of each sample's points: (B, K, 2) -> (B,); 0 where they span no area (fewer than
+    three distinct points, or all on one line). scipy's Qhull, as FOMM measures it."""
     areas = []
-    for sample in points.detach().double().cpu():
-        ordered = sorted(set(map(tuple, sample.tolist())))
-        if len(ordered) < 3:
+    for sample in points.detach().double().cpu().numpy():
+        try:
+            areas.append(ConvexHull(sample).volume)     # the "volume" of a 2-D hull is its area
+        except QhullError:
             areas.append(0.0)
-            continue
-
-        def cross(o, a, b) -> float:
-            return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-        lower, upper = [], []
-        for point in ordered:
-            while len(lower) >= 2 and cross(lower[-2], lower[-1], point) <= 0:
-                lower.pop()
-            lower.append(point)
-        for point in reversed(ordered):
-            while len(upper) >= 2 and cross(upper[-2], upper[-1], point) <= 0:
-                upper.pop()
-            upper.append(point)
-        hull = lower[:-1] + upper[:-1]
-        # shoelace formula over the hull's corners, counter-clockwise
-        twice_area = sum(hull[i][0] * hull[(i + 1) % len(hull)][1] - hull[(i + 1) % len(hull)][0] * hull[i][1]
-                         for i in range(len(hull)))
-        areas.append(abs(twice_area) / 2)
     return torch.tensor(areas, dtype=points.dtype, device=points.device)
 
 
