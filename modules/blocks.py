@@ -1,7 +1,7 @@
 """Shared building blocks: anti-aliased downsampling, coordinate grids, conv blocks and the hourglass U-Net.
 
 The module and attribute names (``conv``, ``norm``, ``down_blocks``, ``up_blocks``, ``encoder``,
-``decoder``) are part of the FOMM checkpoint contract (the keys of FOMM's published checkpoints): state-dict keys are built from
+``decoder``) are part of the FOMM checkpoint contract (its published checkpoints' keys): state-dict keys are built from
 them, so renaming one breaks loading of official checkpoints.
 """
 from __future__ import annotations

@@ -68,7 +68,8 @@ class CommonParams:
     num_kp: int
     num_channels: int = 3
     estimate_jacobian: bool = False
-    # Detector input = frame * scale_factor; the low-res generator reads the same size (keypoint-mask paper sec. 1.1, 2.3).
+    # Detector input = frame * scale_factor; the low-res generator reads the same size (keypoint-mask paper
+    # sec. 1.1, 2.3).
     scale_factor: float = 0.25
 
 
@@ -95,7 +96,7 @@ class HighResParams:
 
 @dataclass
 class GeneratorParams:
-    """The low-res generator (keypoint-mask paper sec. 2.3) and, under ``high_res``, the high-res U-Net (the same section)."""
+    """The low-res generator and, under ``high_res``, the high-res U-Net (keypoint-mask paper sec. 2.3)."""
     block_expansion: int                  # channels after the last up block (64)
     max_features: int                     # cap on channels (512)
     num_up_blocks: int                    # x2 each: must take frame*scale_factor back to the frame size
@@ -228,7 +229,8 @@ class MetricsParams:
     landmarks: Literal["body", "face", "synthetic", "none"] = "body"
     # synthetic: the regressor's checkpoint; null means <dataset root_dir>/keypoint-regressor.pth
     keypoint_regressor: Optional[str] = None
-    # Pose and face detectors miss people in small frames (the perturbed-masks paper, sec. 4): below this side, skip them.
+    # Pose and face detectors miss people in small frames (perturbed-masks paper sec. 4): below this side, skip
+    # them.
     min_landmark_size: int = 128
 
 
@@ -260,7 +262,8 @@ class Config:
             # Only keypoints move relatively; writing it would make the saved config warn when reloaded.
             data["animate_params"].pop("normalization_params")
         # keys of reconstruction_params only some family reads (it would refuse them when reloaded)
-        for key in {k for f in registered().values() for k in f.reconstruction_keys} - set(self.record.reconstruction_keys):
+        others = {k for f in registered().values() for k in f.reconstruction_keys}
+        for key in others - set(self.record.reconstruction_keys):
             data["reconstruction_params"].pop(key)
         return data
 

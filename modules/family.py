@@ -100,7 +100,7 @@ class Family:
     """Everything the shared code needs to know of one family; ``register`` it from its module."""
     name: str                              # model_params.family in the YAML
     model_params: type                     # the dataclass of its model_params section
-    train_params: type                     # the dataclass of its train_params section (modules.config.TrainParams or a subclass)
+    train_params: type                     # its train_params dataclass (modules.config.TrainParams or a subclass)
     # (config, checkpoint_with_kp) -> the inference model with fresh weights (a given detector loaded, frozen)
     build: Callable[[Any, Optional[str]], nn.Module]
     # (config, checkpoint, source) -> the inference model with a checkpoint's weights, loaded strictly

@@ -1,6 +1,6 @@
 """FOMM's keypoint detector and the structural masks built from it (keypoint-mask paper sec. 2.1-2.2).
 
-``KPDetector`` has FOMM's constructor arguments and exactly FOMM's state-dict keys (those of FOMM's published checkpoints), so
+``KPDetector`` has FOMM's constructor arguments and exactly FOMM's state-dict keys (its published checkpoints'), so
 the ``kp_detector`` entry of an official ``vox-cpk.pth.tar`` / ``taichi-cpk.pth.tar`` loads strictly.
 ``KeypointMask`` wraps a frozen detector and turns images into the one-channel mask the generators read.
 """

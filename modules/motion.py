@@ -1,4 +1,4 @@
-"""Relative motion: FOMM's animation normalisation, used by the circles mask (FOMM's relative animation; keypoint-mask paper sec. 2.2).
+"""Relative motion: FOMM's animation normalisation, used by the circles mask (keypoint-mask paper sec. 2.2).
 
 The driving video moves the *source's* keypoints by how far its own keypoints moved since its first frame,
 so the source keeps its own body shape and position:

@@ -83,7 +83,8 @@ class FommModel(nn.Module):
     def animate(self, state: FommSource, driving: torch.Tensor, initial: Optional[Keypoints] = None,
                 adapt_scale: bool = False, use_relative_jacobian: bool = True) -> FommAnimation:
         """driving (B, 3, H, W) -> the source moved like it: absolutely (the driver's keypoints as they are), or,
-        given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (FOMM's relative animation; keypoint-mask paper sec. 2.2)."""
+        given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (FOMM's
+        relative animation)."""
         batch = driving.shape[0]
         kp_source = _expand(state.keypoints, batch)
         detected = self.keypoints(driving)
@@ -430,6 +431,7 @@ FAMILY = register(Family(
     name="fomm", model_params=FommModelParams, train_params=FommTrainParams,
     build=_build, load=fomm_from_checkpoint,
     trainable=lambda config, model, perceptual: FommTraining(model, perceptual(), config),
-    networks=("kp_detector", "generator", "discriminator"), training_only=("discriminator",), title=lambda params: "FOMM",
+    networks=("kp_detector", "generator", "discriminator"), training_only=("discriminator",),
+    title=lambda params: "FOMM",
     relative_motion=lambda params: True, check=check, frame_size_problem=frame_size_problem,
     map_legacy=map_detector_scale_factor))

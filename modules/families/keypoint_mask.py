@@ -101,7 +101,8 @@ class KeypointMaskModel(nn.Module):
                 adapt_scale: bool = False, use_relative_jacobian: bool = True) -> GeneratorOutput:
         """driving (B, 3, H, W) -> predictions (B, 3, H, W). Absolute motion: the driving frames' own masks.
         Relative (circles only), given the driver's reference keypoints ``initial`` (1, K, 2): the circles of
-        the source's keypoints moved by the driver's motion since the reference (FOMM's relative animation; keypoint-mask paper sec. 2.2)."""
+        the source's keypoints moved by the driver's motion since the reference (keypoint-mask paper
+        sec. 2.2)."""
         batch = driving.shape[0]
         if initial is None:
             driving_mask = self.mask(driving).mask

@@ -178,7 +178,8 @@ class _Forward(nn.Module):
 
 
 class PerturbedTraining(Trainable):
-    """The loss of the perturbed-masks paper (sec. 3.1) with its gradient routing; r trains from ``refinement_start_epoch`` on."""
+    """The loss of the perturbed-masks paper (sec. 3.1) with its gradient routing; r trains from
+    ``refinement_start_epoch`` on."""
 
     loss_names = PerturbedLossTerms._fields
     shown_names = "source|driving|m_s|m_d|m_dp|m_dr|low_res|high_res"
