@@ -133,8 +133,6 @@ def load_training_checkpoint(path: str) -> dict[str, Any]:
     return _validated(read_checkpoint(path), path)
 
 
-
-
 class ModelFileError(CheckpointError):
     """A model file given where a training checkpoint is needed (resume, export)."""
 
@@ -226,13 +224,13 @@ def _results_root(path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(path)), stem)
 
 
-def model_file(checkpoint: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """The model file (MODEL_FORMAT) of a training checkpoint: its networks and config, and ``provenance``
-    (how it was made: commands, seed, training time, ...)."""
-    from modules.config import config_from_dict
-    record = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config").record
-    networks = {key: checkpoint[key] for key in record.inference_networks}
-    return {**networks, "config": checkpoint["config"], "format": MODEL_FORMAT, "step": checkpoint["step"],
+def model_file(checkpoint: Mapping[str, Any], networks: Sequence[str],
+               provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The model file (MODEL_FORMAT) of a training checkpoint: the ``networks`` inference runs (its family
+    record's ``inference_networks``), its config, and ``provenance`` (how it was made: commands, seed,
+    training time, ...)."""
+    weights = {key: checkpoint[key] for key in networks}
+    return {**weights, "config": checkpoint["config"], "format": MODEL_FORMAT, "step": checkpoint["step"],
             "epoch": checkpoint["epoch"], "provenance": dict(provenance)}
 
 

@@ -104,8 +104,6 @@ class GeneratorParams:
     high_res: HighResParams = field(default_factory=HighResParams)
 
 
-
-
 class DetectorSettings:
     """Mixed into the model_params of the families that hold FOMM's KPDetector."""
     common_params: CommonParams
@@ -118,7 +116,6 @@ class DetectorSettings:
                     max_features=kp.max_features, num_blocks=kp.num_blocks, temperature=kp.temperature,
                     estimate_jacobian=common.estimate_jacobian, scale_factor=common.scale_factor,
                     single_jacobian_map=kp.single_jacobian_map, pad=kp.pad)
-
 
 
 @dataclass
@@ -134,14 +131,12 @@ class LabelParams:
     min_visibility: float = 0.5           # a label counts where its visibility is at least this
 
 
-
 @dataclass
 class TransformParams:
     """FOMM's random TPS transform for the equivariance losses."""
     sigma_affine: float = 0.05
     sigma_tps: float = 0.005
     points_tps: int = 5
-
 
 
 @dataclass
@@ -241,7 +236,6 @@ class VisualizerParams:
     colormap: str = "gist_rainbow"
 
 
-
 @dataclass
 class Config:
     dataset_params: DatasetParams
@@ -285,7 +279,6 @@ class Config:
     def motion_name(self) -> str:
         """How the model is named in messages: 'FOMM', 'heatmap mask', 'perturbed masks'."""
         return self.record.title(self.model_params)
-
 
 
 def _family(data: dict, file: str) -> Family:
@@ -362,7 +355,6 @@ def resolve_data_paths(config: "Config", anchor: Optional[str]) -> None:
     data.pairs_list, _ = find(data.pairs_list)
     metrics = config.metrics_params
     metrics.keypoint_regressor, _ = find(metrics.keypoint_regressor)
-
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -14,8 +14,8 @@ A family gives two objects:
                                                ``initial`` (the driver's reference keypoints) = relative motion
     ``visual_columns(state, driving, output)``  the (B, 3|1, h, w) pictures shown side by side
     ``reconstruct(state, driving)``             the reconstruction path (the absolute animation, except for
-                                               perturbed masks, which follow their training procedure)
-    ``relative_motion_possible``                whether it has keypoints to move;
+                                               perturbed masks, which follow their training procedure;
+                                               whether it may move relatively is the record's ``relative_motion``)
 * a ``Trainable`` that binds the networks to the losses for ``train.py``.
 """
 from __future__ import annotations

@@ -45,8 +45,8 @@ def export(checkpoint_path: str, out: str, note: str = "", training_time: str = 
             sessions = json.load(stream).get("sessions", [])
     provenance = {"source": os.path.basename(checkpoint["path"]), "seed": checkpoint.get("seed"),
                   "sessions": sessions, "note": note, "training_time": training_time}
-    model = run_log.model_file(checkpoint, provenance)
-    config = config_from_dict(model["config"], f"{checkpoint['path']}:config")
+    config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
+    model = run_log.model_file(checkpoint, config.record.inference_networks, provenance)
     model_from_checkpoint(config, model, checkpoint["path"])          # it loads strictly, or nothing is written
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_save(model, out)

@@ -65,8 +65,6 @@ def heatmap_label_loss(raw_heatmap: torch.Tensor, label: torch.Tensor, visible: 
 class LabelledDetector(nn.Module):
     """The inference side: the detector alone. It finds keypoints; it has no generator to animate with."""
 
-    relative_motion_possible = True
-
     def __init__(self, kp_detector: KPDetector, kp_radius: float = 2.0):
         super().__init__()
         self.kp_detector = kp_detector

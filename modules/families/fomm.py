@@ -55,8 +55,6 @@ def _expand(kp: Keypoints, batch: int) -> Keypoints:
 class FommModel(nn.Module):
     """FOMM's three networks under FOMM's names. The discriminator is only used in training."""
 
-    relative_motion_possible = True
-
     def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator,
                  discriminator: MultiScaleDiscriminator, kp_radius: float = 2.0):
         super().__init__()

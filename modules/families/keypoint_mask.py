@@ -284,7 +284,7 @@ def map_legacy(data: dict, file: str) -> None:
             ignored.append(dotted)
     if ignored:
         warnings.warn(f"{file}: ignoring keys the keypoint-mask model never uses: {', '.join(ignored)} (a FOMM "
-                      f"config? add model_params.family: fomm to train FOMM itself)", ConfigWarning, stacklevel=4)
+                      f"config? add model_params.family: fomm to train FOMM itself)", ConfigWarning, stacklevel=3)
 
 
 

@@ -78,8 +78,6 @@ class PerturbedOutput(NamedTuple):
 class PerturbedMaskModel(nn.Module):
     """m, r, l and h. Its state dict is the four networks' weights; the loss lives in PerturbedTraining."""
 
-    relative_motion_possible = False      # masks, no keypoints to move
-
     def __init__(self, mask_generator: MaskNetwork, refinement: MaskNetwork, generator: MaskGenerator,
                  threshold_rule: Threshold = "median", ablation: Ablation = "none", scale_factor: float = 0.25,
                  reconstruct_test_time: bool = False):
