@@ -56,10 +56,15 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
     return resize_frame(np.ascontiguousarray(frame), size)
 
 
-def choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str) -> str:
-    """The motion a checkpoint animates with: heatmap absolute; circles and FOMM relative unless told otherwise."""
+def choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str) -> tuple[str, bool]:
+    """The motion a checkpoint animates with, and whether relative motion is scaled by the ratio of the source's
+    and the driver's keypoint hull areas (FOMM sec. 3.3 / its ``adapt_movement_scale``): heatmap absolute;
+    circles and FOMM relative unless told otherwise. ``adapt_scale`` (the flag) asks for scaling and is refused
+    for absolute motion; the config's ``animate_params.normalization_params.adapt_movement_scale`` turns it on
+    wherever motion is relative."""
+    normalization = config.animate_params.normalization_params
     if motion is None:
-        relative = config.relative_motion_possible and config.animate_params.normalization_params.use_relative_movement
+        relative = config.relative_motion_possible and normalization.use_relative_movement
         motion = "relative" if relative else "absolute"
     if motion == "relative" and not config.relative_motion_possible:
         raise UserError(f"--motion relative: {source} is a {config.motion_name} model, which has "
@@ -68,7 +73,7 @@ def choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str)
     if adapt_scale and motion != "relative":
         raise UserError("--adapt_scale scales relative motion; it needs --motion relative and a circles or FOMM "
                         "checkpoint")
-    return motion
+    return motion, motion == "relative" and (adapt_scale or normalization.adapt_movement_scale)
 
 
 def stream_animation(model, source: np.ndarray, batches: Iterator[np.ndarray], writer: Optional[VideoWriter], *,
@@ -130,7 +135,7 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
         check_output_file(side_path, what="--visualize", inputs=inputs, overwrite=overwrite)
     config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
     model.to(memory_format=torch.channels_last)
-    motion = choose_motion(config, motion, adapt_scale, checkpoint["path"])
+    motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
         raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
     if find_best_frame and motion != "relative":
@@ -208,7 +213,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
 
     config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
     model.to(memory_format=torch.channels_last)
-    motion = choose_motion(config, motion, adapt_scale, checkpoint["path"])
+    motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
     pairs = PairedDataset(dataset, num_pairs or config.animate_params.num_pairs, seed=0)
     final_dir = run_log.results_path(checkpoint, "animation")
@@ -242,8 +247,9 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
                                                        open_video(truth, size), batch_size)
         progress.close()
         if scores:
-            table = _write_animation_metrics(out_dir, scores, scorer, motion, checkpoint)
-    print(f"animation of {len(pairs)} pairs ({motion} motion) -> {final_dir}")
+            table = _write_animation_metrics(out_dir, scores, scorer, motion, adapt_scale, checkpoint)
+    scaled = ", movement scale adapted" if adapt_scale else ""
+    print(f"animation of {len(pairs)} pairs ({motion} motion{scaled}) -> {final_dir}")
     if scores:
         print("  against the ground-truth animation:")
         for line in table_lines(table, scorer.skipped):
@@ -274,7 +280,7 @@ def score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.
 
 
 def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[float]]], scorer: FrameScorer,
-                             motion: str, checkpoint: dict) -> dict[str, dict[str, float]]:
+                             motion: str, adapt_scale: bool, checkpoint: dict) -> dict[str, dict[str, float]]:
     """Write metrics.json; returns the table (candidate -> metric -> mean) to print."""
     pooled: dict[str, list[float]] = {}
     for row in scores.values():
@@ -284,7 +290,8 @@ def _write_animation_metrics(out_dir: str, scores: dict[str, dict[str, list[floa
     frames = sum(len(row["prediction_l1"]) for row in scores.values())
     result = {"protocol": {"target": "the synthetic dataset's ground-truth animation (source identity, driver's "
                                      "pose)", "averaging": "over all frames of all pairs", "pairs": len(scores),
-                           "frames": frames, "motion": motion, "checkpoint": checkpoint["path"],
+                           "frames": frames, "motion": motion, "adapt_scale": adapt_scale,
+                           "checkpoint": checkpoint["path"],
                            "step": checkpoint.get("step"),
                            "landmarks": None if scorer.landmarker is None else scorer.landmarker.name,
                            "akd_units": "pixels of a 256x256 frame"},

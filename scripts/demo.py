@@ -102,7 +102,7 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
             raise UserError(f"{path}: not found (the {what} of pair {pair}); expected the synthetic dataset's layout")
     source = open_video(paths["source"], size).read([0])[0]
     driving, truth = open_video(paths["driving"], size), open_video(paths["ground truth"], size)
-    motion = choose_motion(config, None, False, checkpoint["path"])
+    motion, adapt_scale = choose_motion(config, None, False, checkpoint["path"])
     final_dir = out_dir
     # Built beside an earlier demo and swapped in when complete: an interrupted run keeps the earlier one.
     with results_folder(final_dir) as out_dir:
@@ -113,7 +113,7 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
         relative_jacobian = config.animate_params.normalization_params.use_relative_jacobian
         with torch.inference_mode(), VideoWriter(os.path.join(out_dir, "result.mp4"), fps=fps) as writer:
             stream_animation(model, source, driving.iter_frames(8), writer, size=size, device=device,
-                             motion=motion, adapt_scale=False, progress=progress, strip=strip, visual=visual,
+                             motion=motion, adapt_scale=adapt_scale, progress=progress, strip=strip, visual=visual,
                              use_relative_jacobian=relative_jacobian)
         progress.close()
         prediction = np.concatenate(strip)                                              # (T, H, W, 3)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import config_path
 from modules.motion import convex_hull_area, relative_keypoints
 
 
@@ -57,3 +58,28 @@ def test_relative_jacobian_composes_driving_change_with_the_source():
     unchanged = relative_keypoints(kp, kp, kp, jacobian_source=stretch, jacobian_driving=rotation,
                                    jacobian_driving_initial=rotation)
     assert torch.allclose(unchanged.jacobian, stretch)
+
+
+@pytest.mark.parametrize("name, motion, flag, in_config, expected", [
+    ("tiny-circles.yaml", None, False, False, ("relative", False)),
+    ("tiny-circles.yaml", None, False, True, ("relative", True)),     # the config's adapt_movement_scale is read
+    ("tiny-circles.yaml", None, True, False, ("relative", True)),     # the flag asks for it
+    ("tiny-circles.yaml", "absolute", False, True, ("absolute", False)),
+    ("tiny-heatmap.yaml", None, False, True, ("absolute", False)),    # no keypoints to scale: ignored
+])
+def test_choose_motion_reads_adapt_movement_scale_from_the_config(name, motion, flag, in_config, expected):
+    from animate import choose_motion
+    from modules.config import load_config
+
+    config = load_config(config_path(name))
+    config.animate_params.normalization_params.adapt_movement_scale = in_config
+    assert choose_motion(config, motion, flag, name) == expected
+
+
+def test_adapt_scale_flag_with_absolute_motion_is_refused():
+    from animate import choose_motion
+    from modules.config import load_config
+    from modules.errors import UserError
+
+    with pytest.raises(UserError, match="--adapt_scale scales relative motion"):
+        choose_motion(load_config(config_path("tiny-heatmap.yaml")), None, True, "tiny-heatmap.yaml")
