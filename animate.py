@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import logger as run_log
 from frames_dataset import frames_to_tensor
+from modules.checkpoint import load_model
 from modules.errors import UserError
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.precision import autocast, autocast_dtype
@@ -133,7 +134,7 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     side_path = side_by_side_path(result_video) if visualize else None
     if side_path:
         check_output_file(side_path, what="--visualize", inputs=inputs, overwrite=overwrite)
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
+    config, model, checkpoint = load_model(checkpoint_path, device, config_path, ablation)
     model.to(memory_format=torch.channels_last)
     motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
@@ -211,7 +212,7 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
     ``<source>__<driving>.mp4`` and ``png/<source>__<driving>.png`` (the prediction's frames side by side)."""
     from frames_dataset import FramesDataset, PairedDataset
 
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
+    config, model, checkpoint = load_model(checkpoint_path, device, config_path, ablation)
     model.to(memory_format=torch.channels_last)
     motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)

@@ -9,7 +9,7 @@ A run folder is ``<log_dir>/<config-name>-<timestamp>/`` and holds
     train-vis/%08d-train.png     source | source mask | driving | driving mask | low-res | high-res
     %08d-checkpoint.pth.tar      FOMM's checkpoint names (the epoch); ``%08d-interrupted.pth.tar`` on Ctrl-C
 
-Checkpoints are written atomically (``modules.checkpoint.atomic_save``) and read with ``weights_only=True``.
+The checkpoint and model-file formats, and loading a model from either, are modules/checkpoint.py's.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import os
 import platform
 import subprocess
 import sys
-import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import imageio.v3 as iio
@@ -29,20 +28,10 @@ import numpy as np
 import torch
 import yaml
 
-from modules.checkpoint import atomic_save, read_checkpoint, resolve_checkpoint
-from modules.errors import CheckpointError, UserError
+from modules.errors import UserError
 from modules.video_io import to_uint8  # noqa: F401  (run_log.to_uint8 in the stage scripts)
 from modules.outputs import atomic_file
 
-CHECKPOINT_FORMAT = "kpmask-train-1"
-# Entries a training checkpoint of this project must hold (FOMM's names first, then ours).
-# (and the networks of its family; the optimizer states are checked when it resumes)
-CHECKPOINT_KEYS = ("epoch", "step", "batch", "epoch_complete", "rng", "config", "format")
-# A model file (scripts/export_model.py): the networks and the config of a training checkpoint without its
-# optimizer and RNG state, for shipping and inference. It animates, reconstructs and serves as
-# --checkpoint_with_kp, but does not resume.
-MODEL_FORMAT = "kpmask-model-1"
-MODEL_KEYS = ("config", "format", "step", "epoch", "provenance")      # and the networks of its family
 PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpeg", "pillow", "scikit-image", "scipy",
             "tqdm", "tensorboard")
 
@@ -117,122 +106,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-def checkpoint_path(run_dir: str, epoch: int, interrupted: bool = False) -> str:
-    return os.path.join(run_dir, f"{epoch:08d}-{'interrupted' if interrupted else 'checkpoint'}.pth.tar")
-
-
-def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
-    atomic_save(dict(state, format=CHECKPOINT_FORMAT), path)
-
-
-def load_training_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint written by this project's trainer (a folder means its latest checkpoint)."""
-    path = resolve_checkpoint(path)
-    return _validated(read_checkpoint(path), path)
-
-
-class ModelFileError(CheckpointError):
-    """A model file given where a training checkpoint is needed (resume, export)."""
-
-
-def _missing(checkpoint: dict[str, Any], keys: tuple[str, ...], inference: bool = False) -> list[str]:
-    """``keys`` and the networks of the checkpoint's family (its record's ``networks``, or only those inference
-    runs: ``inference_networks``) absent from it."""
-    from modules.family import family_name, registered
-    record = registered().get(family_name(checkpoint.get("config")))   # an unknown one: the config reader's error
-    networks = () if record is None else record.inference_networks if inference else record.networks
-    return [key for key in (*networks, *keys) if key not in checkpoint]
-
-
-def _validated(checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
-    """A read checkpoint checked to be a training checkpoint of this project, with its ``path`` added."""
-    if checkpoint.get("format") == MODEL_FORMAT:
-        raise ModelFileError(f"{path}: a model file (networks and config, no optimizer state): it animates, "
-                             f"reconstructs and serves as --checkpoint_with_kp, but cannot resume training")
-    missing = _missing(checkpoint, CHECKPOINT_KEYS)
-    if not missing and checkpoint["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {checkpoint['format']!r}, this version reads "
-                              f"{CHECKPOINT_FORMAT!r}")
-    if missing:
-        hint = ""
-        if "kp_detector" in checkpoint and "config" not in checkpoint:
-            hint = " (a FOMM checkpoint? pass it as --checkpoint_with_kp to start a run with its detector)"
-        raise CheckpointError(f"{path}: not a training checkpoint of this project: missing "
-                              f"{', '.join(missing)}{hint}")
-    checkpoint["path"] = path
-    return checkpoint
-
-
-def load_model(path: str, device: torch.device, config_path: Optional[str] = None,
-               ablation: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
-    """(config, model in eval mode on ``device``, checkpoint) from a training checkpoint of this project or its run
-    folder, or a model file (MODEL_FORMAT), both holding their config, or from a FOMM-format checkpoint (an
-    official ``vox-cpk.pth.tar``: networks only) together with ``config_path``, the config of its networks.
-
-    ``ablation`` (perturbed masks only: none, no_pert, no_ref, no_id) replaces the config's; results then go
-    to ``<mode>-<ablation>/``. One checkpoint serves all four: r's loss never reaches m, l or h in training."""
-    from modules.config import config_from_dict, load_config, resolve_data_paths
-    from modules.models import model_from_checkpoint
-
-    checkpoint = read_checkpoint(path) if os.path.isfile(path) else None     # a folder: its latest, below
-    if checkpoint is not None and not ("format" in checkpoint and "config" in checkpoint):
-        if not {"generator", "kp_detector"} <= set(checkpoint):
-            raise CheckpointError(f"{path}: neither a training checkpoint of this project nor a FOMM checkpoint "
-                                  f"(no 'generator' and 'kp_detector' entries; found {', '.join(sorted(checkpoint))})")
-        if config_path is None:
-            raise UserError(f"{path}: a FOMM-format checkpoint holds no config; pass --config with the networks it was "
-                            f"trained with (config/vox-256-fomm.yaml or config/taichi-256-fomm.yaml for the official "
-                            f"vox-cpk.pth.tar / taichi-cpk.pth.tar)")
-        config = load_config(config_path)
-        # results of a foreign file go into <its folder>/<its name>/, never over another file's
-        checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
-    else:
-        if checkpoint is not None and checkpoint.get("format") == MODEL_FORMAT:
-            missing = _missing(checkpoint, MODEL_KEYS, inference=True)
-            if missing:
-                raise CheckpointError(f"{path}: model file without {', '.join(missing)}")
-            # results of a shipped model go into <its folder>/<its name>/, beside it
-            checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
-        else:
-            checkpoint = load_training_checkpoint(path) if checkpoint is None else _validated(checkpoint, path)
-        if config_path is not None:
-            warnings.warn(f"--config {config_path} ignored: {checkpoint['path']} holds the config it was trained with",
-                          UserWarning, stacklevel=2)
-        config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
-    if ablation is not None:
-        if ablation not in config.record.ablations:
-            raise UserError(f"--ablation {ablation}: {checkpoint['path']} is a {config.motion_name} model; the "
-                            f"ablations (no_pert, no_ref, no_id) are the perturbed-masks model's")
-        config.model_params.ablation = ablation
-        checkpoint = dict(checkpoint, results_suffix=f"-{ablation}")
-    resolve_data_paths(config, config_path if "config" not in checkpoint else checkpoint["path"])
-    if not config.record.animates:
-        raise UserError(f"{checkpoint['path']}: a labelled keypoint detector (stage one) has no generator to "
-                        f"reconstruct or animate with; pass it as --checkpoint_with_kp to a heatmap, circles or FOMM "
-                        f"config with its detector settings (measure it with scripts/keypoints_vs_joints.py)")
-    model = model_from_checkpoint(config, checkpoint, checkpoint["path"])
-    return config, model.to(device).eval(), checkpoint
-
-
-def _results_root(path: str) -> str:
-    """``<folder of path>/<its name without .pth.tar>``: where results of a file outside a run folder go."""
-    stem = os.path.basename(path)
-    for suffix in (".tar", ".pth", ".pt"):
-        stem = stem.removesuffix(suffix)
-    return os.path.join(os.path.dirname(os.path.abspath(path)), stem)
-
-
-def model_file(checkpoint: Mapping[str, Any], networks: Sequence[str],
-               provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """The model file (MODEL_FORMAT) of a training checkpoint: the ``networks`` inference runs (its family
-    record's ``inference_networks``), its config, and ``provenance`` (how it was made: commands, seed,
-    training time, ...)."""
-    weights = {key: checkpoint[key] for key in networks}
-    return {**weights, "config": checkpoint["config"], "format": MODEL_FORMAT, "step": checkpoint["step"],
-            "epoch": checkpoint["epoch"], "provenance": dict(provenance)}
-
+# Results of a checkpoint
 
 def results_path(checkpoint: Mapping[str, Any], name: str) -> str:
     """``<run folder of the checkpoint>/<name>/``: where a mode's results go. Build them with
@@ -278,6 +152,11 @@ def training_grid(columns: Sequence[torch.Tensor], max_rows: int = 4) -> np.ndar
 
 # ----------------------------------------------------------------------------------------------------------
 # The run's log
+
+def short_loss_name(loss_name: str) -> str:
+    """A loss name short enough for the progress bar: perceptual_low_res -> low_res, equivariance_value -> eq_value."""
+    return loss_name.replace("perceptual_", "").replace("equivariance_", "eq_").replace("feature_matching", "fm")
+
 
 class RunLogger:
     """log.txt, TensorBoard and train-vis images of one run. Create it on rank 0 only."""

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 import logger as run_log
+from modules.checkpoint import load_model
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.outputs import results_folder
 from modules.video_io import VideoWriter
@@ -43,7 +44,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
     from frames_dataset import FramesDataset, frames_to_tensor
 
-    config, model, checkpoint = run_log.load_model(checkpoint_path, device, config_path, ablation)
+    config, model, checkpoint = load_model(checkpoint_path, device, config_path, ablation)
     params = config.reconstruction_params
     if exclude_first_frame is None:
         exclude_first_frame = params.exclude_first_frame

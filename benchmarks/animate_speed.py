@@ -36,10 +36,10 @@ def _model_and_frames(checkpoint: str | None, frames: int):
 
     generator = torch.Generator().manual_seed(1)
     if checkpoint:
-        import logger
         from frames_dataset import FramesDataset, frames_to_tensor
+        from modules.checkpoint import load_model
 
-        config, model, _ = logger.load_model(checkpoint, torch.device("cpu"))
+        config, model, _ = load_model(checkpoint, torch.device("cpu"))
         height, width = config.dataset_params.size
         try:
             dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
@@ -102,7 +102,7 @@ def streaming_memory(frames: int, checkpoint: str, folder: str) -> float:
 
     video = os.path.join(folder, f"driving-{frames}.mp4")
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-                    f"testsrc=size=64x64:rate=25", "-frames:v", str(frames), "-pix_fmt", "yuv420p", video], check=True)
+                    "testsrc=size=64x64:rate=25", "-frames:v", str(frames), "-pix_fmt", "yuv420p", video], check=True)
     image = os.path.join(folder, "source.png")
     import imageio.v3 as iio
     import numpy as np

@@ -19,6 +19,10 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the configured networks."""
 
 
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite."""
+
+
 class ConfigWarning(UserWarning):
     """A config key that is accepted but has no effect (legacy FOMM / keypoint-mask keys)."""
 

@@ -35,6 +35,12 @@ class KeypointLabels(NamedTuple):
     driving: torch.Tensor                 # (B, K, 2)
     driving_visible: torch.Tensor         # (B, K)
 
+    @classmethod
+    def from_batch(cls, batch: dict, device: torch.device) -> "KeypointLabels":
+        """The labels of a training batch (its keys source_keypoints, source_visible, ... ) on ``device``."""
+        keys = ("source_keypoints", "source_visible", "driving_keypoints", "driving_visible")
+        return cls(*(batch[key].to(device, non_blocking=True) for key in keys))
+
 
 class Keypoints(NamedTuple):
     value: torch.Tensor                   # (B, K, 2) in [-1, 1], x first

@@ -80,8 +80,8 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
     import torch
     from tqdm import tqdm
 
-    import logger as run_log
     from animate import choose_motion, score_against_truth, stream_animation
+    from modules.checkpoint import load_model
     from modules.evaluation import FrameScorer, table_lines
     from modules.outputs import results_folder
     from modules.video_io import VideoWriter, open_video
@@ -89,7 +89,7 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
 
     check_demo_folder(out_dir, inputs=(model_path,))
     device = choose_device(device_name)
-    config, model, checkpoint = run_log.load_model(model_path, device)
+    config, model, checkpoint = load_model(model_path, device)
     pair = pair or demo_pair(root)
     if "__" not in pair:
         raise UserError(f"--pair {pair!r}: expected <source video>__<driving video>, e.g. {demo_pair(root)}")

@@ -28,16 +28,15 @@ def export(checkpoint_path: str, out: str, note: str = "", training_time: str = 
     from modules.outputs import check_output_file
 
     check_output_file(out, what="--out", inputs=(checkpoint_path,), overwrite=overwrite)
-    import logger as run_log
-    from modules.checkpoint import atomic_save
+    from modules.checkpoint import ModelFileError, atomic_save, load_training_checkpoint, model_file
     from modules.config import config_from_dict
     from modules.models import model_from_checkpoint
 
     try:
-        checkpoint = run_log.load_training_checkpoint(checkpoint_path)
-    except run_log.ModelFileError:
-        raise run_log.ModelFileError(f"{checkpoint_path}: already a model file; export_model.py exports a "
-                                     f"training checkpoint or its run folder (log/<run>)") from None
+        checkpoint = load_training_checkpoint(checkpoint_path)
+    except ModelFileError:
+        raise ModelFileError(f"{checkpoint_path}: already a model file; export_model.py exports a "
+                             f"training checkpoint or its run folder (log/<run>)") from None
     run_json = os.path.join(os.path.dirname(os.path.abspath(checkpoint["path"])), "run.json")
     sessions = []
     if os.path.isfile(run_json):
@@ -46,7 +45,7 @@ def export(checkpoint_path: str, out: str, note: str = "", training_time: str = 
     provenance = {"source": os.path.basename(checkpoint["path"]), "seed": checkpoint.get("seed"),
                   "sessions": sessions, "note": note, "training_time": training_time}
     config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
-    model = run_log.model_file(checkpoint, config.record.inference_networks, provenance)
+    model = model_file(checkpoint, config.record.inference_networks, provenance)
     model_from_checkpoint(config, model, checkpoint["path"])          # it loads strictly, or nothing is written
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_save(model, out)

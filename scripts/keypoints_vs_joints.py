@@ -92,19 +92,18 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
     """Measure the detector of ``checkpoint_path`` on ``split`` and print the figures (module docstring)."""
     import json
 
-    import logger as run_log
     from frames_dataset import FramesDataset
     from modules.config import config_from_dict
     from modules.keypoint_detector import KPDetector, load_detector_state
 
-    from modules.checkpoint import read_checkpoint, resolve_checkpoint
+    from modules.checkpoint import MODEL_FORMAT, load_training_checkpoint, read_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint_path)
     checkpoint = read_checkpoint(path)
-    if checkpoint.get("format") == run_log.MODEL_FORMAT:           # a shipped model file
+    if checkpoint.get("format") == MODEL_FORMAT:           # a shipped model file
         checkpoint = dict(checkpoint, path=path)
     else:
-        checkpoint = run_log.load_training_checkpoint(path)
+        checkpoint = load_training_checkpoint(path)
     config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
     torch.manual_seed(config.train_params.seed)
     detector = KPDetector(**config.model_params.detector_kwargs())

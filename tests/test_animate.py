@@ -258,7 +258,7 @@ def test_find_best_frame_measures_relative_motion_from_the_closest_pose_as_fomm_
     import torch
     from tqdm import tqdm
 
-    import logger as run_log
+    from modules.checkpoint import load_model
     import modules.landmarks
     from animate import stream_animation
 
@@ -282,7 +282,7 @@ def test_find_best_frame_measures_relative_motion_from_the_closest_pose_as_fomm_
     # FOMM animates forwards and backwards from the best frame with it as the reference. Every frame depends
     # only on the source, its own driving frame and the reference, so one forward pass with that reference
     # gives exactly the frames of a video that starts at frame 2 (compared before encoding, which is lossy).
-    _, model, _ = run_log.load_model(checkpoints["circles"], torch.device("cpu"))
+    _, model, _ = load_model(checkpoints["circles"], torch.device("cpu"))
 
     def generate(order, reference):
         class Collect:

@@ -13,9 +13,9 @@ import yaml
 
 from conftest import ROOT, config_path
 
-import logger as run_log
 import run
-from modules.checkpoint import latest_checkpoint, read_checkpoint
+from modules.checkpoint import (MODEL_FORMAT, MODEL_KEYS, latest_checkpoint, load_model, load_training_checkpoint,
+                               read_checkpoint)
 from modules.errors import CheckpointError, UserError
 
 MODELS = os.path.join(ROOT, "models")
@@ -60,9 +60,9 @@ def assert_identical(a: dict, b: dict) -> None:
 # ------------------------------------------------------------------------------------------- shipped models
 
 def test_shipped_models_load_strictly_and_share_one_detector():
-    fomm_config, fomm, fomm_file = run_log.load_model(SHIPPED_FOMM, CPU)
-    heatmap_config, heatmap, heatmap_file = run_log.load_model(SHIPPED_HEATMAP, CPU)
-    circles_config, circles, circles_file = run_log.load_model(SHIPPED_CIRCLES, CPU)
+    fomm_config, fomm, fomm_file = load_model(SHIPPED_FOMM, CPU)
+    heatmap_config, heatmap, heatmap_file = load_model(SHIPPED_HEATMAP, CPU)
+    circles_config, circles, circles_file = load_model(SHIPPED_CIRCLES, CPU)
     detector_file = read_checkpoint(SHIPPED_DETECTOR)
     assert fomm_config.family == "fomm" and heatmap_config.family == circles_config.family == "keypoint_mask"
     assert (heatmap_config.model_params.mask_params.kind, circles_config.model_params.mask_params.kind) == \
@@ -70,7 +70,7 @@ def test_shipped_models_load_strictly_and_share_one_detector():
     assert detector_file["config"]["model_params"]["family"] == "detector"
     assert not {"heatmap", "circles"} & set(os.path.basename(SHIPPED_DETECTOR).split("-"))
     for file in (fomm_file, heatmap_file, circles_file, detector_file):
-        assert file["format"] == run_log.MODEL_FORMAT and file["provenance"]["training_time"]
+        assert file["format"] == MODEL_FORMAT and file["provenance"]["training_time"]
         assert os.path.getsize(SHIPPED_DETECTOR if file is detector_file else file["path"]) < 4 * 2 ** 20
     # stage two read the labelled stage one's detector and kept it frozen: the three hold the same weights
     assert_identical(detector_file["kp_detector"], heatmap.mask.detector.state_dict())
@@ -83,7 +83,7 @@ def test_shipped_models_load_strictly_and_share_one_detector():
             assert 0 <= output.prediction.min() and output.prediction.max() <= 1
     # the detector alone does not animate: one line says what it is for
     with pytest.raises(UserError, match="--checkpoint_with_kp"):
-        run_log.load_model(SHIPPED_DETECTOR, CPU)
+        load_model(SHIPPED_DETECTOR, CPU)
 
 
 def test_a_model_file_animates_and_serves_as_detector_but_does_not_resume(tmp_path, dataset_root):
@@ -96,7 +96,7 @@ def test_a_model_file_animates_and_serves_as_detector_but_does_not_resume(tmp_pa
     assert export([run_dir, "--out", model_path, "--training_time", "1 s"]) == 0
     file = read_checkpoint(model_path)
     # the networks inference runs (FOMM's discriminator only trains), the config and the provenance
-    assert set(file) == set(run_log.MODEL_KEYS) | {"kp_detector", "generator"}
+    assert set(file) == set(MODEL_KEYS) | {"kp_detector", "generator"}
     assert file["provenance"]["sessions"][0]["seed"] == 0
     training = latest(tmp_path / "one")
     assert_identical(file["kp_detector"], training["kp_detector"])
@@ -106,7 +106,7 @@ def test_a_model_file_animates_and_serves_as_detector_but_does_not_resume(tmp_pa
     assert glob.glob(str(tmp_path / "models" / "stage-one" / "animation" / "*.mp4"))
     # ... and refuses to resume, in one line
     with pytest.raises(CheckpointError, match="model file .* cannot resume training"):
-        run_log.load_training_checkpoint(model_path)
+        load_training_checkpoint(model_path)
     # a labelled stage one's model file gives stage two its detector
     labelled = small_config(tmp_path, dataset_root, "tiny-detector.yaml")
     assert quiet_run("--config", labelled, "--mode", "train", "--max_steps", "2", "--log_dir",
@@ -114,7 +114,7 @@ def test_a_model_file_animates_and_serves_as_detector_but_does_not_resume(tmp_pa
     (labelled_dir,) = glob.glob(str(tmp_path / "labelled" / "*"))
     detector_path = str(tmp_path / "models" / "labelled.pth.tar")
     assert export([labelled_dir, "--out", detector_path, "--training_time", "1 s"]) == 0
-    assert set(read_checkpoint(detector_path)) == set(run_log.MODEL_KEYS) | {"kp_detector"}
+    assert set(read_checkpoint(detector_path)) == set(MODEL_KEYS) | {"kp_detector"}
     stage_two = small_config(tmp_path, dataset_root, "tiny-heatmap.yaml")
     assert quiet_run("--config", stage_two, "--mode", "train", "--max_steps", "1", "--checkpoint_with_kp",
                      detector_path, "--log_dir", str(tmp_path / "two")) == 0
@@ -204,7 +204,7 @@ def test_one_frame_of_the_demo_pair_is_closer_to_the_truth_than_the_readme_bound
 
     pair, l1, _, l1_tolerance, _ = readme_demo_row()
     source_name, driving_name = pair.split("__")
-    _, model, _ = run_log.load_model(SHIPPED_HEATMAP, CPU)
+    _, model, _ = load_model(SHIPPED_HEATMAP, CPU)
     source = frames_to_tensor(open_video(os.path.join(default_dataset, "test", source_name)).read([0]))
     driving = frames_to_tensor(open_video(os.path.join(default_dataset, "test", driving_name)).read([0]))
     truth = frames_to_tensor(open_video(os.path.join(default_dataset, "animation-gt", pair)).read([0]))

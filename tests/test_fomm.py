@@ -145,19 +145,19 @@ def _official_format(model) -> dict:
 
 
 def test_an_official_format_checkpoint_loads_strictly_and_runs_with_its_config(tmp_path):
-    import logger as run_log
+    from modules.checkpoint import load_model
 
     torch.manual_seed(5)
     original = build(load_config(config_path("vox-256-fomm.yaml")))
     path = str(tmp_path / "vox-cpk.pth.tar")
     torch.save(_official_format(original), path)
-    config, model, checkpoint = run_log.load_model(path, torch.device("cpu"), config_path("vox-256-fomm.yaml"))
+    config, model, checkpoint = load_model(path, torch.device("cpu"), config_path("vox-256-fomm.yaml"))
     for network in ("kp_detector", "generator", "discriminator"):
         mine, theirs = getattr(model, network).state_dict(), getattr(original, network).state_dict()
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), network
     assert checkpoint["results_root"] == str(tmp_path / "vox-cpk")
     with pytest.raises(Exception, match="holds no config; pass --config"):
-        run_log.load_model(path, torch.device("cpu"))
+        load_model(path, torch.device("cpu"))
 
 
 def test_a_checkpoint_of_other_networks_is_a_one_line_error(tmp_path, capsys):
