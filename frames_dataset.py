@@ -2,7 +2,8 @@
 
 The data folder holds ``train/`` and ``test/``, each with one entry per video (formats: modules/video_io.py).
 A folder without them is split at random with a fixed seed (20% of the video ids for testing, as FOMM) and
-the dataset's ``notes`` say so.
+the dataset's ``notes`` say so. The augmentation is modules/augmentation.py's, the choice of animation pairs
+modules/pairs.py's.
 
 Reproducibility: every random choice of an item (which video of an id, which two frames, flips, jitter) is
 drawn from ``item_rng(seed, epoch, index)``, so the same (seed, epoch, index) gives the identical item in any
@@ -11,20 +12,21 @@ lives in shared memory, so ``set_epoch`` reaches DataLoader workers even when th
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from modules.augmentation import Augmentation
 from modules.config import AugmentationParams, DatasetParams, LabelParams
 from modules.errors import UserError
 from modules.keypoint_labels import POINTS_FILE, LabelLayout, label_layout, labels_to_normalized, read_labels
+from modules.pairs import random_pairs, read_pairs_csv
 from modules.video_io import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, VideoError, VideoInfo, open_video,
                               probe_video, video_kind, video_name)
 
@@ -65,104 +67,6 @@ class _SharedEpoch:
 
     def set(self, epoch: int) -> None:
         self.value.fill_(int(epoch))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Augmentation
-
-def _adjust_contrast(frames: torch.Tensor, factor: float) -> torch.Tensor:
-    """torchvision's adjust_contrast: each frame (n, 3, H, W) blended with its own mean grey.
-
-    The mean is a float64 numpy sum: a torch reduction may round differently with another thread count (the
-    main process against a DataLoader worker), and an item must not depend on where it is made.
-    """
-    import torchvision.transforms.v2.functional as TF
-
-    grey = TF.rgb_to_grayscale(frames).numpy().reshape(len(frames), -1)
-    means = torch.from_numpy(grey.mean(axis=1, dtype=np.float64).astype(np.float32)).view(-1, 1, 1, 1)
-    return (factor * frames + (1 - factor) * means).clamp_(0, 1)
-
-
-class AugmentationDraw(NamedTuple):
-    """The random parameters of one item's augmentation (factors of 1 / hue 0 mean "unchanged")."""
-    time_flip: bool
-    horizontal_flip: bool
-    jitter_order: tuple[int, ...]     # permutation of (brightness, contrast, saturation, hue), as torchvision
-    brightness: float
-    contrast: float
-    saturation: float
-    hue: float
-
-
-class Augmentation:
-    """FOMM's flips and colour jitter, one draw applied to every frame of a clip.
-
-    Horizontal and time flip each with probability 0.5 (independently: FOMM never did both at once); the
-    jitter has torchvision ColorJitter's semantics: factors uniform in [max(0, 1 - b), 1 + b] for brightness,
-    contrast and saturation, a hue shift uniform in [-h, h] of a full turn, applied in a random order.
-    """
-
-    def __init__(self, params: AugmentationParams):
-        self.horizontal_flip = params.flip_param.horizontal_flip
-        self.time_flip = params.flip_param.time_flip
-        jitter = params.jitter_param
-        for key in ("brightness", "contrast", "saturation", "hue"):
-            value = getattr(jitter, key)
-            top = 0.5 if key == "hue" else math.inf
-            if not 0 <= value <= top:
-                raise UserError(f"dataset_params.augmentation_params.jitter_param.{key}: expected a number in "
-                                f"[0, {top}], got {value}")
-        self.jitter = jitter
-
-    def draw(self, rng: np.random.Generator) -> AugmentationDraw:
-        """The parameters; always the same count of numbers from ``rng``, whatever is enabled."""
-        u_time, u_flip = rng.random(2)
-        order = tuple(int(i) for i in rng.permutation(4))
-        u = rng.random(4)
-        j = self.jitter
-
-        def factor(b: float, u: float) -> float:
-            low = max(0.0, 1 - b)
-            return low + (1 + b - low) * u
-
-        return AugmentationDraw(
-            time_flip=self.time_flip and u_time < 0.5, horizontal_flip=self.horizontal_flip and u_flip < 0.5,
-            jitter_order=order, brightness=factor(j.brightness, u[0]), contrast=factor(j.contrast, u[1]),
-            saturation=factor(j.saturation, u[2]), hue=j.hue * (2 * u[3] - 1))
-
-    def apply(self, frames: torch.Tensor, draw: AugmentationDraw) -> torch.Tensor:
-        """frames (n, 3, H, W) in [0, 1] -> the same shape and range, every frame transformed alike."""
-        import torchvision.transforms.v2.functional as TF
-
-        if draw.time_flip:
-            frames = frames.flip(0)          # the clip reversed: for a pair, source and driving swap
-        if draw.horizontal_flip:
-            frames = frames.flip(-1)
-        operations = [(TF.adjust_brightness, draw.brightness, self.jitter.brightness),
-                      (_adjust_contrast, draw.contrast, self.jitter.contrast),
-                      (TF.adjust_saturation, draw.saturation, self.jitter.saturation),
-                      (TF.adjust_hue, draw.hue, self.jitter.hue)]
-        for i in draw.jitter_order:
-            function, value, enabled = operations[i]
-            if enabled:
-                frames = function(frames, value)
-        return frames.clamp_(0, 1).contiguous()
-
-    def __call__(self, frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        return self.apply(frames, self.draw(rng))
-
-    @staticmethod
-    def apply_to_keypoints(keypoints: np.ndarray, visible: np.ndarray, draw: AugmentationDraw,
-                           mirror: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The flips of ``draw`` on labels (n, K, 2) in [-1, 1] and their visibility (n, K), as ``apply`` flips
-        the frames: reversed in time; mirrored (x -> -x, exact for pixel centres at -1 and +1) with each left
-        point swapped with its right twin (``mirror[k]`` is the keypoint that k becomes in the mirror image)."""
-        if draw.time_flip:
-            keypoints, visible = keypoints[::-1], visible[::-1]
-        if draw.horizontal_flip:
-            keypoints = keypoints[:, list(mirror)] * np.array([-1.0, 1.0], dtype=keypoints.dtype)
-            visible = visible[:, list(mirror)]
-        return np.ascontiguousarray(keypoints), np.ascontiguousarray(visible)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,50 +111,13 @@ class FramesDataset(Dataset):
         # FOMM augments training items only.
         self.transform = Augmentation(augmentation_params) if is_train and augmentation_params else None
 
-        folder, paths = self._split_paths()
-        self.folder = folder                       # where this split's videos are (the root if split at random)
-        self.videos: list[str] = []                # usable video paths, sorted by name
-        self.names: list[str] = []
-        self._infos: list[VideoInfo] = []
-        # Probing mp4/mov runs one ffmpeg per file: threads overlap them (and the folder listings).
-        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-            probes = list(pool.map(lambda p: _probe(p, frame_shape), paths))
-        seen = {}
-        for path, (info, problem) in zip(paths, probes):
-            name = video_name(path)
-            if info is not None and is_train and info.num_frames < 2:
-                info, problem = None, f"{info.num_frames} frame (a training pair needs 2 different frames)"
-            if info is not None and name in seen:
-                info, problem = None, f"{os.path.basename(seen[name])} has the same name {name!r}"
-            if info is None:
-                warnings.warn(f"{path}: skipped, {problem}", DatasetWarning, stacklevel=2)
-                continue
-            seen[name] = path
-            self.videos.append(path)
-            self.names.append(name)
-            self._infos.append(info)
-        if not self.videos:
-            found = f"all {len(paths)} found were skipped" if paths else "none found"
-            raise UserError(f"{folder}: no usable video for the {'train' if is_train else 'test'} split (expected "
-                            f"frame folders or {'/'.join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)} files; {found})")
-
-        # Keypoint labels (training items of the labelled detector only): checked for every video up front.
+        self.folder, paths = self._split_paths()   # the split's folder (the root if split at random)
+        self._scan_videos(paths)
         self.labels: Optional[LabelLayout] = None
         self._label_paths: list[str] = []
         self._stored_sizes: dict[int, tuple[int, int]] = {}
-        if labels is not None and is_train:
-            flips = self.transform is not None and self.transform.horizontal_flip
-            self.labels = label_layout(self.root_dir, labels, needs_mirror=flips)
-            split = os.path.relpath(self.folder, self.root_dir)
-            points = None
-            for path, name, info in zip(self.videos, self.names, self._infos):
-                label_path = os.path.normpath(os.path.join(self.labels.folder, split, name + ".npy"))
-                points = read_labels(label_path, info.num_frames, points).shape[1]
-                self._label_paths.append(label_path)
-            if max(self.labels.columns) >= points:
-                raise UserError(f"{self._label_paths[0]}: {points} points per frame, but "
-                                f"{os.path.join(self.labels.folder, POINTS_FILE)} names more")
-
+        if labels is not None and is_train:    # the labelled detector's training items only
+            self._check_labels(labels)
         self.ids = [video_id(name) for name in self.names]
         if is_train and id_sampling:
             # One item per id and epoch; the item picks one of the id's videos at random.
@@ -260,6 +127,49 @@ class FramesDataset(Dataset):
             self._groups = [groups[identity] for identity in sorted(groups)]
         else:
             self._groups = [[index] for index in range(len(self.videos))]
+
+    def _scan_videos(self, paths: list[str]) -> None:
+        """Keep the usable videos of ``paths`` (sorted by name): unreadable ones, duplicate names and 1-frame
+        training videos are skipped with a DatasetWarning; none usable is an error."""
+        self.videos: list[str] = []                # usable video paths, sorted by name
+        self.names: list[str] = []
+        self._infos: list[VideoInfo] = []
+        # Probing mp4/mov runs one ffmpeg per file: threads overlap them (and the folder listings).
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            probes = list(pool.map(lambda p: _probe(p, self.frame_shape), paths))
+        seen = {}
+        for path, (info, problem) in zip(paths, probes):
+            name = video_name(path)
+            if info is not None and self.is_train and info.num_frames < 2:
+                info, problem = None, f"{info.num_frames} frame (a training pair needs 2 different frames)"
+            if info is not None and name in seen:
+                info, problem = None, f"{os.path.basename(seen[name])} has the same name {name!r}"
+            if info is None:
+                warnings.warn(f"{path}: skipped, {problem}", DatasetWarning, stacklevel=3)
+                continue
+            seen[name] = path
+            self.videos.append(path)
+            self.names.append(name)
+            self._infos.append(info)
+        if not self.videos:
+            found = f"all {len(paths)} found were skipped" if paths else "none found"
+            raise UserError(f"{self.folder}: no usable video for the {'train' if self.is_train else 'test'} split "
+                            f"(expected frame folders or {'/'.join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)} files; "
+                            f"{found})")
+
+    def _check_labels(self, labels: LabelParams) -> None:
+        """Find and check every video's keypoint labels up front (a bad file fails before training starts)."""
+        flips = self.transform is not None and self.transform.horizontal_flip
+        self.labels = label_layout(self.root_dir, labels, needs_mirror=flips)
+        split = os.path.relpath(self.folder, self.root_dir)
+        points = None
+        for name, info in zip(self.names, self._infos):
+            label_path = os.path.normpath(os.path.join(self.labels.folder, split, name + ".npy"))
+            points = read_labels(label_path, info.num_frames, points).shape[1]
+            self._label_paths.append(label_path)
+        if max(self.labels.columns) >= points:
+            raise UserError(f"{self._label_paths[0]}: {points} points per frame, but "
+                            f"{os.path.join(self.labels.folder, POINTS_FILE)} names more")
 
     @classmethod
     def from_config(cls, dataset_params: DatasetParams, is_train: bool, random_seed: int = 0,
@@ -408,23 +318,6 @@ class DatasetRepeater(Dataset):
 # ----------------------------------------------------------------------------------------------------------
 # Animation pairs
 
-def _read_pairs_csv(path: str) -> list[tuple[str, str]]:
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: pairs list not found (dataset_params.pairs_list: a csv with columns "
-                        f"source,driving)")
-    try:
-        with open(path, newline="", encoding="utf-8") as stream:
-            reader = csv.DictReader(stream)
-            fields = [f.strip() for f in (reader.fieldnames or [])]
-            if "source" not in fields or "driving" not in fields:
-                raise UserError(f"{path}: expected a csv whose header has the columns source and driving (video "
-                                f"names), got {', '.join(fields) if fields else 'no header'}")
-            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"{path}: cannot read as a csv ({error})") from None
-    return [(row["source"], row["driving"]) for row in rows]
-
-
 class PairedDataset(Dataset):
     """(source video, driving video) pairs for animation, from the dataset's pairs_list or drawn at random.
 
@@ -432,12 +325,9 @@ class PairedDataset(Dataset):
     """
 
     def __init__(self, initial_dataset: FramesDataset, number_of_pairs: int, seed: int = 0):
-        self.initial_dataset = initial_dataset
-        dataset = initial_dataset
-        if dataset.pairs_list is not None:
-            self.pairs = self._pairs_from_csv(dataset, number_of_pairs)
-        else:
-            self.pairs = self._random_pairs(dataset, number_of_pairs, seed)
+        self.initial_dataset = dataset = initial_dataset
+        self.pairs = self._pairs_from_csv(dataset, number_of_pairs) if dataset.pairs_list is not None else \
+            self._random_pairs(dataset, number_of_pairs, seed)
 
     @staticmethod
     def _pairs_from_csv(dataset: FramesDataset, number_of_pairs: int) -> list[tuple[int, int]]:
@@ -446,7 +336,7 @@ class PairedDataset(Dataset):
         for index, (name, path) in enumerate(zip(dataset.names, dataset.videos)):
             lookup.setdefault(name, index)
             lookup.setdefault(os.path.basename(os.path.normpath(path)), index)
-        rows = _read_pairs_csv(dataset.pairs_list)
+        rows = read_pairs_csv(dataset.pairs_list)
         kept = [(lookup[s], lookup[d]) for s, d in rows if s in lookup and d in lookup]
         missing = [s if s not in lookup else d for s, d in rows if s not in lookup or d not in lookup]
         if rows and not kept:
@@ -460,32 +350,10 @@ class PairedDataset(Dataset):
 
     @staticmethod
     def _random_pairs(dataset: FramesDataset, number_of_pairs: int, seed: int) -> list[tuple[int, int]]:
-        count = len(dataset.videos)
-        if count < 2:
+        if len(dataset.videos) < 2:
             warnings.warn(f"{dataset.folder}: one video only, it drives itself", DatasetWarning, stacklevel=3)
             return [(0, 0)][:number_of_pairs]
-        numbers = {identity: k for k, identity in enumerate(sorted(set(dataset.ids)))}
-        ids = [numbers[identity] for identity in dataset.ids]
-        by_id = len(numbers) > 1                 # different people when the names tell them apart
-
-        def valid(s: int, d: int) -> bool:
-            return s != d and (not by_id or ids[s] != ids[d])
-
-        sizes = np.bincount(ids)
-        total = count * count - (int((sizes ** 2).sum()) if by_id else count)
-        wanted = min(number_of_pairs, total)
-        rng = np.random.default_rng(seed % 2 ** 64)
-        if 2 * wanted >= total:
-            # Most of the valid pairs: list them all and shuffle (rejection would take long).
-            everything = [(s, d) for s in range(count) for d in range(count) if valid(s, d)]
-            return [everything[i] for i in rng.permutation(len(everything))[:wanted]]
-        pairs, seen = [], set()
-        while len(pairs) < wanted:
-            s, d = (int(v) for v in rng.integers(count, size=2))
-            if valid(s, d) and (s, d) not in seen:
-                seen.add((s, d))
-                pairs.append((s, d))
-        return pairs
+        return random_pairs(dataset.ids, number_of_pairs, seed)
 
     def __len__(self) -> int:
         return len(self.pairs)

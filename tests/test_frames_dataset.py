@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from frames_dataset import (Augmentation, AugmentationDraw, DatasetRepeater, DatasetWarning, FramesDataset,
-                            PairedDataset, item_rng)
+from frames_dataset import DatasetRepeater, DatasetWarning, FramesDataset, PairedDataset, item_rng
+from modules.augmentation import Augmentation, AugmentationDraw
 from modules.config import AugmentationParams, DatasetParams, FlipParams, JitterParams
 from modules.errors import UserError
 from test_video_io import flat_frames, write_folder, write_strip, write_video

@@ -16,7 +16,8 @@ import yaml
 from conftest import config_path, train_ddp_on_two_gloo_processes, write_tiny
 
 import run
-from frames_dataset import Augmentation, AugmentationDraw, FramesDataset
+from frames_dataset import FramesDataset
+from modules.augmentation import Augmentation, AugmentationDraw
 from modules.checkpoint import read_checkpoint
 from modules.config import AugmentationParams, FlipParams, LabelParams, load_config
 from modules.errors import UserError
