@@ -12,7 +12,7 @@ Module names (``hourglass``, ``mask``, ``occlusion``, ``down``) are FOMM's state
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Protocol
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +20,7 @@ from torch import nn
 
 from modules.blocks import AntiAliasDownsample, Hourglass, make_coordinate_grid
 from modules.keypoint_detector import draw_gaussians
-
-
-class Keypoints(Protocol):
-    """Anything with FOMM's keypoint fields (KeypointOutput, MovedKeypoints)."""
-    value: torch.Tensor                   # (B, K, 2) in [-1, 1], x first
-    jacobian: Optional[torch.Tensor]      # (B, K, 2, 2) or None
+from modules.keypoints import Keypoints
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor, align_corners: bool,

@@ -42,11 +42,6 @@ class KeypointLabels(NamedTuple):
         return cls(*(batch[key].to(device, non_blocking=True) for key in keys))
 
 
-class Keypoints(NamedTuple):
-    value: torch.Tensor                   # (B, K, 2) in [-1, 1], x first
-    jacobian: Optional[torch.Tensor]      # (B, K, 2, 2) or None
-
-
 @dataclass
 class StepContext:
     """How the trainer wants a step run: the autocast region and the (possibly scaled) backward."""

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d, hourglass_width, init_as_image_copy
-from modules.dense_motion import DenseMotionNetwork, Keypoints, warp
+from modules.dense_motion import DenseMotionNetwork, warp
+from modules.keypoints import Keypoints
 
 
 class FommOutput(NamedTuple):
@@ -67,8 +68,8 @@ class OcclusionAwareGenerator(nn.Module):
     def forward(self, source: torch.Tensor, kp_driving: Keypoints, kp_source: Keypoints) -> FommOutput:
         """source (B, 3, H, W) in [0, 1]; keypoints (B, K, 2), Jacobians (B, K, 2, 2) -> FommOutput."""
         if not self.estimate_jacobian:
-            kp_driving = _without_jacobian(kp_driving)
-            kp_source = _without_jacobian(kp_source)
+            kp_driving = kp_driving.without_jacobian()
+            kp_source = kp_source.without_jacobian()
         out = self.first(source)
         for block in self.down_blocks:
             out = block(out)
@@ -90,10 +91,3 @@ class OcclusionAwareGenerator(nn.Module):
                           sparse_deformed=motion.sparse_deformed, occlusion_map=motion.occlusion_map)
 
 
-class _Points(NamedTuple):
-    value: torch.Tensor
-    jacobian: Optional[torch.Tensor]
-
-
-def _without_jacobian(kp: Keypoints) -> Keypoints:
-    return _Points(kp.value, None)

@@ -15,14 +15,9 @@ from torch import nn
 from modules.blocks import AntiAliasDownsample, Hourglass, anti_alias_kernel_size, make_coordinate_grid
 from modules.checkpoint import check_finite, first_items, read_checkpoint, resolve_checkpoint, state_dict_problems
 from modules.errors import CheckpointError
+from modules.keypoints import Keypoints
 
 MaskKind = Literal["heatmap", "circles", "softmax"]
-
-
-class KeypointOutput(NamedTuple):
-    value: torch.Tensor                   # (B, K, 2) keypoints in [-1, 1], x first
-    jacobian: torch.Tensor | None         # (B, K, 2, 2), None unless estimate_jacobian
-    raw_heatmap: torch.Tensor             # (B, K, h, w) pre-softmax maps; h = H*scale - 6 + 2*pad
 
 
 def soft_argmax(probabilities: torch.Tensor) -> torch.Tensor:
@@ -74,8 +69,8 @@ class KPDetector(nn.Module):
         shrink = self.kp.kernel_size[0] - 1 - 2 * self.pad
         return tuple(side - shrink for side in self.input_size(image_size))
 
-    def forward(self, image: torch.Tensor) -> KeypointOutput:
-        """(B, C, H, W) in [0, 1] -> keypoints, Jacobians and raw heatmaps."""
+    def forward(self, image: torch.Tensor) -> Keypoints:
+        """(B, C, H, W) in [0, 1] -> keypoints, Jacobians and raw heatmaps (B, K, h, w), h = H*scale - 6 + 2*pad."""
         if self.scale_factor != 1:
             image = self.down(image)
         features = self.predictor(image)                                    # (B, F, h+6, w+6)
@@ -89,7 +84,7 @@ class KPDetector(nn.Module):
             # Each keypoint's Jacobian is its 4 maps averaged under its softmax heatmap.
             jacobian = (probabilities.unsqueeze(2) * maps).flatten(3).sum(dim=-1)
             jacobian = jacobian.view(batch, num_kp, 2, 2)
-        return KeypointOutput(value=value, jacobian=jacobian, raw_heatmap=raw_heatmap)
+        return Keypoints(value=value, jacobian=jacobian, raw_heatmap=raw_heatmap)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,8 +122,12 @@ def draw_circles_mask(kp: torch.Tensor, heatmap_size: tuple[int, int], mask_size
 
 class MaskOutput(NamedTuple):
     mask: torch.Tensor                    # (B, 1, H*scale, W*scale) in [0, 1]
-    keypoints: torch.Tensor               # (B, K, 2) in [-1, 1]
-    jacobian: torch.Tensor | None         # (B, K, 2, 2) or None
+    detection: Keypoints                  # what the detector found, the mask's keypoints
+
+    @property
+    def keypoints(self) -> torch.Tensor:
+        """(B, K, 2) in [-1, 1]: ``detection.value``."""
+        return self.detection.value
 
 
 class KeypointMask(nn.Module):
@@ -171,7 +170,7 @@ class KeypointMask(nn.Module):
         else:
             mask = draw_circles_mask(detection.value, tuple(detection.raw_heatmap.shape[-2:]), mask_size,
                                      self.kp_variance)
-        return MaskOutput(mask=mask, keypoints=detection.value, jacobian=detection.jacobian)
+        return MaskOutput(mask=mask, detection=detection)
 
     @torch.no_grad()
     def mask_from_keypoints(self, kp: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

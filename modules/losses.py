@@ -1,14 +1,16 @@
-"""The multi-scale VGG-19 perceptual loss (keypoint-mask paper sec. 2.4).
+"""The losses: the multi-scale VGG-19 perceptual loss (keypoint-mask paper sec. 2.4), the pixel L1, and
+FOMM's equivariance, LSGAN and feature-matching terms (FOMM sec. 3.4).
 
 ``PerceptualLoss`` takes any feature extractor that maps (B, 3, H, W) images to a list of feature maps,
 so tests can inject a tiny one; ``VGG19Features`` is the real one, built only as deep as the loss needs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -197,6 +199,12 @@ class PerceptualLoss(nn.Module):
         return losses
 
 
+def pixel_l1(predictions: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """sum over ``predictions`` of mean |prediction - target| in float32: the optional pixel term beside the
+    perceptual pyramid (weight ``l1``; what the tiny configs train on when VGG-19 is random)."""
+    return sum((prediction.float() - target.float()).abs().mean() for prediction in predictions)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # FOMM's other terms (Siarohin et al. 2019, sec. 3.4; weights from its vox/taichi-256 configs)
 
@@ -232,3 +240,28 @@ def feature_matching_loss(real_features: Sequence[Sequence[torch.Tensor]],
             if weight:
                 total = total.to(generated.device) + weight * (real.float() - generated.float()).abs().mean()
     return total
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No gradients into ``module``'s parameters inside the block (they still flow through it): the
+    generator's GAN phase, in which the discriminator judges but does not learn."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(module.parameters(), flags):
+            parameter.requires_grad_(flag)
+
+
+def discriminate(discriminator: nn.Module, pyramid: ImagePyramid, real: torch.Tensor, generated: torch.Tensor,
+                 kp: torch.Tensor) -> tuple[list, list]:
+    """Real and generated frames in one batch (instance norm keeps samples apart) -> (real, generated), each
+    per scale a (feature maps, prediction map) pair."""
+    batch = real.shape[0]
+    outputs = discriminator(pyramid(torch.cat([real, generated])), torch.cat([kp, kp]))
+    split = [([f[:batch] for f in o.feature_maps], o.prediction_map[:batch]) for o in outputs]
+    split_generated = [([f[batch:] for f in o.feature_maps], o.prediction_map[batch:]) for o in outputs]
+    return split, split_generated

@@ -12,15 +12,12 @@ thing when, as in animation, every sample shares one source and one initial driv
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 from scipy.spatial import ConvexHull, QhullError
 
-
-class MovedKeypoints(NamedTuple):
-    value: torch.Tensor                   # (B, K, 2) in [-1, 1], x first
-    jacobian: Optional[torch.Tensor]      # (B, K, 2, 2) or None
+from modules.keypoints import Keypoints
 
 
 def convex_hull_area(points: torch.Tensor) -> torch.Tensor:
@@ -40,13 +37,13 @@ def relative_keypoints(kp_source: torch.Tensor, kp_driving: torch.Tensor, kp_dri
                        jacobian_driving: Optional[torch.Tensor] = None,
                        jacobian_driving_initial: Optional[torch.Tensor] = None,
                        adapt_movement_scale: bool = False, use_relative_movement: bool = True,
-                       use_relative_jacobian: bool = True) -> MovedKeypoints:
+                       use_relative_jacobian: bool = True) -> Keypoints:
     """The keypoints (and Jacobians) that drive the source: kp_* (B, K, 2), jacobian_* (B, K, 2, 2).
 
     Without use_relative_movement the driving keypoints are used as they are (absolute motion).
     """
     if not use_relative_movement:
-        return MovedKeypoints(kp_driving, jacobian_driving)
+        return Keypoints(kp_driving, jacobian_driving)
     scale = torch.ones(kp_source.shape[0], dtype=kp_source.dtype, device=kp_source.device)
     if adapt_movement_scale:
         initial_area = convex_hull_area(kp_driving_initial)
@@ -58,4 +55,4 @@ def relative_keypoints(kp_source: torch.Tensor, kp_driving: torch.Tensor, kp_dri
     if use_relative_jacobian and jacobian_source is not None and jacobian_driving is not None \
             and jacobian_driving_initial is not None:
         jacobian = jacobian_driving @ torch.linalg.inv(jacobian_driving_initial) @ jacobian_source
-    return MovedKeypoints(value, jacobian)
+    return Keypoints(value, jacobian)

@@ -117,6 +117,13 @@ def check_positive(file: str, items: list[tuple[str, int]]) -> None:
             fail(file, key, "a positive integer", value)
 
 
+def check_rules(file: str, rules: list[tuple[str, Any, typing.Callable[[Any], bool], str]]) -> None:
+    """Each (key, value, test, expected): the first value that fails its test is the error."""
+    for key, value, test, expected in rules:
+        if not test(value):
+            fail(file, key, expected, value)
+
+
 def check_widths(file: str, prefix: str, block_expansion: int, max_features: int) -> None:
     check_positive(file, [(f"{prefix}.block_expansion", block_expansion), (f"{prefix}.max_features", max_features)])
     if max_features < block_expansion:

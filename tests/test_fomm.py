@@ -19,8 +19,9 @@ from modules.blocks import make_coordinate_grid
 from modules.config import config_from_dict, load_config
 from modules.dense_motion import warp
 from modules.errors import ConfigError
-from modules.family import Keypoints, StepContext
+from modules.family import StepContext
 from modules.keypoint_detector import KPDetector
+from modules.keypoints import Keypoints
 from modules.transform import RandomTPS
 
 FRAME = 64

@@ -27,11 +27,12 @@ from torch import nn
 from modules.config import (CommonParams, Config, DetectorSettings, KPDetectorParams, LabelParams, LossWeights,
                             TrainParams, TransformParams)
 from modules.config_checks import check_jacobian_weight, map_detector_scale_factor
-from modules.errors import CheckpointError, ConfigError
 from modules.drawing import draw_keypoints
-from modules.family import Family, KeypointLabels, Keypoints, StepContext, StepOutput, Trainable, register
-from modules.keypoint_detector import (KeypointOutput, KPDetector, draw_circles_mask, draw_gaussians,
+from modules.errors import CheckpointError, ConfigError
+from modules.family import Family, KeypointLabels, StepContext, StepOutput, Trainable, register
+from modules.keypoint_detector import (KPDetector, draw_circles_mask, draw_gaussians,
                                       load_detector_state, load_fomm_detector, normalize_and_pad)
+from modules.keypoints import Keypoints
 from modules.losses import equivariance_jacobian_loss, equivariance_value_loss
 from modules.schema import fail
 from modules.transform import RandomTPS
@@ -71,11 +72,10 @@ class LabelledDetector(nn.Module):
         self.kp_radius = kp_radius
 
     def keypoints(self, frames: torch.Tensor) -> Keypoints:
-        detected = self.kp_detector(frames)
-        return Keypoints(detected.value, detected.jacobian)
+        return self.kp_detector(frames)
 
-    def forward(self, source: torch.Tensor, driving: torch.Tensor) -> KeypointOutput:
-        """The driving frames' detection (B, 3, H, W) -> KeypointOutput; the other families' signature."""
+    def forward(self, source: torch.Tensor, driving: torch.Tensor) -> Keypoints:
+        """The driving frames' detection (B, 3, H, W) -> Keypoints; the other families' signature."""
         return self.kp_detector(driving)
 
 

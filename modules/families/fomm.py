@@ -7,30 +7,28 @@ keys, so official FOMM checkpoints run here and ours run in FOMM's code.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-from typing import Iterator, Literal, NamedTuple, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Literal, NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from dataclasses import dataclass, field
-
+from modules.checkpoint import load_state_strict
 from modules.config import (CommonParams, Config, DetectorSettings, GeneratorTrainParams, KPDetectorParams,
                             PerceptualLossWeights, TransformParams)
 from modules.config_checks import check_generator_training, check_jacobian_weight, map_detector_scale_factor
-from modules.errors import ConfigError
-from modules.schema import check_positive, check_widths, fail, is_inverse_integer
 from modules.discriminator import MultiScaleDiscriminator
 from modules.drawing import draw_keypoints
-from modules.checkpoint import load_state_strict
-from modules.errors import CheckpointError
-from modules.family import Family, Keypoints, StepContext, StepOutput, Trainable, register
+from modules.errors import CheckpointError, ConfigError
+from modules.family import Family, StepContext, StepOutput, Trainable, register
 from modules.fomm_generator import FommOutput, OcclusionAwareGenerator
 from modules.keypoint_detector import KPDetector, load_detector_state, load_fomm_detector
-from modules.losses import (ImagePyramid, PerceptualLoss, equivariance_jacobian_loss, equivariance_value_loss,
-                            feature_matching_loss, lsgan_discriminator_loss, lsgan_generator_loss)
+from modules.keypoints import Keypoints
+from modules.losses import (ImagePyramid, PerceptualLoss, discriminate, equivariance_jacobian_loss,
+                            equivariance_value_loss, feature_matching_loss, frozen, lsgan_discriminator_loss,
+                            lsgan_generator_loss, pixel_l1)
 from modules.motion import relative_keypoints
+from modules.schema import check_positive, check_rules, check_widths, fail, is_inverse_integer
 from modules.transform import RandomTPS
 
 
@@ -47,11 +45,6 @@ class FommAnimation(NamedTuple):
     kp_detected: torch.Tensor             # (B, K, 2) the driving frames' own keypoints
 
 
-def _expand(kp: Keypoints, batch: int) -> Keypoints:
-    jacobian = None if kp.jacobian is None else kp.jacobian.expand(batch, -1, -1, -1)
-    return Keypoints(kp.value.expand(batch, -1, -1), jacobian)
-
-
 class FommModel(nn.Module):
     """FOMM's three networks under FOMM's names. The discriminator is only used in training."""
 
@@ -64,8 +57,7 @@ class FommModel(nn.Module):
         self.kp_radius = kp_radius
 
     def keypoints(self, frames: torch.Tensor) -> Keypoints:
-        detected = self.kp_detector(frames)
-        return Keypoints(detected.value, detected.jacobian)
+        return self.kp_detector(frames)
 
     def forward(self, source: torch.Tensor, driving: torch.Tensor) -> FommOutput:
         """Reconstruction as in training: source and driving (B, 3, H, W) -> the generator's output."""
@@ -84,16 +76,15 @@ class FommModel(nn.Module):
         given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (FOMM's
         relative animation)."""
         batch = driving.shape[0]
-        kp_source = _expand(state.keypoints, batch)
+        kp_source = state.keypoints.expand(batch)
         detected = self.keypoints(driving)
         kp_driving = detected
         if initial is not None:
-            reference = _expand(initial, batch)
-            moved = relative_keypoints(kp_source.value.float(), detected.value.float(), reference.value.float(),
+            reference = initial.expand(batch)
+            kp_driving = relative_keypoints(kp_source.value.float(), detected.value.float(), reference.value.float(),
                                        jacobian_source=kp_source.jacobian, jacobian_driving=detected.jacobian,
                                        jacobian_driving_initial=reference.jacobian,
                                        adapt_movement_scale=adapt_scale, use_relative_jacobian=use_relative_jacobian)
-            kp_driving = Keypoints(moved.value, moved.jacobian)
         out = self.generator(state.image.expand(batch, -1, -1, -1), kp_driving, kp_source)
         return FommAnimation(out.prediction, out.deformed, out.occlusion_map, kp_source.value, detected.value)
 
@@ -120,7 +111,7 @@ def build_fomm_model(config: Config) -> FommModel:
         OcclusionAwareGenerator(common.num_channels, common.num_kp, generator.block_expansion, generator.max_features,
                                 generator.num_down_blocks, generator.num_bottleneck_blocks,
                                 estimate_occlusion_map=generator.estimate_occlusion_map,
-                                dense_motion_params=dataclasses.asdict(generator.dense_motion_params),
+                                dense_motion_params=asdict(generator.dense_motion_params),
                                 estimate_jacobian=common.estimate_jacobian, align_corners=model_params.align_corners,
                                 deformed_skip=generator.deformed_skip),
         MultiScaleDiscriminator(scales=disc.scales, num_channels=common.num_channels, num_kp=common.num_kp,
@@ -160,19 +151,6 @@ class _GeneratorSide(nn.Module):
         kp_source, kp_driving = detect(source), detect(driving)
         kp_transformed = detect(transformed) if transformed is not None else None
         return kp_source, kp_driving, kp_transformed, self.generator(source, kp_driving, kp_source)
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """No gradients into ``module``'s parameters inside the block (they still flow through it)."""
-    flags = [p.requires_grad for p in module.parameters()]
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for parameter, flag in zip(module.parameters(), flags):
-            parameter.requires_grad_(flag)
 
 
 class FommTraining(Trainable):
@@ -218,16 +196,6 @@ class FommTraining(Trainable):
         if self.uses_gan:
             self.discriminator_side = wrap(self.model.discriminator)
 
-    def _discriminate(self, discriminator: nn.Module, real: torch.Tensor, generated: torch.Tensor,
-                      kp: torch.Tensor):
-        """Real and generated frames in one batch (instance norm keeps samples apart) -> (real, generated)
-        outputs per scale."""
-        batch = real.shape[0]
-        outputs = discriminator(self.pyramid(torch.cat([real, generated])), torch.cat([kp, kp]))
-        split = [([f[:batch] for f in o.feature_maps], o.prediction_map[:batch]) for o in outputs]
-        split_generated = [([f[batch:] for f in o.feature_maps], o.prediction_map[batch:]) for o in outputs]
-        return split, split_generated
-
     def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,
                       labels=None) -> StepOutput:
         weights = self.weights
@@ -244,7 +212,7 @@ class FommTraining(Trainable):
             prediction = generated.prediction
             losses["perceptual"] = self.perceptual([prediction], driving)[0]
             if weights.l1:
-                losses["l1"] = weights.l1 * (prediction.float() - driving).abs().mean()
+                losses["l1"] = weights.l1 * pixel_l1([prediction], driving)
             if weights.equivariance_value:
                 losses["equivariance_value"] = weights.equivariance_value * equivariance_value_loss(
                     kp_driving.value, kp_transformed.value, transform)
@@ -254,7 +222,7 @@ class FommTraining(Trainable):
             kp = kp_driving.value.detach()
             if self.uses_gan:
                 with frozen(self.model.discriminator):
-                    real, fake = self._discriminate(self.model.discriminator, driving, prediction, kp)
+                    real, fake = discriminate(self.model.discriminator, self.pyramid, driving, prediction, kp)
                 losses["generator_gan"] = weights.generator_gan * lsgan_generator_loss([m for _, m in fake])
                 if any(weights.feature_matching):
                     losses["feature_matching"] = feature_matching_loss(
@@ -263,7 +231,7 @@ class FommTraining(Trainable):
         context.backward(sum(value for name, value in losses.items() if name != "discriminator_gan"))
         if self.uses_gan:
             with context.autocast():
-                real, fake = self._discriminate(self.discriminator_side, driving, prediction.detach(), kp)
+                real, fake = discriminate(self.discriminator_side, self.pyramid, driving, prediction.detach(), kp)
                 losses["discriminator_gan"] = weights.discriminator_gan * lsgan_discriminator_loss(
                     [m for _, m in real], [m for _, m in fake])
             context.backward(losses["discriminator_gan"])
@@ -281,7 +249,6 @@ class FommTraining(Trainable):
 # ----------------------------------------------------------------------------------------------------------
 # Its config: FOMM's own model_params and train_params keys
 
-@dataclass
 @dataclass
 class DenseMotionParams:
     block_expansion: int                  # hourglass width (64 in FOMM's 256 configs)
@@ -329,7 +296,6 @@ class FommModelParams(DetectorSettings):
     align_corners: bool = True
 
 
-
 @dataclass
 class FommLossWeights(PerceptualLossWeights):
     # FOMM's vox/taichi-256 values: 0, 1, [10, 10, 10, 10], 10, 10. With generator_gan 0 the discriminator is
@@ -363,23 +329,20 @@ def check(config: Config, file: str) -> None:
     check_positive(file, [(f"{prefix}.dense_motion_params.num_blocks", dense.num_blocks),
                            ("model_params.discriminator_params.num_blocks", disc.num_blocks),
                            ("train_params.transform_params.points_tps", train.transform_params.points_tps)])
-    for key, value in ((f"{prefix}.num_down_blocks", generator.num_down_blocks),
-                       (f"{prefix}.num_bottleneck_blocks", generator.num_bottleneck_blocks)):
-        if value < 0:
-            fail(file, key, "0 or more", value)
-    if not is_inverse_integer(dense.scale_factor):
-        fail(file, f"{prefix}.dense_motion_params.scale_factor", "1/n for an integer n (0.25 in FOMM)",
-              dense.scale_factor)
-    if not disc.scales or not all(is_inverse_integer(s) for s in disc.scales):
-        fail(file, "model_params.discriminator_params.scales", "pyramid scales 1/n, e.g. [1]", disc.scales)
-    for key, value in ((f"{prefix}.dense_motion_params.kp_variance", dense.kp_variance),
-                       ("model_params.discriminator_params.kp_variance", disc.kp_variance)):
-        if value <= 0:
-            fail(file, key, "a positive number", value)
-    for name in ("lr_kp_detector", "lr_discriminator"):
-        value = getattr(train, name)
-        if value is not None and value < 0:
-            fail(file, f"train_params.{name}", "0 or more (0 freezes the network) or null", value)
+    def lr_ok(value):
+        return value is None or value >= 0
+
+    check_rules(file, [
+        (f"{prefix}.num_down_blocks", generator.num_down_blocks, lambda v: v >= 0, "0 or more"),
+        (f"{prefix}.num_bottleneck_blocks", generator.num_bottleneck_blocks, lambda v: v >= 0, "0 or more"),
+        (f"{prefix}.dense_motion_params.scale_factor", dense.scale_factor, is_inverse_integer,
+         "1/n for an integer n (0.25 in FOMM)"),
+        ("model_params.discriminator_params.scales", disc.scales,
+         lambda scales: bool(scales) and all(is_inverse_integer(s) for s in scales), "pyramid scales 1/n, e.g. [1]"),
+        (f"{prefix}.dense_motion_params.kp_variance", dense.kp_variance, lambda v: v > 0, "a positive number"),
+        ("model_params.discriminator_params.kp_variance", disc.kp_variance, lambda v: v > 0, "a positive number"),
+        ("train_params.lr_kp_detector", train.lr_kp_detector, lr_ok, "0 or more (0 freezes the network) or null"),
+        ("train_params.lr_discriminator", train.lr_discriminator, lr_ok, "0 or more (0 freezes the network) or null")])
     transform = train.transform_params
     if transform.sigma_affine < 0 or transform.sigma_tps < 0:
         fail(file, "train_params.transform_params", "sigma_affine and sigma_tps >= 0",
@@ -396,7 +359,6 @@ def check(config: Config, file: str) -> None:
     if not any(weights.perceptual) and weights.l1 == 0 and weights.generator_gan == 0:
         raise ConfigError(f"{file}: train_params.loss_weights: perceptual, l1 and generator_gan are all 0, the "
                           f"generator would learn nothing")
-
 
 
 def frame_size_problem(size: int, model: FommModelParams) -> Optional[str]:

@@ -15,10 +15,11 @@ from modules.config import (CommonParams, Config, DetectorSettings, GeneratorPar
                             KPDetectorParams)
 from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
 from modules.errors import ConfigError, ConfigWarning
-from modules.family import Family, Keypoints, StepContext, StepOutput, Trainable, register
+from modules.family import Family, StepContext, StepOutput, Trainable, register
 from modules.generator import GeneratorOutput, MaskGenerator, build_mask_generator
 from modules.keypoint_detector import KeypointMask, KPDetector, load_detector_state, load_fomm_detector
-from modules.losses import PerceptualLoss
+from modules.keypoints import Keypoints
+from modules.losses import PerceptualLoss, pixel_l1
 from modules.motion import relative_keypoints
 from modules.schema import fail, pop_path, set_path
 
@@ -90,8 +91,7 @@ class KeypointMaskModel(nn.Module):
         return SourceState(source, output.mask, output.keypoints)
 
     def keypoints(self, frames: torch.Tensor) -> Keypoints:
-        output = self.mask(frames)
-        return Keypoints(output.keypoints, output.jacobian)
+        return self.mask(frames).detection
 
     def reconstruct(self, state: SourceState, driving: torch.Tensor) -> GeneratorOutput:
         """Frames of the source's own video from it: the absolute animation."""
@@ -143,8 +143,7 @@ class KeypointMaskLoss(nn.Module):
         low, high = self.perceptual([output.low_res_prediction, output.prediction], driving)
         l1 = driving.new_zeros((), dtype=torch.float32)
         if self.l1_weight:
-            l1 = self.l1_weight * ((output.low_res_prediction.float() - driving).abs().mean()
-                                   + (output.prediction.float() - driving).abs().mean())
+            l1 = self.l1_weight * pixel_l1([output.low_res_prediction, output.prediction], driving)
         return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1)
 
 

@@ -28,11 +28,12 @@ from modules.checkpoint import load_state_strict
 from modules.config import Config, GeneratorParams, GeneratorTrainParams, JitterParams, PerceptualLossWeights
 from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
 from modules.errors import CheckpointError, ConfigError
-from modules.family import Family, Keypoints, StepContext, StepOutput, Trainable, register
+from modules.family import Family, StepContext, StepOutput, Trainable, register
 from modules.generator import GeneratorOutput, MaskGenerator, build_mask_generator
-from modules.schema import check_positive, check_widths, fail
-from modules.losses import PerceptualLoss
+from modules.keypoints import Keypoints
+from modules.losses import PerceptualLoss, pixel_l1
 from modules.perturbations import Threshold, colour_augment, perturb_train, threshold
+from modules.schema import check_positive, check_widths, fail
 
 Ablation = Literal["none", "no_pert", "no_ref", "no_id"]
 
@@ -221,8 +222,7 @@ class PerturbedTraining(Trainable):
             low, high = self.perceptual([out.low_res_prediction, out.prediction], driving)
             l1 = zero
             if self.l1_weight:
-                l1 = self.l1_weight * ((out.low_res_prediction.float() - driving).abs().mean()
-                                       + (out.prediction.float() - driving).abs().mean())
+                l1 = self.l1_weight * pixel_l1([out.low_res_prediction, out.prediction], driving)
             target = out.driving_mask.detach()
             perturbed = perturb_train(target.float(), model.threshold_rule, self.num_strips, self.scale_range,
                                       border=model.mask_generator.border)
