@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from modules.augmentation import augment_batch  # noqa: E402
 from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
 from modules.keypoint_regressor import (JOINTS, KeypointRegressor, pixels_to_normalised, predict,  # noqa: E402
                                         save_regressor)
@@ -57,20 +57,6 @@ DEFAULT_RENDER_POSES = 16
 _RENDER_STREAM = 1000           # numpy seed stream of the extra identities: disjoint from the dataset's streams
 WARMUP_STEPS = 50
 PCK_THRESHOLD_PX = 2.0          # at 64 px
-
-# Augmentation ranges. The similarity transform is small next to the figure (standing height 64-86% of the
-# frame), so a keypoint rarely leaves the frame; those that do are left out of the loss.
-SCALE_RANGE = (0.9, 1.1)
-ROTATION_MAX = 0.15             # radians
-SHIFT_MAX = 3.0 / 64            # frame fractions (3 px at 64)
-BRIGHTNESS_RANGE = (0.75, 1.25)
-CONTRAST_RANGE = (0.75, 1.25)
-SATURATION_RANGE = (0.7, 1.3)
-HUE_MAX = math.pi / 6           # rotation about the grey axis of RGB space
-BLUR_PROBABILITY = 0.5
-BLUR_SIGMA_RANGE = (0.3, 1.2)   # pixels of the model's input
-NOISE_MAX = 0.03                # standard deviation of added Gaussian noise, in [0, 1] units
-
 
 # --------------------------------------------------------------------------------------------------- the data
 
@@ -157,83 +143,6 @@ def render_extra(num_identities: int, poses_per_identity: int, size: int, seed: 
     return np.stack(frames), pixels_to_normalised(np.stack(keypoints), size)
 
 
-# ------------------------------------------------------------------------------------------------ augmentation
-
-def _uniform(generator: torch.Generator, batch: int, low: float, high: float) -> torch.Tensor:
-    return low + (high - low) * torch.rand(batch, generator=generator)
-
-
-def _hue_rotation(angles: torch.Tensor) -> torch.Tensor:
-    """(B,) angles -> (B, 3, 3) rotations of RGB space about the grey axis (Rodrigues' formula)."""
-    axis = torch.full((3,), 1 / math.sqrt(3))
-    cross = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    cos, sin = angles.cos()[:, None, None], angles.sin()[:, None, None]
-    return cos * torch.eye(3) + sin * cross + (1 - cos) * torch.outer(axis, axis)
-
-
-def _gaussian_blur(frames: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per image: frames (B, C, H, W), sigmas (B,) in pixels."""
-    batch, channels, height, width = frames.shape
-    radius = max(1, int(math.ceil(2 * float(sigmas.max()))))
-    taps = torch.arange(-radius, radius + 1, dtype=frames.dtype, device=frames.device)       # (k,)
-    kernels = torch.exp(-0.5 * (taps / sigmas.to(frames)[:, None]) ** 2)                       # (B, k)
-    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B*C, k)
-    # One grouped conv over the whole batch: every (image, channel) plane is its own group.
-    planes = F.pad(frames.reshape(1, batch * channels, height, width), (radius,) * 4, mode="replicate")
-    planes = F.conv2d(planes, kernels[:, None, None, :], groups=batch * channels)              # along x
-    planes = F.conv2d(planes, kernels[:, None, :, None], groups=batch * channels)              # along y
-    return planes.view(batch, channels, height, width)
-
-
-def augment(frames: torch.Tensor, keypoints: torch.Tensor, generator: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random label-preserving changes of a batch.
-
-    frames (B, 3, S, S) float in [0, 1]; keypoints (B, K, 2) normalised. Returns the new frames, the keypoints
-    moved with them and a (B, K) float mask of those still inside the frame. All random numbers come from
-    ``generator`` (CPU) so a seed fixes the whole sequence of batches.
-    """
-    batch, device = frames.shape[0], frames.device
-    # Similarity transform in grid_sample's [-1, 1] coordinates (x = 2 * normalised - 1; the frames are square,
-    # so a rotation there is a rotation of the image): keypoint u -> M u + d, and the grid samples the input
-    # at M^-1 (u_out - d) for each output position u_out.
-    scale = _uniform(generator, batch, *SCALE_RANGE)
-    angle = _uniform(generator, batch, -ROTATION_MAX, ROTATION_MAX)
-    shift = (torch.rand(batch, 2, generator=generator) * 2 - 1) * (2 * SHIFT_MAX)              # (B, 2)
-    cos, sin = angle.cos(), angle.sin()
-    forward = scale[:, None, None] * torch.stack([torch.stack([cos, -sin], -1),
-                                                  torch.stack([sin, cos], -1)], 1)             # (B, 2, 2)
-    inverse = torch.linalg.inv(forward)
-    theta = torch.cat([inverse, -(inverse @ shift[:, :, None])], dim=2).to(device)            # (B, 2, 3)
-    grid = F.affine_grid(theta, list(frames.shape), align_corners=False)
-    # Border padding: the backgrounds are smooth textures, so repeating the edge looks like more background.
-    frames = F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    centred = keypoints * 2 - 1                                                                # (B, K, 2)
-    moved = centred @ forward.to(device).transpose(1, 2) + shift.to(device)[:, None, :]
-    keypoints = (moved + 1) / 2
-    # The soft-argmax cannot reach past the outermost heatmap cell centres; such keypoints get no loss.
-    inside = ((keypoints > 0.02) & (keypoints < 0.98)).all(dim=-1).float()                    # (B, K)
-
-    # Colour: brightness, contrast about the image mean, saturation about the grey value, hue rotation.
-    brightness = _uniform(generator, batch, *BRIGHTNESS_RANGE).to(device)[:, None, None, None]
-    contrast = _uniform(generator, batch, *CONTRAST_RANGE).to(device)[:, None, None, None]
-    saturation = _uniform(generator, batch, *SATURATION_RANGE).to(device)[:, None, None, None]
-    hue = _hue_rotation(_uniform(generator, batch, -HUE_MAX, HUE_MAX)).to(device)              # (B, 3, 3)
-    frames = torch.einsum("bij,bjhw->bihw", hue, frames)
-    grey = frames.mean(dim=1, keepdim=True)                                                    # (B, 1, S, S)
-    frames = grey + saturation * (frames - grey)
-    mean = frames.mean(dim=(1, 2, 3), keepdim=True)
-    frames = ((frames - mean) * contrast + mean) * brightness
-
-    # Blur half of the batch (a sigma of 0.05 px leaves an image as it is), then sensor-like noise.
-    blurred = torch.rand(batch, generator=generator) < BLUR_PROBABILITY
-    sigmas = torch.where(blurred, _uniform(generator, batch, *BLUR_SIGMA_RANGE), torch.full((batch,), 0.05))
-    frames = _gaussian_blur(frames, sigmas)
-    noise = _uniform(generator, batch, 0.0, NOISE_MAX)[:, None, None, None]
-    frames = frames + noise.to(device) * torch.randn(frames.shape, generator=generator).to(device)
-    return frames.clamp(0, 1), keypoints, inside
-
-
 # -------------------------------------------------------------------------------------------------- evaluation
 
 def evaluate(model: KeypointRegressor, frames: np.ndarray, keypoints: np.ndarray, device: str = "cpu"
@@ -270,57 +179,41 @@ def _learning_rate_factor(step: int, steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_regressor(data_root: str | os.PathLike = DEFAULT_DATA, out: Optional[str | os.PathLike] = None, *,
-                    steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
-                    lr: float = DEFAULT_LR, device: str = "cpu", channels: int = 32,
-                    render_identities: int = DEFAULT_RENDER_IDENTITIES, render_poses: int = DEFAULT_RENDER_POSES,
-                    progress: bool = True, verbose: bool = True) -> dict[str, Any]:
-    """Train on ``data_root``'s train split, evaluate, save to ``out`` and return the ``info`` stored there.
-
-    ``out`` defaults to ``<data_root>/keypoint-regressor.pth``. Raises UserError for a missing dataset or
-    keypoints and ValueError for a bad argument.
-    """
-    from tqdm import tqdm
-
-    data_root = os.fspath(data_root)
-    out = os.fspath(out) if out is not None else os.path.join(data_root, OUT_NAME)
-    if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
-    if not os.path.isdir(data_root):
-        raise UserError(f"{data_root}: dataset folder not found (generate one with "
-                        f"python scripts/synthetic_dataset.py --out {data_root})")
+def _training_set(data_root: str, render_identities: int, render_poses: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The train split's frames (N, S, S, 3) uint8 and keypoints (N, K, 2), then the rendered extra bodies',
+    and what ``info`` records of them."""
     started = time.perf_counter()
-    frames_np, keypoints_np = load_split(data_root, "train")
-    size = frames_np.shape[1]
-    load_seconds = time.perf_counter() - started
-    dataset_frames = len(frames_np)
+    frames, keypoints = load_split(data_root, "train")
+    load_seconds, dataset_frames = time.perf_counter() - started, len(frames)
     started = time.perf_counter()
-    extra_frames, extra_keypoints = render_extra(render_identities, render_poses, size, seed,
+    extra_frames, extra_keypoints = render_extra(render_identities, render_poses, frames.shape[1], seed,
                                                  dataset_supersample(data_root))
     render_seconds = time.perf_counter() - started
-    frames_np = np.concatenate([frames_np, extra_frames])
-    keypoints_np = np.concatenate([keypoints_np, extra_keypoints])
-    del extra_frames, extra_keypoints
+    frames, keypoints = np.concatenate([frames, extra_frames]), np.concatenate([keypoints, extra_keypoints])
+    return frames, keypoints, {"train_frames": dataset_frames, "rendered_identities": render_identities,
+                               "rendered_frames": int(len(frames) - dataset_frames),
+                               "load_seconds": round(load_seconds, 2), "render_seconds": round(render_seconds, 2)}
 
-    torch.manual_seed(seed)                             # the weight initialisation
+
+def _fit(model: KeypointRegressor, frames_np: np.ndarray, keypoints_np: np.ndarray, *, steps: int,
+         batch_size: int, lr: float, seed: int, device: str, progress: bool) -> float:
+    """Adam with warm-up and cosine decay on augmented batches; returns the final running loss (pixels)."""
+    from tqdm import tqdm
+
+    size = frames_np.shape[1]
     batches = np.random.default_rng(seed)               # which frames make each batch
     generator = torch.Generator().manual_seed(seed)     # the augmentation (CPU, so any device gives the same)
-    model = KeypointRegressor(len(JOINTS), channels, size).to(device).train()
-    # channels_last: about 20% faster convolutions on a CPU (oneDNN's native layout); the batches below are
-    # already laid out so, being permuted views of (B, S, S, 3) frames.
-    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, steps))
     frames_all = torch.from_numpy(frames_np).to(device)                # (N, S, S, 3) uint8
     keypoints_all = torch.from_numpy(keypoints_np).to(device)          # (N, K, 2) normalised
-
-    train_started = time.perf_counter()
     running = None
     with tqdm(total=steps, desc="keypoint regressor", unit="step", disable=not progress) as bar:
-        for step in range(steps):
+        for _ in range(steps):
             index = torch.from_numpy(batches.integers(0, len(frames_np), batch_size)).to(device)
             frames = frames_all[index].permute(0, 3, 1, 2).float().div_(255)                  # (B, 3, S, S)
-            frames, keypoints, inside = augment(frames, keypoints_all[index], generator)
+            frames, keypoints, inside = augment_batch(frames, keypoints_all[index], generator)
             predicted = model(frames)                                                         # (B, K, 2)
             # L1 in pixels of the training frames, over the keypoints still inside the frame.
             error = (predicted - keypoints).abs().sum(dim=-1) * size                          # (B, K)
@@ -333,24 +226,47 @@ def train_regressor(data_root: str | os.PathLike = DEFAULT_DATA, out: Optional[s
             running = value if running is None else 0.98 * running + 0.02 * value
             bar.set_postfix(loss=f"{running:.3f}px", refresh=False)
             bar.update()
-    train_seconds = time.perf_counter() - train_started
+    return running
 
+
+def train_regressor(data_root: str | os.PathLike = DEFAULT_DATA, out: Optional[str | os.PathLike] = None, *,
+                    steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0,
+                    lr: float = DEFAULT_LR, device: str = "cpu", channels: int = 32,
+                    render_identities: int = DEFAULT_RENDER_IDENTITIES, render_poses: int = DEFAULT_RENDER_POSES,
+                    progress: bool = True, verbose: bool = True) -> dict[str, Any]:
+    """Train on ``data_root``'s train split, evaluate, save to ``out`` and return the ``info`` stored there.
+
+    ``out`` defaults to ``<data_root>/keypoint-regressor.pth``. Raises UserError for a missing dataset or
+    keypoints and ValueError for a bad argument.
+    """
+    data_root = os.fspath(data_root)
+    out = os.fspath(out) if out is not None else os.path.join(data_root, OUT_NAME)
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"need steps >= 1, batch_size >= 1 and lr > 0, got {steps}, {batch_size}, {lr}")
+    if not os.path.isdir(data_root):
+        raise UserError(f"{data_root}: dataset folder not found (generate one with "
+                        f"python scripts/synthetic_dataset.py --out {data_root})")
+    frames, keypoints, data_info = _training_set(data_root, render_identities, render_poses, seed)
+    size = frames.shape[1]
+    torch.manual_seed(seed)                             # the weight initialisation
+    # channels_last: about 20% faster convolutions on a CPU (oneDNN's native layout); the batches are
+    # already laid out so, being permuted views of (B, S, S, 3) frames.
+    model = KeypointRegressor(len(JOINTS), channels, size).to(device).train().to(memory_format=torch.channels_last)
+    started = time.perf_counter()
+    final_loss = _fit(model, frames, keypoints, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                      device=device, progress=progress)
+    train_seconds = time.perf_counter() - started
+    del frames, keypoints
     info: dict[str, Any] = {"data": os.path.abspath(data_root), "steps": steps, "batch_size": batch_size,
-                            "lr": lr, "seed": seed, "channels": channels, "size": size,
-                            "train_frames": dataset_frames, "rendered_identities": render_identities,
-                            "rendered_frames": int(len(frames_np) - dataset_frames),
-                            "load_seconds": round(load_seconds, 2), "render_seconds": round(render_seconds, 2),
-                            "train_seconds": round(train_seconds, 2), "final_loss_px": round(running, 4),
+                            "lr": lr, "seed": seed, "channels": channels, "size": size, **data_info,
+                            "train_seconds": round(train_seconds, 2), "final_loss_px": round(final_loss, 4),
                             "torch": str(torch.__version__)}
-    del frames_all, keypoints_all, frames_np, keypoints_np
     evaluations = [("test", "test split (held-out identities)")]
     if os.path.isdir(os.path.join(data_root, "animation-gt")) and \
             os.path.isdir(os.path.join(data_root, "animation-gt-keypoints")):
         evaluations.append(("animation-gt", "ground-truth animations"))
     for split, title in evaluations:
-        frames_eval, keypoints_eval = load_split(data_root, split)
-        result = evaluate(model, frames_eval, keypoints_eval, device)
-        info[split.replace("-", "_")] = result
+        info[split.replace("-", "_")] = result = evaluate(model, *load_split(data_root, split), device)
         if verbose:
             print(summary_line(title, result))
     model.eval()
