@@ -42,7 +42,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
                 exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None,
                 config_path: Optional[str] = None, ablation: Optional[str] = None) -> dict[str, Any]:
     """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
-    from frames_dataset import FramesDataset, frames_to_tensor
+    from frames_dataset import FramesDataset
 
     config, model, checkpoint = load_model(checkpoint_path, device, config_path, ablation)
     params = config.reconstruction_params
@@ -56,71 +56,90 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     # Built beside the earlier results and swapped in when complete: an interrupted run keeps them.
     with results_folder(final_dir) as out_dir:
         os.makedirs(os.path.join(out_dir, "png"))
-        size = config.dataset_params.size
-        scorer = FrameScorer(config, size)
+        scorer = FrameScorer(config, config.dataset_params.size)
         per_video: dict[str, dict[str, Any]] = {}
         pooled: dict[str, list[float]] = {f"{who}_{name}": [] for who in CANDIDATES for name in scorer.metrics}
         progress = tqdm(total=sum(dataset.num_frames(i) for i in range(count)), unit="frame", dynamic_ncols=True)
         with torch.inference_mode():
             for index in range(count):
                 video = dataset.video(index)
-                values: dict[str, list[float]] = {key: [] for key in pooled}
-                strip = []
-                state = source_landmarks = None
-                with VideoWriter(os.path.join(out_dir, video.name + params.format), fps=video.fps or 25) as writer:
-                    for number, frames in enumerate(video.iter_frames(batch_size)):
-                        driving = frames_to_tensor(frames).to(device)
-                        if state is None:
-                            state = model.encode_source(driving[:1])          # frame 0 is the source
-                            source_landmarks = scorer.landmarks(driving[:1])
-                        output = model.reconstruct(state, driving)
-                        source = state.image.expand_as(driving)
-                        first = 1 if exclude_first_frame and number == 0 else 0
-                        if first < len(driving):
-                            target = scorer.target(driving[first:], source=state.image)
-                            copies = None if source_landmarks is None else \
-                                repeat_landmarks(source_landmarks, len(driving) - first)
-                            for who, frames_out, found in (("prediction", output.prediction[first:], None),
-                                                           ("copy_source", source[first:], copies)):
-                                for name, per_frame in scorer.score(frames_out, target, found).items():
-                                    values[f"{who}_{name}"] += per_frame.tolist()
-                        columns = model.visual_columns(state, driving, output, detail=True)
-                        writer.write(run_log.side_by_side(columns, size))
-                        strip.append(run_log.to_uint8(output.prediction, size))
-                        progress.update(len(frames))
-                run_log.write_strip(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(strip))
+                values = reconstruct_video(model, video, scorer, out_dir, config, device=device,
+                                           batch_size=batch_size, exclude_first_frame=exclude_first_frame,
+                                           progress=progress)
                 per_video[video.name] = {"frames": len(values["prediction_l1"])} | \
                     {key: frame_mean(v) for key, v in values.items()}
                 for key in pooled:
                     pooled[key] += values[key]
         progress.close()
-        frames_counted = len(pooled["prediction_l1"])
         table = scorer.table(pooled, CANDIDATES)
-        result = {
-            "protocol": {
-                "source": "first frame of each test video", "driving": "every frame of the same video",
-                "frames": "all frames except frame 0" if exclude_first_frame else "all frames, frame 0 included (FOMM)",
-                "averaging": "over all counted frames of all videos (FOMM); landmark metrics over the frames where "
-                             "they are defined", "videos": count,
-                "frames_counted": frames_counted, "frame_size": list(size), "checkpoint": checkpoint["path"],
-                "step": checkpoint.get("step"), "dataset": config.dataset_params.root_dir,
-                "landmarks": _describe_landmarks(scorer)},
-            "mean": table["prediction"],
-            "baselines": {"copy_source": table["copy_source"]},
-            "skipped": scorer.skipped,
-            "videos": per_video,
-        }
-        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=2)
-        with open(os.path.join(out_dir, "metrics.csv"), "w", encoding="utf-8", newline="") as stream:
-            writer = csv.writer(stream)
-            keys = ["frames"] + list(pooled)
-            writer.writerow(["video"] + keys)
-            for name, row in per_video.items():
-                writer.writerow([name] + [row[k] for k in keys])
-    print(f"reconstruction of {count} videos ({frames_counted} frames) -> {final_dir}")
+        result = _write_metrics(out_dir, table, pooled, per_video, scorer, config, checkpoint, count,
+                                exclude_first_frame)
+    print(f"reconstruction of {count} videos ({result['protocol']['frames_counted']} frames) -> {final_dir}")
     for line in table_lines(table, scorer.skipped):
         print("  " + line)
+    return result
+
+
+def reconstruct_video(model, video, scorer: FrameScorer, out_dir: str, config, *, device: torch.device,
+                      batch_size: int, exclude_first_frame: bool, progress: tqdm) -> dict[str, list[float]]:
+    """One test video rebuilt from its frame 0: ``<name><format>`` (the side-by-side columns) and
+    ``png/<name>.png`` (the prediction's frames) in ``out_dir``; returns the per-frame scores of the
+    prediction and of copying the source ({"<candidate>_<metric>": values})."""
+    from frames_dataset import frames_to_tensor
+
+    size = config.dataset_params.size
+    values: dict[str, list[float]] = {f"{who}_{name}": [] for who in CANDIDATES for name in scorer.metrics}
+    strip = []
+    state = source_landmarks = None
+    with VideoWriter(os.path.join(out_dir, video.name + config.reconstruction_params.format),
+                     fps=video.fps or 25) as writer:
+        for number, frames in enumerate(video.iter_frames(batch_size)):
+            driving = frames_to_tensor(frames).to(device)
+            if state is None:
+                state = model.encode_source(driving[:1])          # frame 0 is the source
+                source_landmarks = scorer.landmarks(driving[:1])
+            output = model.reconstruct(state, driving)
+            source = state.image.expand_as(driving)
+            first = 1 if exclude_first_frame and number == 0 else 0
+            if first < len(driving):
+                target = scorer.target(driving[first:], source=state.image)
+                copies = None if source_landmarks is None else repeat_landmarks(source_landmarks, len(driving) - first)
+                for who, frames_out, found in (("prediction", output.prediction[first:], None),
+                                               ("copy_source", source[first:], copies)):
+                    for name, per_frame in scorer.score(frames_out, target, found).items():
+                        values[f"{who}_{name}"] += per_frame.tolist()
+            writer.write(run_log.side_by_side(model.visual_columns(state, driving, output, detail=True), size))
+            strip.append(run_log.to_uint8(output.prediction, size))
+            progress.update(len(frames))
+    run_log.write_strip(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(strip))
+    return values
+
+
+def _write_metrics(out_dir: str, table: dict, pooled: dict[str, list[float]], per_video: dict, scorer: FrameScorer,
+                   config, checkpoint: dict, count: int, exclude_first_frame: bool) -> dict[str, Any]:
+    """metrics.json (protocol, means, the copy-source baseline, per video) and metrics.csv (per video)."""
+    result = {
+        "protocol": {
+            "source": "first frame of each test video", "driving": "every frame of the same video",
+            "frames": "all frames except frame 0" if exclude_first_frame else "all frames, frame 0 included (FOMM)",
+            "averaging": "over all counted frames of all videos (FOMM); landmark metrics over the frames where "
+                         "they are defined", "videos": count,
+            "frames_counted": len(pooled["prediction_l1"]), "frame_size": list(config.dataset_params.size),
+            "checkpoint": checkpoint["path"], "step": checkpoint.get("step"),
+            "dataset": config.dataset_params.root_dir, "landmarks": _describe_landmarks(scorer)},
+        "mean": table["prediction"],
+        "baselines": {"copy_source": table["copy_source"]},
+        "skipped": scorer.skipped,
+        "videos": per_video,
+    }
+    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
+        json.dump(result, stream, indent=2)
+    with open(os.path.join(out_dir, "metrics.csv"), "w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream)
+        keys = ["frames"] + list(pooled)
+        writer.writerow(["video"] + keys)
+        for name, row in per_video.items():
+            writer.writerow([name] + [row[k] for k in keys])
     return result
 
 

@@ -58,7 +58,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="reconstruction and animate, perturbed-masks checkpoints: run the paper's ablation "
                              "(no_pert: no P_test; no_ref: no refinement; no_id: neither) instead of the config's; "
                              "results go to <mode>-<ablation>/")
-    animate = parser.add_argument_group("animate")
+    _add_animate_arguments(parser.add_argument_group("animate"))
+    _add_train_arguments(parser.add_argument_group("train"))
+    return parser.parse_args(argv)
+
+
+def _add_animate_arguments(animate: argparse._ArgumentGroup) -> None:
     animate.add_argument("--source_image", default=None, help="png/jpg image of any size (RGBA, grey, 16-bit too)")
     animate.add_argument("--driving_video", default=None, help="mp4/mov/gif or a folder of frames, any size and fps")
     animate.add_argument("--result_video", default=None,
@@ -79,7 +84,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     animate.add_argument("--overwrite", action="store_true",
                          help="replace an existing --result_video (and its side-by-side); without it an existing "
                               "file is refused")
-    train = parser.add_argument_group("train")
+
+
+def _add_train_arguments(train: argparse._ArgumentGroup) -> None:
     train.add_argument("--log_dir", default="log", help="where new run folders are made (default: log)")
     train.add_argument("--checkpoint", default=None,
                        help="a NNNNNNNN-checkpoint.pth.tar or a run folder (its latest checkpoint): train resumes "
@@ -95,7 +102,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        help="overrides train_params.channels_last")
     train.add_argument("--max_steps", type=positive_int, default=None,
                        help="stop after this many training steps in all, with a checkpoint (resumable)")
-    return parser.parse_args(argv)
 
 
 def choose_device(name: str) -> "torch.device":  # noqa: F821 (torch is imported lazily)

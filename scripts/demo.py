@@ -84,24 +84,15 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
     from modules.checkpoint import load_model
     from modules.evaluation import FrameScorer, table_lines
     from modules.outputs import results_folder
-    from modules.video_io import VideoWriter, open_video
+    from modules.video_io import VideoWriter
     from run import choose_device
 
     check_demo_folder(out_dir, inputs=(model_path,))
     device = choose_device(device_name)
     config, model, checkpoint = load_model(model_path, device)
     pair = pair or demo_pair(root)
-    if "__" not in pair:
-        raise UserError(f"--pair {pair!r}: expected <source video>__<driving video>, e.g. {demo_pair(root)}")
-    source_name, driving_name = pair.split("__", 1)
     size = config.dataset_params.size
-    paths = {"source": os.path.join(root, "test", source_name), "driving": os.path.join(root, "test", driving_name),
-             "ground truth": os.path.join(root, "animation-gt", pair)}
-    for what, path in paths.items():
-        if not os.path.isdir(path):
-            raise UserError(f"{path}: not found (the {what} of pair {pair}); expected the synthetic dataset's layout")
-    source = open_video(paths["source"], size).read([0])[0]
-    driving, truth = open_video(paths["driving"], size), open_video(paths["ground truth"], size)
+    source, driving, truth = open_pair(root, pair, size)
     motion, adapt_scale = choose_motion(config, None, False, checkpoint["path"])
     final_dir = out_dir
     # Built beside an earlier demo and swapped in when complete: an interrupted run keeps the earlier one.
@@ -133,19 +124,41 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
                   "copy_driving": table["copy_driving"], "skipped": scorer.skipped}
         with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
             json.dump(result, stream, indent=2)
-
-    print(f"demo pair {pair}: {model_path} (step {checkpoint.get('step')}, {motion} motion), {count} frames")
-    for name in ("result.mp4", "side-by-side.mp4", "contact-sheet.png", "metrics.json"):
-        print(f"  {os.path.join(final_dir, name)}")
-    print("against the ground-truth animation:")
-    for line in table_lines({"result": table["prediction"], "copy_source": table["copy_source"],
-                             "copy_driving": table["copy_driving"]}, scorer.skipped):
-        print("  " + line)
-    print(f"result: L1 {table['prediction']['l1']:.4f}, SSIM {table['prediction']['ssim']:.4f}")
-    print("your own image and video with the same model:\n"
-          f"  .venv/bin/kpmask --mode animate --checkpoint {model_path} --source_image IMAGE --driving_video VIDEO "
-          f"[--visualize]")
+    print_summary(result, final_dir, table_lines({"result": table["prediction"], "copy_source": table["copy_source"],
+                                                  "copy_driving": table["copy_driving"]}, scorer.skipped))
     return result
+
+
+def open_pair(root: str, pair: str, size: tuple[int, int]):
+    """(source frame (H, W, 3) uint8, driving video, ground-truth video) of ``<source>__<driving>`` in the
+    synthetic dataset at ``root``; a malformed or absent pair is a one-line error."""
+    from modules.video_io import open_video
+
+    if "__" not in pair:
+        raise UserError(f"--pair {pair!r}: expected <source video>__<driving video>, e.g. {demo_pair(root)}")
+    source_name, driving_name = pair.split("__", 1)
+    paths = {"source": os.path.join(root, "test", source_name), "driving": os.path.join(root, "test", driving_name),
+             "ground truth": os.path.join(root, "animation-gt", pair)}
+    for what, path in paths.items():
+        if not os.path.isdir(path):
+            raise UserError(f"{path}: not found (the {what} of pair {pair}); expected the synthetic dataset's layout")
+    return (open_video(paths["source"], size).read([0])[0], open_video(paths["driving"], size),
+            open_video(paths["ground truth"], size))
+
+
+def print_summary(result: dict, folder: str, lines: list[str]) -> None:
+    """What the demo wrote and its figures against the ground truth (``lines``: the metrics table)."""
+    print(f"demo pair {result['pair']}: {result['model']} (step {result['step']}, {result['motion']} motion), "
+          f"{result['frames']} frames")
+    for name in ("result.mp4", "side-by-side.mp4", "contact-sheet.png", "metrics.json"):
+        print(f"  {os.path.join(folder, name)}")
+    print("against the ground-truth animation:")
+    for line in lines:
+        print("  " + line)
+    print(f"result: L1 {result['result']['l1']:.4f}, SSIM {result['result']['ssim']:.4f}")
+    print("your own image and video with the same model:\n"
+          f"  .venv/bin/kpmask --mode animate --checkpoint {result['model']} --source_image IMAGE --driving_video "
+          f"VIDEO [--visualize]")
 
 
 def main(argv: list[str] | None = None) -> int:

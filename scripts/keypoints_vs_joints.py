@@ -93,10 +93,9 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
     import json
 
     from frames_dataset import FramesDataset
+    from modules.checkpoint import MODEL_FORMAT, load_training_checkpoint, read_checkpoint, resolve_checkpoint
     from modules.config import config_from_dict
     from modules.keypoint_detector import KPDetector, load_detector_state
-
-    from modules.checkpoint import MODEL_FORMAT, load_training_checkpoint, read_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint_path)
     checkpoint = read_checkpoint(path)
@@ -142,10 +141,15 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
             result["labelled_px"] = float(labelled.mean())
             result["labelled_per_keypoint"] = dict(zip(points, labelled.mean(axis=0).tolist()))
 
-    frames = sum(len(k) for k in all_keypoints)
     what = "random weights (reference)" if random else f"step {checkpoint['step']}"
-    print(f"{checkpoint['path']} detector, {what}: {len(all_keypoints)} {split} videos, {frames} frames, "
-          f"{config.dataset_params.size[0]} px")
+    print(f"{checkpoint['path']} detector, {what}: {len(all_keypoints)} {split} videos, "
+          f"{sum(len(k) for k in all_keypoints)} frames, {config.dataset_params.size[0]} px")
+    print_result(result)
+    return result
+
+
+def print_result(result: dict) -> None:
+    """The figures of ``measure``, one per line, then one line per keypoint."""
     print(f"  nearest joint:  {result['nearest_px']:.2f} px (mean over keypoints and frames)")
     print(f"  tracking:       {result['tracking_px']:.2f} px (each keypoint to its own joint)")
     print(f"  motion explained: {result['motion_explained']:.3f} (1: moves as a joint does, 0: stands still)")
@@ -157,7 +161,6 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
               f"worst: {worst[0]} {worst[1]:.2f} px)")
     for k, (joint, distance, mover, explained) in enumerate(result["per_keypoint"]):
         print(f"    keypoint {k}: nearest {joint:<12} {distance:5.2f} px; moves like {mover:<12} {explained:6.3f}")
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

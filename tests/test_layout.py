@@ -1,5 +1,6 @@
 """The layout the redesign keeps (issue 17): each family in one module that registers a record, the shared
 code family-blind, so that a new family is one module plus one YAML config."""
+import ast
 import dataclasses
 import os
 import re
@@ -35,6 +36,27 @@ def test_only_family_code_compares_a_family():
                 if COMPARES_A_FAMILY.search(line.split("#")[0]):
                     offenders.append(f"{path}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+LONG_FILES_ALLOWED = {os.path.join("scripts", "synthetic_dataset.py"), os.path.join("modules", "video_io.py")}
+
+
+def test_no_file_over_400_lines_and_no_function_over_60():
+    """Short enough to read at once: files of at most 400 lines (the renderer and the video layer aside),
+    functions of at most 60, scripts and benchmarks included."""
+    long_files, long_functions = [], []
+    for path in project_python_files():
+        with open(os.path.join(REPO, path), encoding="utf-8") as stream:
+            text = stream.read()
+        lines = text.count("\n")
+        if lines > 400 and path not in LONG_FILES_ALLOWED:
+            long_files.append(f"{path}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long_functions.append(f"{path}:{node.lineno}: {node.name} {length} lines")
+    assert not long_files and not long_functions, "\n".join(long_files + long_functions)
 
 
 def test_every_registered_family_names_itself_and_its_networks():
