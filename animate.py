@@ -7,10 +7,10 @@
 
 Frames are decoded, generated in batches and encoded as a stream: memory does not grow with the video's
 length, and the source's part (mask, keypoints) is computed once. The result keeps the driving video's frame
-count and fps and carries its audio track. Motion (FOMM's relative animation; keypoint-mask paper sec. 2.2): heatmap checkpoints animate absolutely
-(the mask has no points to move); circles and FOMM checkpoints move the source's keypoints by the driver's
-motion since its first frame (relative, the default; FOMM moves the Jacobians too) or use the driver's
-keypoints as they are (absolute). With ``--find_best_frame`` the relative motion is measured from the
+count and fps and carries its audio track. Motion (FOMM's relative animation; keypoint-mask paper sec. 2.2):
+heatmap checkpoints animate absolutely (the mask has no points to move); circles and FOMM checkpoints move
+the source's keypoints by the driver's motion since its first frame (relative, the default; FOMM moves the
+Jacobians too) or use the driver's keypoints as they are (absolute). With ``--find_best_frame`` the relative motion is measured from the
 driving frame whose pose is closest to the source's instead. Official FOMM checkpoints run with
 ``--config config/vox-256-fomm.yaml`` (or taichi) beside ``--checkpoint vox-cpk.pth.tar``.
 
@@ -58,8 +58,8 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
 
 
 def choose_motion(config, motion: Optional[str], adapt_scale: bool, source: str) -> tuple[str, bool]:
-    """The motion a checkpoint animates with, and whether relative motion is scaled by the ratio of the source's
-    and the driver's keypoint hull areas (FOMM sec. 3.3 / its ``adapt_movement_scale``): heatmap absolute;
+    """The motion a checkpoint animates with, and whether relative motion is scaled by the ratio of the
+    source's and the driver's keypoint hull areas (FOMM's ``adapt_movement_scale``): heatmap absolute;
     circles and FOMM relative unless told otherwise. ``adapt_scale`` (the flag) asks for scaling and is refused
     for absolute motion; the config's ``animate_params.normalization_params.adapt_movement_scale`` turns it on
     wherever motion is relative."""

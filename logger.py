@@ -190,11 +190,13 @@ class RunLogger:
         self.text.flush()
         self.scalars(step, {f"epoch/{name}": value for name, value in losses.items()})
 
-    def images(self, epoch: int, step: int, grid: np.ndarray,
-               columns: str = "source|source_mask|driving|driving_mask|low_res|high_res") -> str:
+    def images(self, epoch: int, step: int, columns: tuple) -> str:
+        """The train-vis picture of an epoch from a family's ``Shown`` columns (a NamedTuple of (B, C, h, w)
+        tensors): ``train-vis/<epoch>-train.png`` and TensorBoard's ``train/<its field names>``."""
+        grid = training_grid([column.detach() for column in columns])
         path = os.path.join(self.run_dir, "train-vis", f"{epoch:08d}-train.png")
         iio.imwrite(path, grid)
-        self.board.add_image(f"train/{columns}", grid, step, dataformats="HWC")
+        self.board.add_image("train/" + "|".join(columns._fields), grid, step, dataformats="HWC")
         return path
 
     def close(self) -> None:

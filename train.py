@@ -264,9 +264,8 @@ class Trainer:
             self.log.note(message)
         if resume is None and init is None and options.checkpoint_with_kp is None and \
                 config.record.needs_pretrained_detector:
-            # build_model has already warned on the terminal
             self.log.note("the keypoint detector has RANDOM weights (no --checkpoint_with_kp): masks carry "
-                          "no learned structure", echo=False)
+                          "no learned structure", echo=False)          # build_model warned on the terminal
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -367,11 +366,12 @@ class Trainer:
             self.step, batch_index, batches = self.step + 1, batch_index + 1, batches + 1
             sums = {k: sums[k] + v for k, v in losses.items()}
             if batch_index == self.sampler.batches_per_epoch:   # the epoch's last batch, for the picture
-                shown = [t[:4].detach() for t in tensors()]
+                shown = tensors()
             if log:
                 self.progress.update(1)
                 self.progress.set_description(f"epoch {epoch + 1}/{self.train.num_epochs}")
-                self.progress.set_postfix({run_log.short_loss_name(k): f"{v:.3f}" for k, v in losses.items() if v}, refresh=False)
+                self.progress.set_postfix({run_log.short_loss_name(k): f"{v:.3f}" for k, v in losses.items() if v},
+                                          refresh=False)
                 if self.step % self.train.log_freq == 0:
                     log.scalars(self.step, {f"loss/{k}": v for k, v in losses.items()}
                                 | {"loss/total": sum(losses.values()), "lr": lr})
@@ -386,7 +386,7 @@ class Trainer:
                 log.epoch(epoch, self.step, means | {"total": sum(means.values())}, lr, time.time() - started,
                           batches * self.train.batch_size)
                 if shown is not None:
-                    log.images(epoch, self.step, run_log.training_grid(shown), self.trainable.shown_names)
+                    log.images(epoch, self.step, shown)
         return batch_index, stopping
 
     def close(self, error: Optional[BaseException] = None) -> None:

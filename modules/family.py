@@ -52,8 +52,9 @@ class StepContext:
 
 class StepOutput(NamedTuple):
     losses: dict[str, torch.Tensor]       # the weighted scalar terms, named as ``Trainable.loss_names``
-    # the (B, C, h, w) columns of the train-vis picture, computed only when the trainer asks (once an epoch)
-    shown: Callable[[], list[torch.Tensor]]
+    # The train-vis picture's (B, C, h, w) columns, computed only when the trainer asks (once an epoch): a
+    # NamedTuple whose field names are the column names (TensorBoard's tag "train/<a>|<b>|...").
+    shown: Callable[[], tuple]
 
 
 class Trainable(nn.Module):
@@ -62,7 +63,6 @@ class Trainable(nn.Module):
     The loss (with its VGG-19) is held here, not in the inference model, so it never enters a checkpoint.
     """
     loss_names: tuple[str, ...] = ()
-    shown_names: str = ""                 # "source|driving|...": TensorBoard's tag of the train-vis picture
     # The config's LabelParams if the step needs keypoint labels (the trainer's dataset then returns them)
     label_params: Optional[object] = None
 
@@ -75,7 +75,9 @@ class Trainable(nn.Module):
         raise NotImplementedError
 
     def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
-        """Wrap the modules whose forward produces gradients (DistributedDataParallel)."""
+        """Wrap the modules whose forward produces gradients (DistributedDataParallel). By convention each is
+        an attribute ``forward_<part>`` (``forward_model``, FOMM's ``forward_discriminator``, the perturbed
+        family's ``forward_refinement``) that the step calls, and that is the bare module without DDP."""
         raise NotImplementedError
 
     def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,

@@ -81,8 +81,9 @@ class GeneratorOutput(NamedTuple):
     driving_mask: torch.Tensor            # (B, 1, H*s, W*s) in [0, 1]
 
 
-class MaskGenerator(nn.Module):
-    """The two generators run in sequence on (source, source mask, driving mask)."""
+class FrameGenerator(nn.Module):
+    """The two generators run in sequence: (source, source mask, driving mask) -> the frame. (The perturbed
+    family's ``mask_generator`` is another thing: its network m that makes masks, modules/mask_network.py.)"""
 
     def __init__(self, low_res: LowResGenerator, high_res: HighResGenerator):
         super().__init__()
@@ -96,7 +97,7 @@ class MaskGenerator(nn.Module):
                                driving_mask=driving_mask)
 
 
-def build_mask_generator(model_params) -> MaskGenerator:
+def build_frame_generator(model_params) -> FrameGenerator:
     """l and h of a keypoint-mask or perturbed-masks ``model_params`` (its common_params and generator_params)."""
     common, generator = model_params.common_params, model_params.generator_params
     low_res = LowResGenerator(common.num_channels, generator.block_expansion, generator.max_features,
@@ -104,4 +105,4 @@ def build_mask_generator(model_params) -> MaskGenerator:
     high = generator.high_res
     high_res = HighResGenerator(common.num_channels, high.block_expansion, high.max_features, high.num_blocks,
                                 copy_source_init=high.init == "copy_source")
-    return MaskGenerator(low_res, high_res)
+    return FrameGenerator(low_res, high_res)

@@ -34,9 +34,12 @@ def tiny_circles_config():
     return paper_variant(load_config(config_path("tiny-circles.yaml")))
 
 
-def write_tiny(folder, name: str, dataset_root: str, **train_params) -> str:
-    """config/<name> pointed at ``dataset_root`` (its pairs too), one short epoch by default, no landmark
-    metrics; ``train_params`` override. Returns the written file's path."""
+def write_tiny(folder, name: str, dataset_root: str, *, file_name: str | None = None, paper: bool = False,
+               landmarks: str | None = "none", **train_params) -> str:
+    """The one config writer of the tests: config/<name> pointed at ``dataset_root`` (its pairs too), one
+    short epoch by default, no landmark metrics (``landmarks=None`` keeps the config's); ``train_params``
+    override; ``paper`` gives the paper's initialisation and loss (``paper_variant``). Written as
+    ``folder/<file_name or name>``; returns its path."""
     import yaml
 
     with open(config_path(name)) as stream:
@@ -45,8 +48,13 @@ def write_tiny(folder, name: str, dataset_root: str, **train_params) -> str:
     data["dataset_params"]["pairs_list"] = os.path.join(dataset_root, "test-pairs.csv")
     data["train_params"].update({"num_epochs": 1, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
                                  "epoch_milestones": [], "checkpoint_freq": 1, **train_params})
-    data.setdefault("metrics_params", {})["landmarks"] = "none"
-    path = os.path.join(str(folder), name)
+    if landmarks is not None:
+        data.setdefault("metrics_params", {})["landmarks"] = landmarks
+    if paper:          # every generator weight gets a gradient from the first step
+        data["model_params"]["generator_params"]["high_res"]["init"] = "default"
+        data["train_params"]["loss_weights"]["perceptual"] = [10, 10, 10]
+    os.makedirs(str(folder), exist_ok=True)
+    path = os.path.join(str(folder), file_name or name)
     with open(path, "w") as stream:
         yaml.safe_dump(data, stream)
     return path

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import config_path
+from conftest import write_tiny
 
 import run
 from animate import fit_frame
@@ -29,17 +29,11 @@ def _train_tiny(root, config_name: str) -> str:
     if not data.exists():
         generate_dataset(str(data), seed=0, size=FRAME, num_train_identities=2, num_test_identities=2,
                          clips_per_identity=1, num_frames=6, num_pairs=2)
-    with open(config_path(config_name)) as stream:
-        config = yaml.safe_load(stream)
-    config["dataset_params"]["root_dir"] = str(data)
-    config["dataset_params"]["pairs_list"] = str(data / "test-pairs.csv")
-    config["train_params"].update(num_epochs=1, num_repeats=1, batch_size=2, num_workers=0)
-    path = root / config_name
-    path.write_text(yaml.safe_dump(config))
+    path = write_tiny(root, config_name, str(data), landmarks=None, num_repeats=1)
     log_dir = root / ("log-" + config_name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert run.main(["--config", str(path), "--mode", "train", "--device", "cpu", "--log_dir", str(log_dir)]) == 0
+        assert run.main(["--config", path, "--mode", "train", "--device", "cpu", "--log_dir", str(log_dir)]) == 0
     (run_dir,) = glob.glob(str(log_dir / "*"))
     return run_dir
 

@@ -17,10 +17,9 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from conftest import ROOT, config_path
+from conftest import ROOT, config_path, write_tiny
 
 HEATMAP = os.path.join(ROOT, "models", "tiny-heatmap.pth.tar")
 CIRCLES = os.path.join(ROOT, "models", "tiny-circles.pth.tar")
@@ -301,17 +300,11 @@ def tiny_run(tmp_path_factory):
     data = root / "data"
     generate_dataset(str(data), seed=0, size=64, num_train_identities=2, num_test_identities=2,
                      clips_per_identity=1, num_frames=60, num_pairs=2)
-    with open(config_path("tiny-heatmap.yaml")) as stream:
-        config = yaml.safe_load(stream)
-    config["dataset_params"].update(root_dir=str(data), pairs_list=str(data / "test-pairs.csv"))
-    config["train_params"].update(num_epochs=1, num_repeats=1, batch_size=2, num_workers=0)
-    config["metrics_params"] = {"landmarks": "none"}
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    done = kpmask("--mode", "train", "--config", str(path), "--log_dir", str(root / "log"))
+    path = write_tiny(root, "tiny-heatmap.yaml", str(data), file_name="tiny.yaml", num_repeats=1)
+    done = kpmask("--mode", "train", "--config", path, "--log_dir", str(root / "log"))
     assert done.returncode == 0, done.stderr[-1500:]
     (run_dir,) = glob.glob(str(root / "log" / "*"))
-    return {"run": run_dir, "data": str(data), "config": str(path)}
+    return {"run": run_dir, "data": str(data), "config": path}
 
 
 def test_an_interrupted_second_reconstruction_keeps_the_first_results(tiny_run):

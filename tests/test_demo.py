@@ -9,9 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import ROOT, config_path
+from conftest import ROOT, write_tiny
 
 import run
 from modules.checkpoint import (MODEL_FORMAT, MODEL_KEYS, latest_checkpoint, load_model, load_training_checkpoint,
@@ -34,16 +33,7 @@ def quiet_run(*args: str) -> int:
 
 def small_config(folder, dataset_root, name: str, **train_params) -> str:
     """A shipped config on the small test dataset, a few steps long."""
-    with open(config_path(name)) as stream:
-        data = yaml.safe_load(stream)
-    data["dataset_params"]["root_dir"] = dataset_root
-    data["dataset_params"]["pairs_list"] = None
-    data["train_params"].update({"num_epochs": 1, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
-                                 "epoch_milestones": [1], "checkpoint_freq": 1}, **train_params)
-    path = os.path.join(str(folder), name)
-    with open(path, "w") as stream:
-        yaml.safe_dump(data, stream)
-    return path
+    return write_tiny(folder, name, dataset_root, **{"epoch_milestones": [1], **train_params})
 
 
 def latest(log_dir) -> dict:

@@ -10,12 +10,12 @@ from conftest import TinyFeatures, config_path
 from modules.config import load_config
 from modules.families.keypoint_mask import build_loss
 from modules.models import build_model
-from modules.generator import build_mask_generator
+from modules.generator import build_frame_generator
 
 
 def test_paper_parameter_counts():
     config = load_config(config_path("taichi-256-heatmap.yaml"))
-    generator = build_mask_generator(config.model_params)
+    generator = build_frame_generator(config.model_params)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     # the original implementation's sizes: low-res 7.53M, high-res 37.64M (no unused down blocks), detector 14.2M.
     assert count(generator.low_res) == 7_529_219
@@ -45,7 +45,7 @@ def test_shapes_and_ranges(name, size):
 def test_high_res_sizes_come_from_the_config(tiny_config):
     tiny_config.model_params.generator_params.high_res.num_blocks = 2
     tiny_config.model_params.generator_params.high_res.block_expansion = 4
-    generator = build_mask_generator(tiny_config.model_params)
+    generator = build_frame_generator(tiny_config.model_params)
     assert len(generator.high_res.hourglass.encoder.down_blocks) == 2
     assert generator.high_res.hourglass.decoder.up_blocks[-1].conv.out_channels == 4
     assert generator.high_res(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16),
@@ -131,10 +131,10 @@ def test_copy_source_init_starts_the_u_net_as_a_copy_of_the_source_with_the_same
     data["model_params"]["generator_params"]["high_res"]["init"] = "copy_source"
     path = tmp_path / "copy.yaml"
     path.write_text(yaml.safe_dump(data))
-    copying = build_mask_generator(load_config(str(path)).model_params).high_res
+    copying = build_frame_generator(load_config(str(path)).model_params).high_res
     data["model_params"]["generator_params"]["high_res"]["init"] = "default"
     path.write_text(yaml.safe_dump(data))
-    plain = build_mask_generator(load_config(str(path)).model_params).high_res
+    plain = build_frame_generator(load_config(str(path)).model_params).high_res
     assert isinstance(copying, HighResGenerator)
     assert copying.state_dict().keys() == plain.state_dict().keys()          # checkpoints stay interchangeable
     copying.eval()

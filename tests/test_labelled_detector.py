@@ -256,19 +256,6 @@ def test_the_256_configs_train_exactly_fomms_kp_detector(name):
     assert {key: tuple(value.shape) for key, value in state.items()} == fomm_keys("kp_detector")
 
 
-def test_resume_is_bit_identical_to_straight_run(tmp_path, dataset_root):
-    config = write_tiny(tmp_path, "tiny-detector.yaml", dataset_root, num_epochs=2)
-    assert train("--config", config, "--max_steps", "6", "--log_dir", str(tmp_path / "straight")) == 0
-    assert train("--config", config, "--max_steps", "3", "--log_dir", str(tmp_path / "split")) == 0
-    split_dir = only_run_dir(tmp_path / "split")
-    assert train("--checkpoint", split_dir, "--max_steps", "6") == 0
-    straight = read_checkpoint(glob.glob(os.path.join(only_run_dir(tmp_path / "straight"), "00000001-*"))[0])
-    resumed = read_checkpoint(glob.glob(os.path.join(split_dir, "00000001-*"))[0])
-    assert straight["step"] == resumed["step"] == 6
-    for key, value in straight["kp_detector"].items():
-        assert torch.equal(value, resumed["kp_detector"][key]), key
-
-
 def test_ddp_on_two_gloo_processes(tmp_path, dataset_root):
     config = write_tiny(tmp_path, "tiny-detector.yaml", dataset_root, batch_size=4)
     run_dir = train_ddp_on_two_gloo_processes(config, tmp_path / "log")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, config_path, save_fomm_checkpoint
+from conftest import ROOT, config_path, save_fomm_checkpoint, write_tiny
 
 import run
 from modules.checkpoint import atomic_save, read_checkpoint
@@ -35,18 +35,9 @@ def kp_checkpoint(tmp_path_factory):
 
 
 def write_config(folder, dataset_root, name="tiny.yaml", **train_params) -> str:
-    with open(config_path("tiny-heatmap.yaml")) as stream:
-        data = yaml.safe_load(stream)
-    data["dataset_params"]["root_dir"] = dataset_root
-    data["train_params"].update({"num_epochs": 2, "num_repeats": 2, "batch_size": 2, "num_workers": 0,
-                                 "epoch_milestones": [1], "checkpoint_freq": 1, "log_freq": 1}, **train_params)
-    # the paper's initialisation and loss: every generator weight gets a gradient from the first step
-    data["model_params"]["generator_params"]["high_res"]["init"] = "default"
-    data["train_params"]["loss_weights"]["perceptual"] = [10, 10, 10]
-    path = os.path.join(folder, name)
-    with open(path, "w") as stream:
-        yaml.safe_dump(data, stream)
-    return path
+    """The heatmap config of these tests: two epochs, a milestone after the first, the paper's loss."""
+    return write_tiny(folder, "tiny-heatmap.yaml", dataset_root, file_name=name, paper=True,
+                      **{"num_epochs": 2, "epoch_milestones": [1], "log_freq": 1, **train_params})
 
 
 def train(*args: str) -> int:
@@ -107,9 +98,9 @@ def test_detector_is_bit_identical_after_training(tmp_path, dataset_root, kp_che
     assert_same_state(trained["kp_detector"], read_checkpoint(kp_checkpoint)["kp_detector"])   # BN buffers too
     # the optimizer holds exactly the generators' parameters, and they trained
     from modules.config import load_config
-    from modules.generator import build_mask_generator
+    from modules.generator import build_frame_generator
 
-    generator_parameters = list(build_mask_generator(load_config(config).model_params).parameters())
+    generator_parameters = list(build_frame_generator(load_config(config).model_params).parameters())
     assert trained["optimizer_generator"]["param_groups"][0]["params"] == list(range(len(generator_parameters)))
     assert len(trained["optimizer_generator"]["state"]) == len(generator_parameters)
 

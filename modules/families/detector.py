@@ -84,11 +84,19 @@ def build_labelled_detector(config: Config) -> LabelledDetector:
     return LabelledDetector(KPDetector(**config.model_params.detector_kwargs()), config.visualizer_params.kp_size)
 
 
+class Shown(NamedTuple):
+    """The train-vis columns: the labels and the keypoints drawn on the frames, the driving masks they make."""
+    source_labels: torch.Tensor
+    source_kp: torch.Tensor
+    driving_kp: torch.Tensor
+    driving_heatmap_mask: torch.Tensor
+    driving_circles_mask: torch.Tensor
+
+
 class LabelledDetectorTraining(Trainable):
     """One optimizer (``optimizer_kp_detector``, as FOMM names it) on the detector, the losses above."""
 
     loss_names = DetectorLossTerms._fields
-    shown_names = "source+labels|source+kp|driving+kp|driving_heatmap_mask|driving_circles_mask"
 
     def __init__(self, model: LabelledDetector, config: Config):
         super().__init__()
@@ -99,7 +107,7 @@ class LabelledDetectorTraining(Trainable):
         self.align_corners = params.align_corners
         self.weights = train.loss_weights
         self.transform_params = train.transform_params
-        self.forward_detector: nn.Module = model.kp_detector
+        self.forward_model: nn.Module = model.kp_detector
 
     def networks(self) -> dict[str, nn.Module]:
         return {"kp_detector": self.model.kp_detector}
@@ -108,7 +116,7 @@ class LabelledDetectorTraining(Trainable):
         return ["kp_detector"]
 
     def distribute(self, wrap) -> None:
-        self.forward_detector = wrap(self.model.kp_detector)
+        self.forward_model = wrap(self.model.kp_detector)
 
     def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,
                       labels: Optional[KeypointLabels] = None) -> StepOutput:
@@ -118,7 +126,7 @@ class LabelledDetectorTraining(Trainable):
         zero = torch.zeros((), device=source.device)
         with context.autocast():
             # Source and driving in one pass: twice the labelled frames per step.
-            detected = self.forward_detector(torch.cat([source, driving]))
+            detected = self.forward_model(torch.cat([source, driving]))
             value, raw = detected.value, detected.raw_heatmap                    # (2B, K, 2), (2B, K, h, w)
             label = torch.cat([labels.source, labels.driving])
             visible = torch.cat([labels.source_visible, labels.driving_visible])
@@ -131,7 +139,7 @@ class LabelledDetectorTraining(Trainable):
                 params = self.transform_params
                 transform = RandomTPS(batch, params.sigma_affine, params.sigma_tps, params.points_tps,
                                       device=source.device)
-                transformed = self.forward_detector(transform.transform_frame(driving, self.align_corners))
+                transformed = self.forward_model(transform.transform_frame(driving, self.align_corners))
                 if weights.equivariance_value:
                     terms["equivariance_value"] = weights.equivariance_value * equivariance_value_loss(
                         value[batch:], transformed.value, transform)
@@ -141,7 +149,7 @@ class LabelledDetectorTraining(Trainable):
             losses = DetectorLossTerms(**terms)
         context.backward(losses.total())
 
-        def shown() -> list[torch.Tensor]:
+        def shown() -> Shown:
             radius = self.model.kp_radius
             # labels drawn where present; a missing one goes off the frame
             placed = torch.where(labels.source_visible[..., None] > 0, labels.source, torch.full_like(labels.source, 9))
@@ -150,8 +158,8 @@ class LabelledDetectorTraining(Trainable):
             raw_driving = raw[batch:].detach().float()
             heatmap_mask = normalize_and_pad(raw_driving.sum(dim=1, keepdim=True), mask_size)
             circles_mask = draw_circles_mask(value[batch:].detach().float(), tuple(raw_driving.shape[-2:]), mask_size)
-            return [draw_keypoints(source, placed, radius), draw_keypoints(source, value[:batch], radius),
-                    draw_keypoints(driving, value[batch:], radius), heatmap_mask, circles_mask]
+            return Shown(draw_keypoints(source, placed, radius), draw_keypoints(source, value[:batch], radius),
+                         draw_keypoints(driving, value[batch:], radius), heatmap_mask, circles_mask)
 
         return StepOutput(losses._asdict(), shown)
 

@@ -28,7 +28,7 @@ from modules.losses import (ImagePyramid, PerceptualLoss, discriminate, equivari
                             equivariance_value_loss, feature_matching_loss, frozen, lsgan_discriminator_loss,
                             lsgan_generator_loss, pixel_l1)
 from modules.motion import relative_keypoints
-from modules.schema import check_positive, check_rules, check_widths, fail, is_inverse_integer
+from modules.schema import check_positive, check_rules, check_widths, is_inverse_integer
 from modules.transform import RandomTPS
 
 
@@ -153,6 +153,15 @@ class _GeneratorSide(nn.Module):
         return kp_source, kp_driving, kp_transformed, self.generator(source, kp_driving, kp_source)
 
 
+class Shown(NamedTuple):
+    """The train-vis columns: the frames with their keypoints drawn, the warped source, occlusion, prediction."""
+    source_kp: torch.Tensor
+    driving_kp: torch.Tensor
+    deformed: torch.Tensor
+    occlusion: torch.Tensor
+    prediction: torch.Tensor
+
+
 class FommTraining(Trainable):
     """FOMM's losses (sec. 3.4 of its paper): perceptual pyramid, equivariance of keypoints and Jacobians under
     a random TPS transform, and, with generator_gan > 0, LSGAN and feature matching against a discriminator
@@ -164,7 +173,6 @@ class FommTraining(Trainable):
 
     loss_names = ("perceptual", "l1", "equivariance_value", "equivariance_jacobian", "generator_gan",
                   "feature_matching", "discriminator_gan")
-    shown_names = "source+kp|driving+kp|deformed|occlusion|prediction"
 
     def __init__(self, model: FommModel, perceptual: PerceptualLoss, config: Config):
         super().__init__()
@@ -176,8 +184,8 @@ class FommTraining(Trainable):
         self.align_corners = config.model_params.align_corners
         self.pyramid = ImagePyramid(config.model_params.discriminator_params.scales,
                                     config.model_params.common_params.num_channels)
-        self.generator_side: nn.Module = _GeneratorSide(model)
-        self.discriminator_side: nn.Module = model.discriminator
+        self.forward_model: nn.Module = _GeneratorSide(model)
+        self.forward_discriminator: nn.Module = model.discriminator
 
     @property
     def uses_gan(self) -> bool:
@@ -192,9 +200,9 @@ class FommTraining(Trainable):
         return ["generator", "kp_detector", "discriminator"]
 
     def distribute(self, wrap) -> None:
-        self.generator_side = wrap(self.generator_side)
+        self.forward_model = wrap(self.forward_model)
         if self.uses_gan:
-            self.discriminator_side = wrap(self.model.discriminator)
+            self.forward_discriminator = wrap(self.model.discriminator)
 
     def training_step(self, source: torch.Tensor, driving: torch.Tensor, context: StepContext,
                       labels=None) -> StepOutput:
@@ -208,7 +216,7 @@ class FommTraining(Trainable):
                 transform = RandomTPS(source.shape[0], params.sigma_affine, params.sigma_tps, params.points_tps,
                                       device=source.device)
                 transformed = transform.transform_frame(driving, self.align_corners)
-            kp_source, kp_driving, kp_transformed, generated = self.generator_side(source, driving, transformed)
+            kp_source, kp_driving, kp_transformed, generated = self.forward_model(source, driving, transformed)
             prediction = generated.prediction
             losses["perceptual"] = self.perceptual([prediction], driving)[0]
             if weights.l1:
@@ -231,17 +239,17 @@ class FommTraining(Trainable):
         context.backward(sum(value for name, value in losses.items() if name != "discriminator_gan"))
         if self.uses_gan:
             with context.autocast():
-                real, fake = discriminate(self.discriminator_side, self.pyramid, driving, prediction.detach(), kp)
+                real, fake = discriminate(self.forward_discriminator, self.pyramid, driving, prediction.detach(), kp)
                 losses["discriminator_gan"] = weights.discriminator_gan * lsgan_discriminator_loss(
                     [m for _, m in real], [m for _, m in fake])
             context.backward(losses["discriminator_gan"])
 
-        def shown() -> list[torch.Tensor]:
+        def shown() -> Shown:
             radius = self.model.kp_radius
             occlusion = generated.occlusion_map if generated.occlusion_map is not None else torch.ones_like(
                 prediction[:, :1])
-            return [draw_keypoints(source, kp_source.value, radius), draw_keypoints(driving, kp_driving.value, radius),
-                    generated.deformed, occlusion, prediction]
+            return Shown(draw_keypoints(source, kp_source.value, radius), draw_keypoints(driving, kp_driving.value,
+                         radius), generated.deformed, occlusion, prediction)
 
         return StepOutput(losses, shown)
 
@@ -317,21 +325,21 @@ class FommTrainParams(GeneratorTrainParams):
 
 
 def check(config: Config, file: str) -> None:
+    """FOMM's own keys: widths, counts, scales, variances, learning rates and weights in range."""
     check_generator_training(config, file)
     model, train = config.model_params, config.train_params
-    generator = model.generator_params
-    dense = generator.dense_motion_params
-    disc = model.discriminator_params
+    generator, disc = model.generator_params, model.discriminator_params
+    dense, transform, weights = generator.dense_motion_params, train.transform_params, train.loss_weights
     prefix = "model_params.generator_params"
     check_widths(file, prefix, generator.block_expansion, generator.max_features)
     check_widths(file, f"{prefix}.dense_motion_params", dense.block_expansion, dense.max_features)
     check_widths(file, "model_params.discriminator_params", disc.block_expansion, disc.max_features)
     check_positive(file, [(f"{prefix}.dense_motion_params.num_blocks", dense.num_blocks),
-                           ("model_params.discriminator_params.num_blocks", disc.num_blocks),
-                           ("train_params.transform_params.points_tps", train.transform_params.points_tps)])
-    def lr_ok(value):
-        return value is None or value >= 0
-
+                          ("model_params.discriminator_params.num_blocks", disc.num_blocks),
+                          ("train_params.transform_params.points_tps", transform.points_tps)])
+    lr_rule = (lambda v: v is None or v >= 0, "0 or more (0 freezes the network) or null")
+    gan_weights = [weights.generator_gan, weights.discriminator_gan, weights.equivariance_value,
+                   weights.equivariance_jacobian] + weights.feature_matching
     check_rules(file, [
         (f"{prefix}.num_down_blocks", generator.num_down_blocks, lambda v: v >= 0, "0 or more"),
         (f"{prefix}.num_bottleneck_blocks", generator.num_bottleneck_blocks, lambda v: v >= 0, "0 or more"),
@@ -341,20 +349,13 @@ def check(config: Config, file: str) -> None:
          lambda scales: bool(scales) and all(is_inverse_integer(s) for s in scales), "pyramid scales 1/n, e.g. [1]"),
         (f"{prefix}.dense_motion_params.kp_variance", dense.kp_variance, lambda v: v > 0, "a positive number"),
         ("model_params.discriminator_params.kp_variance", disc.kp_variance, lambda v: v > 0, "a positive number"),
-        ("train_params.lr_kp_detector", train.lr_kp_detector, lr_ok, "0 or more (0 freezes the network) or null"),
-        ("train_params.lr_discriminator", train.lr_discriminator, lr_ok, "0 or more (0 freezes the network) or null")])
-    transform = train.transform_params
-    if transform.sigma_affine < 0 or transform.sigma_tps < 0:
-        fail(file, "train_params.transform_params", "sigma_affine and sigma_tps >= 0",
-              f"{transform.sigma_affine}, {transform.sigma_tps}")
-    weights = train.loss_weights
-    values = [weights.generator_gan, weights.discriminator_gan, weights.equivariance_value,
-              weights.equivariance_jacobian] + weights.feature_matching
-    if any(w < 0 for w in values):
-        fail(file, "train_params.loss_weights", "weights >= 0", values)
-    if len(weights.feature_matching) > disc.num_blocks:
-        fail(file, "train_params.loss_weights.feature_matching",
-              f"at most one weight per discriminator block ({disc.num_blocks})", weights.feature_matching)
+        ("train_params.lr_kp_detector", train.lr_kp_detector, *lr_rule),
+        ("train_params.lr_discriminator", train.lr_discriminator, *lr_rule),
+        ("train_params.transform_params", (transform.sigma_affine, transform.sigma_tps), lambda v: min(v) >= 0,
+         "sigma_affine and sigma_tps >= 0"),
+        ("train_params.loss_weights", gan_weights, lambda v: all(w >= 0 for w in v), "weights >= 0"),
+        ("train_params.loss_weights.feature_matching", weights.feature_matching, lambda v: len(v) <= disc.num_blocks,
+         f"at most one weight per discriminator block ({disc.num_blocks})")])
     check_jacobian_weight(config, file)
     if not any(weights.perceptual) and weights.l1 == 0 and weights.generator_gan == 0:
         raise ConfigError(f"{file}: train_params.loss_weights: perceptual, l1 and generator_gan are all 0, the "

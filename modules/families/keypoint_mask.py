@@ -16,7 +16,7 @@ from modules.config import (CommonParams, Config, DetectorSettings, GeneratorPar
 from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
 from modules.errors import ConfigError, ConfigWarning
 from modules.family import Family, StepContext, StepOutput, Trainable, register
-from modules.generator import GeneratorOutput, MaskGenerator, build_mask_generator
+from modules.generator import GeneratorOutput, FrameGenerator, build_frame_generator
 from modules.keypoint_detector import KeypointMask, KPDetector, load_detector_state, load_fomm_detector
 from modules.keypoints import Keypoints
 from modules.losses import PerceptualLoss, pixel_l1
@@ -69,7 +69,7 @@ class KeypointMaskModel(nn.Module):
     its VGG-19 live in ``KeypointMaskLoss`` so that they never end up in a checkpoint.
     """
 
-    def __init__(self, mask: KeypointMask, generator: MaskGenerator):
+    def __init__(self, mask: KeypointMask, generator: FrameGenerator):
         super().__init__()
         self.mask = mask
         self.generator = generator
@@ -147,12 +147,21 @@ class KeypointMaskLoss(nn.Module):
         return LossTerms(perceptual_low_res=low, perceptual_high_res=high, l1=l1)
 
 
+class Shown(NamedTuple):
+    """The train-vis columns, (B, C, H, W) or the masks' (B, 1, h, w)."""
+    source: torch.Tensor
+    source_mask: torch.Tensor
+    driving: torch.Tensor
+    driving_mask: torch.Tensor
+    low_res: torch.Tensor
+    high_res: torch.Tensor
+
+
 class KeypointMaskTraining(Trainable):
     """The keypoint-mask family's training step: the perceptual pyramid on both predictions, the generators
     alone optimised (the detector stays frozen, and is saved only so that the checkpoint is self-contained)."""
 
     loss_names = LossTerms._fields
-    shown_names = "source|source_mask|driving|driving_mask|low_res|high_res"
 
     def __init__(self, model: KeypointMaskModel, loss: KeypointMaskLoss):
         super().__init__()
@@ -176,8 +185,8 @@ class KeypointMaskTraining(Trainable):
             terms = self.loss(output, driving)
         # The detector ran under no_grad inside the model: this backward touches the generators only.
         context.backward(terms.total())
-        return StepOutput(terms._asdict(), lambda: [source, output.source_mask, driving, output.driving_mask,
-                                                    output.low_res_prediction, output.prediction])
+        return StepOutput(terms._asdict(), lambda: Shown(source, output.source_mask, driving, output.driving_mask,
+                                                         output.low_res_prediction, output.prediction))
 
 
 def build_detector(config: Config, checkpoint_with_kp: Optional[str] = None) -> KPDetector:
@@ -198,7 +207,7 @@ def build(config: Config, checkpoint_with_kp: Optional[str] = None,
         detector = build_detector(config, checkpoint_with_kp)
     mask_params = config.model_params.mask_params
     return KeypointMaskModel(KeypointMask(detector, mask_params.kind, mask_params.kp_variance),
-                             build_mask_generator(config.model_params))
+                             build_frame_generator(config.model_params))
 
 
 def load(config: Config, checkpoint: dict, source: str) -> KeypointMaskModel:

@@ -20,44 +20,22 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from modules.blocks import AntiAliasDownsample, Hourglass
+from modules.blocks import AntiAliasDownsample
 from modules.checkpoint import load_state_strict
 from modules.config import Config, GeneratorParams, GeneratorTrainParams, JitterParams, PerceptualLossWeights
 from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
 from modules.errors import CheckpointError, ConfigError
 from modules.family import Family, StepContext, StepOutput, Trainable, register
-from modules.generator import GeneratorOutput, MaskGenerator, build_mask_generator
+from modules.generator import GeneratorOutput, FrameGenerator, build_frame_generator
 from modules.keypoints import Keypoints
 from modules.losses import PerceptualLoss, pixel_l1
+from modules.mask_network import MaskNetwork
 from modules.perturbations import Threshold, colour_augment, perturb_train, threshold
 from modules.schema import check_positive, check_widths, fail
 
 Ablation = Literal["none", "no_pert", "no_ref", "no_id"]
-
-
-class MaskNetwork(nn.Module):
-    """Hourglass without skips -> 7x7 conv (no padding) to one channel -> sigmoid(x / temperature), zero-padded
-    back to the input size. m reads the image downsampled by ``scale_factor``; r reads (D(s), m_s, m_dp).
-
-    (B, in_channels, H, W) -> (B, 1, H * scale_factor, W * scale_factor) in [0, 1].
-    """
-
-    def __init__(self, in_channels: int, block_expansion: int, max_features: int, num_blocks: int,
-                 temperature: float = 0.1, scale_factor: float = 1.0):
-        super().__init__()
-        self.temperature = temperature
-        self.down = AntiAliasDownsample(in_channels, scale_factor) if scale_factor != 1 else nn.Identity()
-        self.hourglass = Hourglass(block_expansion, in_channels, num_blocks, max_features, skips=False)
-        self.head = nn.Conv2d(self.hourglass.out_filters, 1, kernel_size=7, padding=0)
-        self.border = (self.head.kernel_size[0] - 1) // 2    # the zero padding around the head's output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.hourglass(self.down(x)))
-        pad = self.border                                   # 58x58 -> 64x64 at 256 px: zeros at the border
-        return F.pad(torch.sigmoid(logits.float() / self.temperature), (pad, pad, pad, pad))
 
 
 class PerturbedState(NamedTuple):
@@ -79,7 +57,7 @@ class PerturbedOutput(NamedTuple):
 class PerturbedMaskModel(nn.Module):
     """m, r, l and h. Its state dict is the four networks' weights; the loss lives in PerturbedTraining."""
 
-    def __init__(self, mask_generator: MaskNetwork, refinement: MaskNetwork, generator: MaskGenerator,
+    def __init__(self, mask_generator: MaskNetwork, refinement: MaskNetwork, generator: FrameGenerator,
                  threshold_rule: Threshold = "median", ablation: Ablation = "none", scale_factor: float = 0.25,
                  reconstruct_test_time: bool = False):
         super().__init__()
@@ -165,7 +143,7 @@ class _Forward(nn.Module):
     """m, l and h for one training step: the part DDP wraps. r is left out (it has its own wrapper and is
     idle in the first epoch), so no parameter of this module ever goes without a gradient."""
 
-    def __init__(self, mask_generator: MaskNetwork, generator: MaskGenerator):
+    def __init__(self, mask_generator: MaskNetwork, generator: FrameGenerator):
         super().__init__()
         self.mask_generator = mask_generator
         self.generator = generator
@@ -176,12 +154,23 @@ class _Forward(nn.Module):
         return self.generator(source, source_mask, driving_mask)
 
 
+class Shown(NamedTuple):
+    """The train-vis columns: frames, the masks m_s, m_d, its perturbation m_dp and refinement m_dr, outputs."""
+    source: torch.Tensor
+    driving: torch.Tensor
+    m_s: torch.Tensor
+    m_d: torch.Tensor
+    m_dp: torch.Tensor
+    m_dr: torch.Tensor
+    low_res: torch.Tensor
+    high_res: torch.Tensor
+
+
 class PerturbedTraining(Trainable):
     """The loss of the perturbed-masks paper (sec. 3.1) with its gradient routing; r trains from
     ``refinement_start_epoch`` on."""
 
     loss_names = PerturbedLossTerms._fields
-    shown_names = "source|driving|m_s|m_d|m_dp|m_dr|low_res|high_res"
 
     def __init__(self, model: PerturbedMaskModel, perceptual: PerceptualLoss, mask_weight: float = 100.0,
                  l1_weight: float = 0.0, refinement_start_epoch: int = 1, augmentation: Optional[dict] = None,
@@ -196,7 +185,7 @@ class PerturbedTraining(Trainable):
         self.num_strips = num_strips
         self.scale_range = scale_range
         self.forward_model: nn.Module = _Forward(model.mask_generator, model.generator)
-        self.refinement: nn.Module = model.refinement
+        self.forward_refinement: nn.Module = model.refinement
 
     def networks(self) -> dict[str, nn.Module]:
         return checkpoint_networks(self.model)
@@ -207,7 +196,7 @@ class PerturbedTraining(Trainable):
     def distribute(self, wrap) -> None:
         self.forward_model = wrap(_Forward(self.model.mask_generator, self.model.generator))
         if self.model.refines:
-            self.refinement = wrap(self.model.refinement)
+            self.forward_refinement = wrap(self.model.refinement)
 
     def trains_refinement(self, epoch: int) -> bool:
         return self.model.refines and self.mask_weight > 0 and epoch >= self.refinement_start_epoch
@@ -229,16 +218,16 @@ class PerturbedTraining(Trainable):
             refined, mask_loss = None, zero
             if self.trains_refinement(context.epoch):
                 # Inputs detached: L_mask reaches r alone.
-                refined = self.refinement(torch.cat([model.source_down(source), out.source_mask.detach(),
+                refined = self.forward_refinement(torch.cat([model.source_down(source), out.source_mask.detach(),
                                                      perturbed], dim=1))
                 mask_loss = self.mask_weight * (refined.float() - target.float()).abs().mean()
         terms = PerturbedLossTerms(perceptual_low_res=low, perceptual_high_res=high, mask=mask_loss, l1=l1)
         context.backward(low + high + mask_loss + l1)
 
-        def shown() -> list[torch.Tensor]:
+        def shown() -> Shown:
             dr = refined if refined is not None else torch.zeros_like(target)
-            return [source, driving, out.source_mask, target, perturbed, dr, out.low_res_prediction,
-                    out.prediction]
+            return Shown(source, driving, out.source_mask, target, perturbed, dr, out.low_res_prediction,
+                         out.prediction)
 
         return StepOutput(terms._asdict(), shown)
 
@@ -369,7 +358,7 @@ def build(config: Config, checkpoint_with_kp: Optional[str] = None) -> Perturbed
     return PerturbedMaskModel(
         mask_generator=mask_network(common.num_channels, params.mask_generator_params, common.scale_factor),
         refinement=mask_network(common.num_channels + 2, params.mask_refinement_params, 1.0),
-        generator=build_mask_generator(params), threshold_rule=params.perturbation_params.threshold,
+        generator=build_frame_generator(params), threshold_rule=params.perturbation_params.threshold,
         ablation=params.ablation, scale_factor=common.scale_factor,
         reconstruct_test_time=config.reconstruction_params.test_time_path)
 
