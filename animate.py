@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import logger as run_log
 from frames_dataset import frames_to_tensor
-from modules.checkpoint import load_model
+from modules.engines import load_for_inference
 from modules.errors import UserError
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.precision import autocast, autocast_dtype
@@ -123,7 +123,7 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
                    fit: str = "crop", batch_size: int = 8, visualize: bool = False,
                    precision: Optional[str] = None, find_best_frame: bool = False,
                    config_path: Optional[str] = None, ablation: Optional[str] = None,
-                   overwrite: bool = False) -> str:
+                   overwrite: bool = False, engine: Optional[str] = None) -> str:
     """Animate ``source_image`` by ``driving_video`` into ``result_video`` (default ``<source>-animated.mp4``;
     an existing file is refused unless ``overwrite``); with ``visualize`` also ``<result>-side-by-side.mp4``.
     Returns the result's path. Outputs are checked before anything is loaded (modules/outputs.py)."""
@@ -134,7 +134,9 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     side_path = side_by_side_path(result_video) if visualize else None
     if side_path:
         check_output_file(side_path, what="--visualize", inputs=inputs, overwrite=overwrite)
-    config, model, checkpoint = load_model(checkpoint_path, device, config_path, ablation)
+    config, model, checkpoint, engine_line = load_for_inference(
+        checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision)
+    print(engine_line)
     model.to(memory_format=torch.channels_last)
     motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
@@ -206,13 +208,15 @@ def best_frame(config, source: np.ndarray, video, size: tuple[int, int], fit: st
 def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optional[str] = None,
                     adapt_scale: bool = False, batch_size: int = 8, num_pairs: Optional[int] = None,
                     precision: Optional[str] = None, config_path: Optional[str] = None,
-                    ablation: Optional[str] = None) -> str:
+                    ablation: Optional[str] = None, engine: Optional[str] = None) -> str:
     """Animate the test pairs of the checkpoint's dataset (``pairs_list`` or seeded random pairs of different
     videos): source = a video's first frame, driving = another video. Writes ``animation/`` in the run folder:
     ``<source>__<driving>.mp4`` and ``png/<source>__<driving>.png`` (the prediction's frames side by side)."""
     from frames_dataset import FramesDataset, PairedDataset
 
-    config, model, checkpoint = load_model(checkpoint_path, device, config_path, ablation)
+    config, model, checkpoint, engine_line = load_for_inference(
+        checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision)
+    print(engine_line)
     model.to(memory_format=torch.channels_last)
     motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 import logger as run_log
-from modules.checkpoint import load_model
+from modules.engines import load_for_inference
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.outputs import results_folder
 from modules.video_io import VideoWriter
@@ -40,11 +40,14 @@ CANDIDATES = ("prediction", "copy_source")
 
 def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int = 8,
                 exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None,
-                config_path: Optional[str] = None, ablation: Optional[str] = None) -> dict[str, Any]:
+                config_path: Optional[str] = None, ablation: Optional[str] = None,
+                engine: Optional[str] = None) -> dict[str, Any]:
     """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
     from frames_dataset import FramesDataset
 
-    config, model, checkpoint = load_model(checkpoint_path, device, config_path, ablation)
+    config, model, checkpoint, engine_line = load_for_inference(checkpoint_path, device, config_path=config_path,
+                                                                ablation=ablation, engine=engine)
+    print(engine_line)
     params = config.reconstruction_params
     if exclude_first_frame is None:
         exclude_first_frame = params.exclude_first_frame

@@ -54,6 +54,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="reconstruction: leave frame 0 (the source) out of the metrics, as the "
                              "perturbed-masks paper does (default: FOMM's protocol, frame 0 counted)")
     parser.add_argument("--seed", type=int, default=None, help="overrides train_params.seed (default 0)")
+    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime"), default=None,
+                        help="reconstruction and animate: torch (eager PyTorch, the reference), onnxruntime (the "
+                             "model's parts exported to ONNX once and cached), or auto (the faster of them, "
+                             "measured on this CPU at first use and cached; the default, or $KPMASK_ENGINE)")
     parser.add_argument("--ablation", choices=("none", "no_pert", "no_ref", "no_id"), default=None,
                         help="reconstruction and animate, perturbed-masks checkpoints: run the paper's ablation "
                              "(no_pert: no P_test; no_ref: no refinement; no_id: neither) instead of the config's; "
@@ -145,7 +149,8 @@ def reconstruction(args: argparse.Namespace) -> None:
     if args.checkpoint is None:
         raise UserError("--mode reconstruction needs --checkpoint (a training checkpoint or its run folder)")
     reconstruct(args.checkpoint, choose_device(args.device), batch_size=args.batch_size or 8,
-                exclude_first_frame=args.exclude_first_frame, config_path=args.config, ablation=args.ablation)
+                exclude_first_frame=args.exclude_first_frame, config_path=args.config, ablation=args.ablation,
+                engine=args.engine)
 
 
 def animate(args: argparse.Namespace) -> None:
@@ -161,13 +166,14 @@ def animate(args: argparse.Namespace) -> None:
                             "the dataset's pairs always start from the driver's frame 0")
         animate_dataset(args.checkpoint, device=choose_device(args.device), motion=args.motion,
                         adapt_scale=args.adapt_scale, batch_size=args.batch_size or 8,
-                        precision=args.mixed_precision, config_path=args.config, ablation=args.ablation)
+                        precision=args.mixed_precision, config_path=args.config, ablation=args.ablation,
+                        engine=args.engine)
         return
     animate_single(args.checkpoint, args.source_image, args.driving_video, device=choose_device(args.device),
                    result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
                    batch_size=args.batch_size or 8, visualize=args.visualize, precision=args.mixed_precision,
                    find_best_frame=args.find_best_frame, config_path=args.config, ablation=args.ablation,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, engine=args.engine)
 
 
 def inspect(args: argparse.Namespace) -> None:

@@ -62,6 +62,17 @@ def _model_and_frames(checkpoint: str | None, frames: int):
             torch.rand(frames, 3, height, width, generator=generator))
 
 
+def _config_of(checkpoint: str | None):
+    from modules.config import config_from_dict, load_config
+
+    if checkpoint is None:
+        return load_config(os.path.join(ROOT, "config", "taichi-256-heatmap.yaml"))
+    from modules.checkpoint import read_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    return config_from_dict(read_checkpoint(path)["config"], path)
+
+
 def measure(precision: str, batch: int, frames: int, checkpoint: str | None) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -82,7 +93,15 @@ def measure(precision: str, batch: int, frames: int, checkpoint: str | None) -> 
         state = model.encode_source(source)
         with FlopCounterMode(display=False) as counter:
             run(driving[:1])
-        flops_per_frame = counter.get_total_flops()
+        flops_per_frame = counter.get_total_flops()         # of the PyTorch model, whatever runs it below
+        if precision == "onnxruntime":          # the exported parts in ONNX Runtime, fp32 (a fresh cache)
+            from modules import engines
+
+            config = _config_of(checkpoint)
+            os.environ["KPMASK_CACHE"] = tempfile.mkdtemp(prefix="animate-speed-")
+            engines.use_onnxruntime(model, config.record.export_parts(config.model_params),
+                                    tuple(source.shape[-2:]), "benchmark")
+            state = model.encode_source(source)
         run(driving[:batch])                                   # warm-up
         start = time.perf_counter()
         outputs = [run(driving[i:i + batch]) for i in range(0, frames, batch)]
@@ -94,6 +113,16 @@ def measure(precision: str, batch: int, frames: int, checkpoint: str | None) -> 
             "gflop_per_frame": flops_per_frame / 1e9, "peak_mib": peak_memory_mib(torch.device("cpu")),
             "size": list(driving.shape[-2:]),
             "output": output_path}
+
+
+def _psnr(reference_path: str | None, candidate_path: str) -> str:
+    """PSNR (dB) of one setting's output frames against the fp32 eager output on the same frames."""
+    import torch
+
+    if reference_path is None:
+        return "-"
+    mse = (torch.load(reference_path) - torch.load(candidate_path)).pow(2).mean().item()
+    return "inf" if mse == 0 else f"{10 * torch.log10(torch.tensor(1 / mse)).item():.1f} dB"
 
 
 def streaming_memory(frames: int, checkpoint: str, folder: str) -> float:
@@ -152,6 +181,8 @@ def main() -> None:
                              "with random weights on noise)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--frames", type=int, default=16, help="frames timed per setting")
+    parser.add_argument("--settings", nargs="+", default=["fp32", "bf16", "onnxruntime"],
+                        help="fp32 and bf16: PyTorch eager (bf16 autocast); onnxruntime: the exported parts, fp32")
     parser.add_argument("--skip_streaming", action="store_true")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,30 +193,29 @@ def main() -> None:
 
     if not args.checkpoint:
         print("NOTE: RANDOM weights (no --checkpoint): speed is representative, the bf16 PSNR is not")
-    print(f"{'precision':<9} {'batch':>5} {'frames/s':>9} {'s/frame':>8} {'GFLOP/s':>8} {'peak MiB':>9}")
-    outputs = {}
-    for precision in ("fp32", "bf16"):
+    print(f"{'setting':<11} {'batch':>5} {'frames/s':>9} {'s/frame':>8} {'speed-up':>8} {'GFLOP/s':>8} "
+          f"{'peak MiB':>9} {'PSNR vs fp32':>12}")
+    outputs, reference_seconds = {}, {}
+    for precision in args.settings:
         for batch in args.batches:
             command = [sys.executable, __file__, "--one", precision, str(batch), "--frames", str(args.frames)]
             if args.checkpoint:
                 command += ["--checkpoint", args.checkpoint]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode:
-                print(f"{precision:<9} {batch:>5} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+                print(f"{precision:<11} {batch:>5} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
                 continue
             row = json.loads(result.stdout.strip().splitlines()[-1])
             outputs[(precision, batch)] = row["output"]
-            print(f"{precision:<9} {batch:>5} {row['frames_per_s']:>9.2f} {row['seconds_per_frame']:>8.3f} "
-                  f"{row['gflops']:>8.0f} {row['peak_mib']:>9.0f}", flush=True)
+            reference_seconds.setdefault(batch, row["seconds_per_frame"] if precision == "fp32" else None)
+            base = reference_seconds.get(batch)
+            speedup = f"{base / row['seconds_per_frame']:.2f}x" if base else "-"
+            psnr = _psnr(outputs.get(("fp32", batch)), row["output"]) if precision != "fp32" else "-"
+            print(f"{precision:<11} {batch:>5} {row['frames_per_s']:>9.2f} {row['seconds_per_frame']:>8.3f} "
+                  f"{speedup:>8} {row['gflops']:>8.0f} {row['peak_mib']:>9.0f} {psnr:>12}", flush=True)
     height, width = row["size"]
     print(f"({row['gflop_per_frame']:.1f} GFLOP per {height}x{width} frame; channels_last; "
           f"{torch.get_num_threads()} threads)")
-    for batch in args.batches:
-        if ("fp32", batch) in outputs and ("bf16", batch) in outputs:
-            reference, candidate = torch.load(outputs[("fp32", batch)]), torch.load(outputs[("bf16", batch)])
-            mse = (reference - candidate).pow(2).mean().item()
-            print(f"PSNR of bf16 against fp32 output, batch {batch}: {10 * torch.log10(torch.tensor(1 / mse)).item():.1f} dB")
-            break
     if args.skip_streaming:
         return
     with tempfile.TemporaryDirectory() as folder:

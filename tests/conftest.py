@@ -11,6 +11,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 sys.path.insert(0, ROOT)
+# Inference on the reference engine unless a test asks for another (tests/test_engines.py), and an engine
+# cache of the test session's own, never the user's ~/.cache/kpmask.
+os.environ.setdefault("KPMASK_ENGINE", "torch")
+os.environ.setdefault("KPMASK_CACHE", os.path.join(__import__("tempfile").mkdtemp(prefix="kpmask-tests-"), "cache"))
 
 from modules.config import load_config  # noqa: E402
 

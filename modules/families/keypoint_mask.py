@@ -14,6 +14,7 @@ from modules.checkpoint import load_state_strict
 from modules.config import (CommonParams, Config, DetectorSettings, GeneratorParams, GeneratorTrainParams,
                             KPDetectorParams)
 from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
+from modules.engines import ExportPart
 from modules.errors import ConfigError, ConfigWarning
 from modules.family import Family, StepContext, StepOutput, Trainable, register
 from modules.generator import GeneratorOutput, FrameGenerator, build_frame_generator
@@ -296,10 +297,24 @@ def map_legacy(data: dict, file: str) -> None:
 
 
 
+def export_parts(params: KeypointMaskParams) -> tuple[ExportPart, ...]:
+    """What an exported engine runs: the detector (frames -> keypoints and heatmaps) and the two generators
+    (source, its mask, the driving mask -> predictions). Masks, circles and relative motion stay in PyTorch."""
+    def frames(part: nn.Module, size: tuple[int, int]) -> tuple:
+        return (torch.rand(2, 3, *size),)
+
+    def generator_inputs(part: nn.Module, size: tuple[int, int]) -> tuple:
+        mask = tuple(int(round(side * params.common_params.scale_factor)) for side in size)
+        return torch.rand(2, 3, *size), torch.rand(2, 1, *mask), torch.rand(2, 1, *mask)
+
+    return (ExportPart("mask.detector", ("frames",), frames),
+            ExportPart("generator", ("source", "source_mask", "driving_mask"), generator_inputs))
+
+
 FAMILY = register(Family(
     name="keypoint_mask", model_params=KeypointMaskParams, train_params=GeneratorTrainParams,
     build=build, load=load, trainable=trainable, networks=("kp_detector", "generator"),
     title=lambda params: f"{params.mask_params.kind} mask",
     relative_motion=lambda params: params.mask_params.kind == "circles",
     check=check, frame_size_problem=lambda size, params: high_res_size_problem(size, params.generator_params),
-    map_legacy=map_legacy, needs_pretrained_detector=True))
+    map_legacy=map_legacy, needs_pretrained_detector=True, export_parts=export_parts))
