@@ -33,7 +33,7 @@ from frames_dataset import frames_to_tensor
 from modules.engines import load_for_inference
 from modules.errors import UserError
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
-from modules.precision import autocast, autocast_dtype
+from modules.precision import autocast, autocast_dtype, inference_precision
 from modules.outputs import check_output_file, default_result, results_folder, side_by_side_path
 from modules.video_io import WRITABLE_EXTENSIONS, VideoWriter, load_image, open_video, resize_frame
 
@@ -134,9 +134,10 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     side_path = side_by_side_path(result_video) if visualize else None
     if side_path:
         check_output_file(side_path, what="--visualize", inputs=inputs, overwrite=overwrite)
+    precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, engine_line = load_for_inference(
         checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision)
-    print(engine_line)
+    print(precision_line + "; " + engine_line)
     model.to(memory_format=torch.channels_last)
     motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     if fit not in FITS:
@@ -214,9 +215,10 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
     ``<source>__<driving>.mp4`` and ``png/<source>__<driving>.png`` (the prediction's frames side by side)."""
     from frames_dataset import FramesDataset, PairedDataset
 
+    precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, engine_line = load_for_inference(
         checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision)
-    print(engine_line)
+    print(precision_line + "; " + engine_line)
     model.to(memory_format=torch.channels_last)
     motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
     dataset = FramesDataset.from_config(config.dataset_params, is_train=False)

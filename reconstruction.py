@@ -33,6 +33,7 @@ import logger as run_log
 from modules.engines import load_for_inference
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.outputs import results_folder
+from modules.precision import autocast, autocast_dtype, inference_precision
 from modules.video_io import VideoWriter
 
 CANDIDATES = ("prediction", "copy_source")
@@ -41,13 +42,14 @@ CANDIDATES = ("prediction", "copy_source")
 def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int = 8,
                 exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None,
                 config_path: Optional[str] = None, ablation: Optional[str] = None,
-                engine: Optional[str] = None) -> dict[str, Any]:
+                engine: Optional[str] = None, precision: Optional[str] = None) -> dict[str, Any]:
     """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
     from frames_dataset import FramesDataset
 
+    precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, engine_line = load_for_inference(checkpoint_path, device, config_path=config_path,
-                                                                ablation=ablation, engine=engine)
-    print(engine_line)
+                                                                ablation=ablation, engine=engine, precision=precision)
+    print(precision_line + "; " + engine_line)
     params = config.reconstruction_params
     if exclude_first_frame is None:
         exclude_first_frame = params.exclude_first_frame
@@ -67,6 +69,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
             for index in range(count):
                 video = dataset.video(index)
                 values = reconstruct_video(model, video, scorer, out_dir, config, device=device,
+                                           dtype=autocast_dtype(precision, device),
                                            batch_size=batch_size, exclude_first_frame=exclude_first_frame,
                                            progress=progress)
                 per_video[video.name] = {"frames": len(values["prediction_l1"])} | \
@@ -84,7 +87,8 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
 
 
 def reconstruct_video(model, video, scorer: FrameScorer, out_dir: str, config, *, device: torch.device,
-                      batch_size: int, exclude_first_frame: bool, progress: tqdm) -> dict[str, list[float]]:
+                      batch_size: int, exclude_first_frame: bool, progress: tqdm,
+                      dtype: Optional[torch.dtype] = None) -> dict[str, list[float]]:
     """One test video rebuilt from its frame 0: ``<name><format>`` (the side-by-side columns) and
     ``png/<name>.png`` (the prediction's frames) in ``out_dir``; returns the per-frame scores of the
     prediction and of copying the source ({"<candidate>_<metric>": values})."""
@@ -98,16 +102,18 @@ def reconstruct_video(model, video, scorer: FrameScorer, out_dir: str, config, *
                      fps=video.fps or 25) as writer:
         for number, frames in enumerate(video.iter_frames(batch_size)):
             driving = frames_to_tensor(frames).to(device)
-            if state is None:
-                state = model.encode_source(driving[:1])          # frame 0 is the source
+            with autocast(device, dtype):
+                if state is None:
+                    state = model.encode_source(driving[:1])          # frame 0 is the source
+                output = model.reconstruct(state, driving)
+            if number == 0:
                 source_landmarks = scorer.landmarks(driving[:1])
-            output = model.reconstruct(state, driving)
             source = state.image.expand_as(driving)
             first = 1 if exclude_first_frame and number == 0 else 0
             if first < len(driving):
                 target = scorer.target(driving[first:], source=state.image)
                 copies = None if source_landmarks is None else repeat_landmarks(source_landmarks, len(driving) - first)
-                for who, frames_out, found in (("prediction", output.prediction[first:], None),
+                for who, frames_out, found in (("prediction", output.prediction[first:].float(), None),
                                                ("copy_source", source[first:], copies)):
                     for name, per_frame in scorer.score(frames_out, target, found).items():
                         values[f"{who}_{name}"] += per_frame.tolist()

@@ -98,10 +98,11 @@ def _add_train_arguments(train: argparse._ArgumentGroup) -> None:
                             "use its weights and config")
     train.add_argument("--init_checkpoint", default=None,
                        help="start a new run from this checkpoint's weights (fine-tuning): new optimizer, epoch 0")
-    train.add_argument("--mixed_precision", choices=("no", "bf16", "fp16"), default=None,
-                       help="train: overrides train_params.mixed_precision: bf16 autocast (CPU or GPU), fp16 "
-                            "with a gradient scaler (GPU); animate: bf16 is about 4x faster on CPUs with AMX "
-                            "(default: fp32)")
+    train.add_argument("--mixed_precision", choices=("auto", "no", "bf16", "fp16"), default=None,
+                       help="train: overrides train_params.mixed_precision (no, bf16 autocast, fp16 with a "
+                            "gradient scaler on GPU); reconstruction and animate: auto (the default, or "
+                            "$KPMASK_PRECISION) runs bf16 where the CPU has AMX or AVX512-BF16 (about 4x faster "
+                            "there) and fp32 elsewhere, where bf16 is emulated and slower")
     train.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                        help="overrides train_params.channels_last")
     train.add_argument("--max_steps", type=positive_int, default=None,
@@ -132,8 +133,12 @@ def choose_device(name: str) -> "torch.device":  # noqa: F821 (torch is imported
 
 def train(args: argparse.Namespace) -> None:
     """Train the generators (see train.py); torchrun starts one of these per process for DDP."""
+    from modules.errors import UserError
     from train import TrainOptions, run_training
 
+    if args.mixed_precision == "auto":
+        raise UserError("--mixed_precision auto is for reconstruction and animate; training takes no, bf16 or fp16 "
+                        "(default: the config's train_params.mixed_precision, so that a resume stays exact)")
     run_training(TrainOptions(
         config=args.config, checkpoint=args.checkpoint, init_checkpoint=args.init_checkpoint,
         checkpoint_with_kp=args.checkpoint_with_kp, log_dir=args.log_dir, device=choose_device(args.device),
@@ -150,7 +155,7 @@ def reconstruction(args: argparse.Namespace) -> None:
         raise UserError("--mode reconstruction needs --checkpoint (a training checkpoint or its run folder)")
     reconstruct(args.checkpoint, choose_device(args.device), batch_size=args.batch_size or 8,
                 exclude_first_frame=args.exclude_first_frame, config_path=args.config, ablation=args.ablation,
-                engine=args.engine)
+                engine=args.engine, precision=args.mixed_precision)
 
 
 def animate(args: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ sys.path.insert(0, ROOT)
 # Inference on the reference engine unless a test asks for another (tests/test_engines.py), and an engine
 # cache of the test session's own, never the user's ~/.cache/kpmask.
 os.environ.setdefault("KPMASK_ENGINE", "torch")
+os.environ.setdefault("KPMASK_PRECISION", "no")          # fp32 figures on every CPU (auto is tested on its own)
 os.environ.setdefault("KPMASK_CACHE", os.path.join(__import__("tempfile").mkdtemp(prefix="kpmask-tests-"), "cache"))
 
 from modules.config import load_config  # noqa: E402

@@ -79,7 +79,8 @@ def test_auto_measures_once_says_what_it_chose_and_caches_it(tmp_path, cache, ca
     args = ("--checkpoint", SHIPPED_CIRCLES, "--source_image", source, "--driving_video", driving,
             "--engine", "auto", "--overwrite", "--result_video", str(tmp_path / "out.mp4"))
     assert animate(*args) == 0
-    line = next(text for text in capsys.readouterr().out.splitlines() if text.startswith("engine:"))
+    line = next(text for text in capsys.readouterr().out.splitlines() if "engine:" in text)
+    line = line[line.index("engine:"):]                        # after "precision: ...; "
     assert "auto, measured on this CPU: torch" in line and "onnxruntime" in line
     with open(cache / "engine-choices.json") as stream:
         (choice,) = json.load(stream).values()
@@ -126,3 +127,26 @@ def test_a_damaged_cached_graph_is_exported_again(cache):
     with torch.inference_mode():
         state = model.encode_source(torch.rand(1, 3, 64, 64))
         assert model.animate(state, torch.rand(2, 3, 64, 64)).prediction.shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 amx_bf16 avx512f", "bf16"), ("fpu avx2 avx512_bf16", "bf16"),
+                                             ("fpu sse4_2 avx2 fma", "no")])
+def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, monkeypatch, flags, expected):
+    from modules import precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(precision, "CPUINFO", str(cpuinfo))
+    monkeypatch.delenv("KPMASK_PRECISION", raising=False)
+    chosen, line = precision.inference_precision(None, torch.device("cpu"))
+    assert chosen == expected
+    assert line.startswith("precision: bf16 (auto: this CPU has") if expected == "bf16" else \
+        "precision: fp32 (auto: no native bf16" in line
+    assert precision.inference_precision("no", torch.device("cpu"))[0] == "no"       # an explicit choice stays
+
+
+def test_auto_precision_is_refused_for_training(capsys):
+    assert run.main(["--mode", "train", "--config", config_path("tiny-heatmap.yaml"), "--mixed_precision",
+                     "auto"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--mixed_precision auto is for reconstruction and animate" in error
