@@ -65,11 +65,12 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
         per_video: dict[str, dict[str, Any]] = {}
         pooled: dict[str, list[float]] = {f"{who}_{name}": [] for who in CANDIDATES for name in scorer.metrics}
         progress = tqdm(total=sum(dataset.num_frames(i) for i in range(count)), unit="frame", dynamic_ncols=True)
+        dtype = autocast_dtype(precision, device)
         with torch.inference_mode():
             for index in range(count):
                 video = dataset.video(index)
                 values = reconstruct_video(model, video, scorer, out_dir, config, device=device,
-                                           dtype=autocast_dtype(precision, device),
+                                           dtype=dtype,
                                            batch_size=batch_size, exclude_first_frame=exclude_first_frame,
                                            progress=progress)
                 per_video[video.name] = {"frames": len(values["prediction_l1"])} | \

@@ -248,6 +248,7 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
                 choices = json.load(stream)
         except (OSError, ValueError):
             choices = {}                      # a damaged cache is measured again
+    candidate = None                          # the timed onnxruntime copy, kept if it wins
     if choice_key not in choices:
         try:
             _import_onnxruntime()
@@ -265,7 +266,10 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
     chosen = choices[choice_key]
     times = ", ".join(f"{name} {seconds * 1000:.1f} ms/frame" for name, seconds in chosen["times"].items())
     if chosen["engine"] == "onnxruntime":
-        use_onnxruntime(model, parts, size, key)
+        if candidate is not None:             # measured just now: keep the timed copy
+            model = candidate
+        else:                                 # chosen earlier: this run's model gets the cached graphs
+            use_onnxruntime(model, parts, size, key)
     return model, chosen["engine"], f"engine: {chosen['engine']} (auto, measured on this CPU: {times})"
 
 
