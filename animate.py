@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import logger as run_log
 from frames_dataset import frames_to_tensor
-from modules.engines import load_for_inference
+from modules.engines import dataset_frames, load_for_inference
 from modules.errors import UserError
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.precision import autocast, autocast_dtype, inference_precision
@@ -38,6 +38,7 @@ from modules.outputs import check_output_file, default_result, results_folder, s
 from modules.video_io import WRITABLE_EXTENSIONS, VideoWriter, load_image, open_video, resize_frame
 
 FITS = ("crop", "resize")
+CALIBRATION_FRAMES = 8                 # --mixed_precision int8: the driving frames it calibrates on
 
 
 def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
@@ -118,6 +119,18 @@ def stream_animation(model, source: np.ndarray, batches: Iterator[np.ndarray], w
         progress.update(len(frames))
 
 
+def first_frames(source_image: str, driving_video: str, fit: str, count: int = CALIBRATION_FRAMES):
+    """int8's calibration frames for ``load_for_inference`` (read only when int8 asks): config -> (the source
+    (1, 3, H, W), the driving video's first ``count`` frames (n, 3, H, W)), fitted as the animation fits them."""
+    def frames(config) -> tuple[torch.Tensor, torch.Tensor]:
+        size = config.dataset_params.size
+        source = fit_frame(load_image(source_image), size, fit)
+        driving = next(open_video(driving_video).iter_frames(count))
+        return (frames_to_tensor(source[None]),
+                frames_to_tensor(np.stack([fit_frame(frame, size, fit) for frame in driving])))
+    return frames
+
+
 def animate_single(checkpoint_path: str, source_image: str, driving_video: str, *, device: torch.device,
                    result_video: Optional[str] = None, motion: Optional[str] = None, adapt_scale: bool = False,
                    fit: str = "crop", batch_size: int = 8, visualize: bool = False,
@@ -134,14 +147,15 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     side_path = side_by_side_path(result_video) if visualize else None
     if side_path:
         check_output_file(side_path, what="--visualize", inputs=inputs, overwrite=overwrite)
+    if fit not in FITS:
+        raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
     precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, engine_line = load_for_inference(
-        checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision)
+        checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision,
+        calibrate=first_frames(source_image, driving_video, fit))
     print(precision_line + "; " + engine_line)
     model.to(memory_format=torch.channels_last)
     motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])
-    if fit not in FITS:
-        raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
     if find_best_frame and motion != "relative":
         raise UserError("--find_best_frame picks the reference frame of relative motion; absolute motion has "
                         "none (use a circles or FOMM checkpoint with --motion relative)")
@@ -217,7 +231,8 @@ def animate_dataset(checkpoint_path: str, *, device: torch.device, motion: Optio
 
     precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, engine_line = load_for_inference(
-        checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision)
+        checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision,
+        calibrate=dataset_frames)
     print(precision_line + "; " + engine_line)
     model.to(memory_format=torch.channels_last)
     motion, adapt_scale = choose_motion(config, motion, adapt_scale, checkpoint["path"])

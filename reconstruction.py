@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 import logger as run_log
-from modules.engines import load_for_inference
+from modules.engines import dataset_frames, load_for_inference
 from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
 from modules.outputs import results_folder
 from modules.precision import autocast, autocast_dtype, inference_precision
@@ -48,7 +48,8 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
 
     precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, engine_line = load_for_inference(checkpoint_path, device, config_path=config_path,
-                                                                ablation=ablation, engine=engine, precision=precision)
+                                                                ablation=ablation, engine=engine, precision=precision,
+                                                                calibrate=dataset_frames)
     print(precision_line + "; " + engine_line)
     params = config.reconstruction_params
     if exclude_first_frame is None:

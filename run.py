@@ -54,10 +54,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="reconstruction: leave frame 0 (the source) out of the metrics, as the "
                              "perturbed-masks paper does (default: FOMM's protocol, frame 0 counted)")
     parser.add_argument("--seed", type=int, default=None, help="overrides train_params.seed (default 0)")
-    parser.add_argument("--engine", choices=("auto", "torch", "onnxruntime"), default=None,
-                        help="reconstruction and animate: torch (eager PyTorch, the reference), onnxruntime (the "
-                             "model's parts exported to ONNX once and cached), or auto (the faster of them, "
-                             "measured on this CPU at first use and cached; the default, or $KPMASK_ENGINE)")
+    parser.add_argument("--engine", choices=("auto", "torch", "torch-opt", "onnxruntime", "openvino"), default=None,
+                        help="reconstruction and animate: torch (eager PyTorch, the reference), torch-opt (PyTorch "
+                             "with BatchNorm folded and sub-pixel up blocks, exact), onnxruntime or openvino (the "
+                             "model's parts exported to ONNX once and cached), or auto (the fastest, measured on "
+                             "this CPU at first use and cached; the default, or $KPMASK_ENGINE)")
     parser.add_argument("--ablation", choices=("none", "no_pert", "no_ref", "no_id"), default=None,
                         help="reconstruction and animate, perturbed-masks checkpoints: run the paper's ablation "
                              "(no_pert: no P_test; no_ref: no refinement; no_id: neither) instead of the config's; "
@@ -98,11 +99,12 @@ def _add_train_arguments(train: argparse._ArgumentGroup) -> None:
                             "use its weights and config")
     train.add_argument("--init_checkpoint", default=None,
                        help="start a new run from this checkpoint's weights (fine-tuning): new optimizer, epoch 0")
-    train.add_argument("--mixed_precision", choices=("auto", "no", "bf16", "fp16"), default=None,
+    train.add_argument("--mixed_precision", choices=("auto", "no", "bf16", "fp16", "int8"), default=None,
                        help="train: overrides train_params.mixed_precision (no, bf16 autocast, fp16 with a "
                             "gradient scaler on GPU); reconstruction and animate: auto (the default, or "
                             "$KPMASK_PRECISION) runs bf16 where the CPU has AMX or AVX512-BF16 (about 4x faster "
-                            "there) and fp32 elsewhere, where bf16 is emulated and slower")
+                            "there) and fp32 elsewhere, where bf16 is emulated and slower; int8 runs the exported "
+                            "parts quantised, calibrated on the run's first frames, and prints its PSNR against fp32")
     train.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                        help="overrides train_params.channels_last")
     train.add_argument("--max_steps", type=positive_int, default=None,
@@ -136,8 +138,9 @@ def train(args: argparse.Namespace) -> None:
     from modules.errors import UserError
     from train import TrainOptions, run_training
 
-    if args.mixed_precision == "auto":
-        raise UserError("--mixed_precision auto is for reconstruction and animate; training takes no, bf16 or fp16 "
+    if args.mixed_precision in ("auto", "int8"):
+        raise UserError(f"--mixed_precision {args.mixed_precision} is for reconstruction and animate; training takes "
+                        "no, bf16 or fp16 "
                         "(default: the config's train_params.mixed_precision, so that a resume stays exact)")
     run_training(TrainOptions(
         config=args.config, checkpoint=args.checkpoint, init_checkpoint=args.init_checkpoint,

@@ -28,7 +28,7 @@ setup(
         "test": ["pytest"],
         # --engine onnxruntime / auto: the exported parts run in ONNX Runtime (onnx 1.22 is the newest that
         # co-installs with the metrics extra's protobuf < 5)
-        "engines": ["onnx>=1.16,<1.23", "onnxruntime>=1.17"],
+        "engines": ["onnx>=1.16,<1.23", "onnxruntime>=1.17", "openvino>=2025.0"],
         # Landmark metrics (AKD, MKR, AED) and --find_best_frame on real videos. mediapipe 0.10.14 needs
         # protobuf < 5; tensorboard 2.21 needs protobuf >= 6.31, so the extra holds tensorboard below it.
         "metrics": ["mediapipe==0.10.14", "protobuf>=4.25,<5", "tensorboard<2.21", "dlib-bin",

@@ -1,14 +1,18 @@
-"""Animation speed: frames/s, achieved GFLOP/s and peak memory of 256x256 animation, plus streaming memory.
+"""Animation speed per engine and precision: s/frame, speed-up over the eager fp32 path, achieved GFLOP/s and
+its fraction of this CPU's convolution rate, peak memory, PSNR against the eager fp32 output; plus streaming memory.
 
-    python benchmarks/animate_speed.py [--checkpoint CKPT] [--batches 1 2 4 8] [--frames 16]
+    python benchmarks/animate_speed.py [--checkpoint CKPT] [--batches 1 4] [--frames 8] [--settings ...]
 
-Part 1 times ``model.animate`` (driving mask + both generators, the source encoded once) for each batch size,
-in fp32 and bf16 autocast, channels_last, each setting in a fresh process (peak memory is a per-process
-high-water mark), and gives the PSNR of the bf16 output against the fp32 output on the same frames. Without
---checkpoint: the taichi-256 networks with RANDOM weights on noise frames (speed is representative, the PSNR
-says little about a trained model, and the output says so). With --checkpoint: its weights at its frame size,
-driven by its dataset's test frames when they are on disk. Part 2 animates a 100-frame and a 2,000-frame driving video with a
-tiny checkpoint through the real ``run.py --mode animate`` path and compares their peak memory.
+Part 1 times ``model.animate`` (driving mask + both generators, the source encoded once) for each setting
+(``torch``: eager fp32, the reference; ``torch-bf16``: eager bf16 autocast; ``torch-opt``, ``onnxruntime``,
+``openvino``: the engines of modules/engines.py in fp32; ``-int8``: their quantised graphs, calibrated on 4
+frames that are not timed) and batch size, all on the same frames, channels_last, each in a fresh process
+(peak memory is a per-process high-water mark). The fraction of the CPU's rate divides the PyTorch model's
+FLOPs per second by a 256 -> 256 channel 3x3 convolution's measured rate. Without --checkpoint: the taichi-256
+networks with RANDOM weights on noise frames (speed is representative, the PSNRs say little about a trained
+model, and the output says so). With --checkpoint: its weights at its frame size, driven by its dataset's test
+frames when they are on disk. Part 2 animates a 100-frame and a 2,000-frame driving video with a tiny
+checkpoint through the real ``run.py --mode animate`` path and compares their peak memory.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def _model_and_frames(checkpoint: str | None, frames: int):
+def _model_and_frames(checkpoint: str | None, frames: int, size: int = 256):
     """(model in eval mode, source (1, 3, H, W), driving (frames, 3, H, W)). With a checkpoint: its weights, its
     frame size and, when its dataset is on disk, real test frames (the first test video's frame 0 drives
     nothing; the driving frames come from the next videos). Otherwise taichi-256 with random weights and noise."""
@@ -53,66 +57,101 @@ def _model_and_frames(checkpoint: str | None, frames: int):
                 index += 1
             return model, source, torch.cat(driving)[:frames]
     else:
-        height = width = 256
+        height = width = size
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.manual_seed(0)
-            model = build_model(load_config(os.path.join(ROOT, "config", "taichi-256-heatmap.yaml"))).eval()
+            model = build_model(_config_of(None, size)).eval()
     return (model, torch.rand(1, 3, height, width, generator=generator),
             torch.rand(frames, 3, height, width, generator=generator))
 
 
-def _config_of(checkpoint: str | None):
+def _config_of(checkpoint: str | None, size: int = 256):
     from modules.config import config_from_dict, load_config
 
-    if checkpoint is None:
-        return load_config(os.path.join(ROOT, "config", "taichi-256-heatmap.yaml"))
+    if checkpoint is None:                 # the taichi-256 networks, at ``size`` px
+        config = load_config(os.path.join(ROOT, "config", "taichi-256-heatmap.yaml")).to_dict()
+        config["dataset_params"]["frame_shape"] = [size, size, 3]
+        return config_from_dict(config, f"taichi-256-heatmap.yaml at {size} px")
     from modules.checkpoint import read_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     return config_from_dict(read_checkpoint(path)["config"], path)
 
 
-def measure(precision: str, batch: int, frames: int, checkpoint: str | None) -> dict:
+SETTINGS = ("torch", "torch-bf16", "torch-fp16", "torch-opt", "torch-opt-bf16", "torch-opt-fp16", "onnxruntime",
+            "openvino", "onnxruntime-int8", "openvino-int8")
+
+
+def measure(setting: str, batch: int, frames: int, checkpoint: str | None, size: int = 256,
+            device_name: str = "cpu", repeats: int = 3) -> dict:
+    """One row: ``setting`` is an engine of modules/engines.py, with ``-int8`` its quantised graphs (calibrated
+    on the source and 4 frames that are not timed), ``-bf16``/``-fp16`` autocast (fp16: CUDA)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from modules import engines
+    from modules.export import capture_inputs
     from modules.summary import peak_memory_mib
 
-    model, source, driving = _model_and_frames(checkpoint, frames)
-    model = model.to(memory_format=torch.channels_last)
-    source = source.contiguous(memory_format=torch.channels_last)
-    driving = driving.contiguous(memory_format=torch.channels_last)
-    dtype = torch.bfloat16 if precision == "bf16" else None
+    device = torch.device(device_name)
+    model, source, driving = _model_and_frames(checkpoint, frames + 4, size)
+    driving, calibration = driving[:frames], driving[frames:]
+    dtype = torch.bfloat16 if setting.endswith("-bf16") else torch.float16 if setting.endswith("-fp16") else None
+    engine = setting.removesuffix("-int8").removesuffix("-bf16").removesuffix("-fp16")
+    if engine in engines.EXPORTED and device.type != "cpu":
+        raise SystemExit(f"skipped: the exported engines run on the CPU, not {device}")
+    layout = torch.channels_last
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            model.animate(model.encode_source(source), driving[:1])
+        flops_per_frame = counter.get_total_flops()         # of the PyTorch model, whatever runs it below
+    if engine != "torch":
+        config = _config_of(checkpoint, size)
+        os.environ["KPMASK_CACHE"] = tempfile.mkdtemp(prefix="animate-speed-")     # export afresh
+        parts = config.record.export_parts(config.model_params)
+        samples = capture_inputs(model, parts, source, calibration) if setting.endswith("-int8") else None
+        model = engines.prepare(model, engine, parts, tuple(source.shape[-2:]), "0" * 64, samples)
+    model = model.to(device, memory_format=layout)
+    source, driving = (x.to(device).contiguous(memory_format=layout) for x in (source, driving))
 
     def run(chunk: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            return model.animate(state, chunk).prediction.float()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return model.animate(state, chunk).prediction.float().cpu()        # .cpu() waits for a GPU
 
     with torch.inference_mode():
         state = model.encode_source(source)
-        with FlopCounterMode(display=False) as counter:
-            run(driving[:1])
-        flops_per_frame = counter.get_total_flops()         # of the PyTorch model, whatever runs it below
-        if precision == "onnxruntime":          # the exported parts in ONNX Runtime, fp32 (a fresh cache)
-            from modules import engines
-
-            config = _config_of(checkpoint)
-            os.environ["KPMASK_CACHE"] = tempfile.mkdtemp(prefix="animate-speed-")
-            engines.use_onnxruntime(model, config.record.export_parts(config.model_params),
-                                    tuple(source.shape[-2:]), "benchmark")
-            state = model.encode_source(source)
         run(driving[:batch])                                   # warm-up
-        start = time.perf_counter()
-        outputs = [run(driving[i:i + batch]) for i in range(0, frames, batch)]
-        seconds = time.perf_counter() - start
-    output_path = os.path.join(tempfile.gettempdir(), f"animate-speed-{precision}-{batch}.pt")
+        passes = []
+        for _ in range(repeats):   # the fastest pass: the least disturbed by other work on a shared machine
+            start = time.perf_counter()
+            outputs = [run(driving[i:i + batch]) for i in range(0, frames, batch)]
+            passes.append(time.perf_counter() - start)
+        seconds = min(passes)
+    rate = conv_rate() if device.type == "cpu" else None      # measured in this process, beside its rows
+    output_path = os.path.join(tempfile.gettempdir(), f"animate-speed-{setting}-{batch}.pt")
     torch.save(torch.cat(outputs), output_path)
-    return {"precision": precision, "batch": batch, "frames_per_s": frames / seconds,
+    return {"setting": setting, "batch": batch, "frames_per_s": frames / seconds,
             "seconds_per_frame": seconds / frames, "gflops": flops_per_frame * frames / seconds / 1e9,
-            "gflop_per_frame": flops_per_frame / 1e9, "peak_mib": peak_memory_mib(torch.device("cpu")),
-            "size": list(driving.shape[-2:]),
-            "output": output_path}
+            "gflop_per_frame": flops_per_frame / 1e9, "peak_mib": peak_memory_mib(device),
+            "size": list(driving.shape[-2:]), "output": output_path, "conv_rate": rate}
+
+
+def conv_rate(repeats: int = 10) -> float:
+    """This CPU's fp32 3x3 convolution rate (GFLOP/s): 256 -> 256 channels at 64x64, channels_last, the
+    fastest of ``repeats`` (the shape the taichi-256 residual blocks run most)."""
+    import torch
+
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.rand(1, 256, 64, 64).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        conv(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            conv(x)
+            times.append(time.perf_counter() - start)
+    return 2 * 256 * 256 * 9 * 64 * 64 / min(times) / 1e9
 
 
 def _psnr(reference_path: str | None, candidate_path: str) -> str:
@@ -179,43 +218,51 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="a training checkpoint: its weights, frame size and test frames (default: taichi-256 "
                              "with random weights on noise)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--frames", type=int, default=16, help="frames timed per setting")
-    parser.add_argument("--settings", nargs="+", default=["fp32", "bf16", "onnxruntime"],
-                        help="fp32 and bf16: PyTorch eager (bf16 autocast); onnxruntime: the exported parts, fp32")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--frames", type=int, default=8, help="frames timed per setting")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
+                        help="engines (modules/engines.py) and precisions; torch is the fp32 eager reference")
     parser.add_argument("--skip_streaming", action="store_true")
+    parser.add_argument("--size", type=int, default=256, help="frame side of the taichi-256 networks (no --checkpoint)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the exported engines are skipped on cuda)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.frames, args.checkpoint)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.frames, args.checkpoint, args.size, args.device)))
         return
     import torch
 
     if not args.checkpoint:
-        print("NOTE: RANDOM weights (no --checkpoint): speed is representative, the bf16 PSNR is not")
-    print(f"{'setting':<11} {'batch':>5} {'frames/s':>9} {'s/frame':>8} {'speed-up':>8} {'GFLOP/s':>8} "
-          f"{'peak MiB':>9} {'PSNR vs fp32':>12}")
-    outputs, reference_seconds = {}, {}
-    for precision in args.settings:
+        print("NOTE: RANDOM weights (no --checkpoint): speed is representative, the PSNRs are not")
+    print(f"{'setting':<17} {'batch':>5} {'s/frame':>8} {'speed-up':>8} {'GFLOP/s':>8} {'of conv rate':>12} "
+          f"{'peak MiB':>9} {'PSNR vs torch':>13}")
+    outputs, reference_seconds, row = {}, {}, None
+    for setting in args.settings:
         for batch in args.batches:
-            command = [sys.executable, __file__, "--one", precision, str(batch), "--frames", str(args.frames)]
+            command = [sys.executable, __file__, "--one", setting, str(batch), "--frames", str(args.frames),
+                       "--size", str(args.size), "--device", args.device]
             if args.checkpoint:
                 command += ["--checkpoint", args.checkpoint]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode:
-                print(f"{precision:<11} {batch:>5} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+                message = (result.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"{setting:<17} {batch:>5} {'' if message.startswith('skipped') else 'failed: '}{message}")
                 continue
             row = json.loads(result.stdout.strip().splitlines()[-1])
-            outputs[(precision, batch)] = row["output"]
-            reference_seconds.setdefault(batch, row["seconds_per_frame"] if precision == "fp32" else None)
+            outputs[(setting, batch)] = row["output"]
+            if setting == "torch":
+                reference_seconds[batch] = row["seconds_per_frame"]
             base = reference_seconds.get(batch)
             speedup = f"{base / row['seconds_per_frame']:.2f}x" if base else "-"
-            psnr = _psnr(outputs.get(("fp32", batch)), row["output"]) if precision != "fp32" else "-"
-            print(f"{precision:<11} {batch:>5} {row['frames_per_s']:>9.2f} {row['seconds_per_frame']:>8.3f} "
-                  f"{speedup:>8} {row['gflops']:>8.0f} {row['peak_mib']:>9.0f} {psnr:>12}", flush=True)
-    height, width = row["size"]
-    print(f"({row['gflop_per_frame']:.1f} GFLOP per {height}x{width} frame; channels_last; "
-          f"{torch.get_num_threads()} threads)")
+            psnr = _psnr(outputs.get(("torch", batch)), row["output"]) if setting != "torch" else "-"
+            rate = row["conv_rate"]                  # this CPU's 3x3 convolution rate, measured beside the row
+            of_conv = f"{row['gflops'] / rate:.0%} of {rate:.0f}" if rate else "-"
+            print(f"{setting:<17} {batch:>5} {row['seconds_per_frame']:>8.3f} {speedup:>8} {row['gflops']:>8.0f} "
+                  f"{of_conv:>12} {row['peak_mib']:>9.0f} {psnr:>13}", flush=True)
+    if row:
+        height, width = row["size"]
+        print(f"(GFLOP/s counts the PyTorch model's {row['gflop_per_frame']:.1f} GFLOP per {height}x{width} frame for "
+              f"every row: the rewrites do fewer; channels_last; {torch.get_num_threads()} threads)")
     if args.skip_streaming:
         return
     with tempfile.TemporaryDirectory() as folder:

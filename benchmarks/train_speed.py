@@ -9,7 +9,8 @@ train.py runs) plus the Adam updates on random frames (data loading is measured 
 benchmarks/data_speed.py). Settings are ``config:precision:layout`` with config one of tiny
 (config/tiny-heatmap.yaml, batch 4), tiny-fomm (config/tiny-fomm.yaml, batch 4), taichi-256 (the paper's
 networks, batch 1), taichi-128 (the same networks on 128x128 frames, batch 2), taichi-256-fomm (FOMM's,
-batch 1), tiny-perturbed and taichi-256-perturbed (the perturbed-masks model, batch 4 and 1), precision fp32 or bf16 (autocast), layout nchw or nhwc (channels_last).
+batch 1), tiny-perturbed and taichi-256-perturbed (the perturbed-masks model, batch 4 and 1), precision fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler, CUDA only), layout nchw or nhwc
+(channels_last).
 """
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ def measure(setting: str, steps: int, warmup: int, device_name: str) -> dict:
     networks = trainable.networks()
     optimizers = [torch.optim.Adam(networks[name].parameters(), lr=2e-4, betas=(0.5, 0.999))
                   for name in trainable.optimized()]
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")      # fp16: CUDA only, as in train.py
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     context = step_context(device, dtype, scaler)
     height, width = config.dataset_params.size
     source = torch.rand(batch, 3, height, width, device=device).contiguous(memory_format=memory_format)
@@ -78,7 +79,8 @@ def measure(setting: str, steps: int, warmup: int, device_name: str) -> dict:
             optimizer.zero_grad(set_to_none=True)
         losses = trainable.training_step(source, driving, context).losses
         for optimizer in optimizers:
-            optimizer.step()
+            scaler.step(optimizer)
+        scaler.update()
         float(sum(losses.values()))
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -106,10 +108,10 @@ def main() -> None:
         return
     for setting in args.settings:
         parts = setting.split(":")
-        if len(parts) != 3 or parts[0] not in CONFIGS or parts[1] not in ("fp32", "bf16") or \
+        if len(parts) != 3 or parts[0] not in CONFIGS or parts[1] not in ("fp32", "bf16", "fp16") or \
                 parts[2] not in ("nchw", "nhwc"):
             sys.exit(f"error: --settings {setting!r}: expected config:precision:layout with config in "
-                     f"{', '.join(CONFIGS)}, precision fp32|bf16, layout nchw|nhwc")
+                     f"{', '.join(CONFIGS)}, precision fp32|bf16|fp16 (fp16: CUDA), layout nchw|nhwc")
     print(f"{'setting':<24} {'batch':>5} {'px':>4} {'s/step':>8} {'steps/s':>8} {'samples/s':>10} {'peak MiB':>9}")
     rows = []
     for setting in args.settings:

@@ -172,3 +172,31 @@ def _check_frame_shape(config: Config, file: str) -> None:
                 advice = f"sizes that work near it: {', '.join(map(str, nearby))}"
             raise ConfigError(f"{file}: dataset_params.frame_shape: {axis} {side} does not fit ({problem}); "
                               f"{advice}")
+
+
+def fomm_size_problem(size: int, model: Any) -> Optional[str]:
+    """FOMM: the dense motion network's and the generator's own size constraints (the detector's are shared)."""
+    generator = model.generator_params
+    dense = generator.dense_motion_params
+    motion_side = size * dense.scale_factor
+    if abs(motion_side - round(motion_side)) > 1e-6:
+        return f"{size} x dense_motion_params.scale_factor {dense.scale_factor} is not a whole number of pixels"
+    if round(motion_side) % 2 ** dense.num_blocks:
+        return (f"the dense motion network sees {round(motion_side)} px, which its {dense.num_blocks}-block "
+                f"hourglass cannot halve {dense.num_blocks} times")
+    if size % 2 ** generator.num_down_blocks:
+        return f"the generator's {generator.num_down_blocks} down blocks need a multiple of " \
+               f"{2 ** generator.num_down_blocks}"
+    return None
+
+
+def perturbed_size_problem(size: int, model: Any) -> Optional[str]:
+    """The perturbed-masks model: m and r halve frame*scale_factor num_blocks times; h halves the frame."""
+    side = round(size * model.common_params.scale_factor)
+    for name in ("mask_generator_params", "mask_refinement_params"):
+        blocks = getattr(model, name).num_blocks
+        if side % 2 ** blocks:
+            return f"{name} sees {side} px, which its {blocks}-block hourglass cannot halve {blocks} times"
+    if side - 6 < 1:
+        return f"the masks' {side} px leave nothing after their 7x7 heads"
+    return high_res_size_problem(size, model.generator_params)

@@ -1,66 +1,47 @@
 """Inference engines for animation and reconstruction: the same model, run by PyTorch or by an exported graph.
 
-``--engine torch`` is the eager fp32 path every speed-up is measured against. ``--engine onnxruntime``
-exports the family's heavy parts (its record's ``export_parts``: for the keypoint-mask family the detector
-and the two generators) to ONNX once, caches the graphs, and runs them in ONNX Runtime; everything between
-the parts (relative motion, drawing the circles, batching, video I/O) stays in PyTorch, so every mode,
-motion and flag works alike. ``--engine auto`` (the default) times each installed engine on this CPU with
-the model's own frame size at first use, keeps the faster one, and caches the choice keyed by the model
-file's hash, the frame size, the package versions and the CPU.
+- ``torch``: today's eager path, the reference every speed-up is measured against.
+- ``torch-opt``: PyTorch with the exact rewrites of modules/optimize.py (BatchNorm folded, sub-pixel up
+  blocks: 4/9 of the up blocks' multiplications). ``torch.compile`` is not used: measured on the taichi-256
+  networks (2-core AVX2 CPU, inductor with freezing) it took 68 s to compile for a further 7% per frame,
+  which pays only after some 15 minutes of video.
+- ``onnxruntime`` and ``openvino``: the family's heavy parts (its record's ``export_parts``: for the
+  keypoint-mask family the detector and the two generators) exported to ONNX once per model file and frame
+  size (modules/export.py), run by ONNX Runtime or OpenVINO; everything between the parts (relative motion,
+  drawing circles, batching, video I/O) stays in PyTorch, so every mode, motion and flag works alike.
+  ``--mixed_precision int8`` runs the parts quantised (calibrated on the run's own first frames).
+- ``auto`` (the default): times each candidate on this CPU with the model's own frame size at first use,
+  keeps the fastest and caches the choice keyed by the model file's hash, the frame size, the precision, the
+  package versions, the CPU and the thread count.
 
-The cache (exported graphs, choices) is ``$KPMASK_CACHE`` or ``~/.cache/kpmask``; ``KPMASK_ENGINE`` sets the
-default engine (the tests use ``torch``).
+The cache is ``$KPMASK_CACHE`` or ``~/.cache/kpmask``; ``KPMASK_ENGINE`` sets the default engine (the tests
+use ``torch``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from modules.errors import UserError
+from modules.export import (ExportPart, cache_dir, capture_inputs, exported_graph, file_digest, named_type,
+                            quantize_graph, samples_digest, submodule)
+from modules.optimize import rewrite_blocks
 from modules.outputs import atomic_file
 
-ENGINES = ("auto", "torch", "onnxruntime")
-OPSET = 17                                  # 4-D grid_sample (FOMM) needs 16 or later
-
-
-@dataclass(frozen=True)
-class ExportPart:
-    """One submodule of a family's inference model that an engine may run instead of PyTorch."""
-    path: str                                               # attribute path in the model, e.g. "mask.detector"
-    input_names: tuple[str, ...]
-    example: Callable[[nn.Module, tuple[int, int]], tuple]  # (the part, frame size) -> inputs of batch 2
+ENGINES = ("auto", "torch", "torch-opt", "onnxruntime", "openvino")
+EXPORTED = ("onnxruntime", "openvino")
+PINS = {"onnxruntime": "onnxruntime==1.31.1 onnx==1.22.0", "openvino": "openvino==2026.4.1"}
+Calibration = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]   # config -> (source, driving) frames
 
 
 def default_engine() -> str:
     return os.environ.get("KPMASK_ENGINE", "auto")
-
-
-def cache_dir() -> str:
-    return os.environ.get("KPMASK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kpmask")
-
-
-def _submodule(model: nn.Module, path: str) -> nn.Module:
-    module = model
-    for name in path.split("."):
-        module = getattr(module, name)
-    return module
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a model file (or of a run folder's latest checkpoint, which load_model resolved)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cpu_name() -> str:
@@ -74,122 +55,140 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _import_onnxruntime():
+def _versions() -> str:
+    import importlib.metadata
+
+    found = []
+    for name in ("torch", "onnxruntime", "openvino"):
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} -")
+    return ", ".join(found)
+
+
+def import_engine(engine: str):
+    """The package that runs an exported engine, or a one-line error saying how to install it."""
     try:
-        import onnxruntime
+        if engine == "onnxruntime":
+            import onnxruntime as package
+        else:
+            import openvino as package
     except ImportError:
-        raise UserError("--engine onnxruntime: onnxruntime is not installed (pip install onnxruntime==1.31.1 "
-                        "onnx==1.22.0, or use --engine torch)") from None
-    return onnxruntime
+        raise UserError(f"--engine {engine}: {engine} is not installed (pip install {PINS[engine]}, or use "
+                        f"--engine torch)") from None
+    return package
+
+
+def installed(engine: str) -> bool:
+    try:
+        import_engine(engine)
+    except UserError:
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Export
+# Runners: an exported part installed as the part's ``forward`` (the module keeps its other attributes)
 
-class _Flat(nn.Module):
-    """A part whose NamedTuple output is flattened to its tensor fields (ONNX has no None and no names)."""
+class ExportedPart:
+    """Runs an exported graph and rebuilds the part's NamedTuple output (None where PyTorch gave None)."""
 
-    def __init__(self, part: nn.Module, fields: Sequence[str]):
-        super().__init__()
-        self.part, self.fields = part, tuple(fields)
+    def __init__(self, path: str, meta: dict[str, Any], spec: ExportPart):
+        self.meta, self.output_type, self.spec = meta, named_type(meta["type"]), spec
+        self.threads = torch.get_num_threads()
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.part(*inputs)
-        return tuple(getattr(out, name) for name in self.fields)
+    def run(self, arrays: list) -> list:
+        raise NotImplementedError
 
-
-def export_part(part: nn.Module, inputs: tuple, input_names: Sequence[str], path: str) -> dict[str, Any]:
-    """Write ``part`` as an ONNX graph with a dynamic batch to ``path`` (atomically); returns its metadata:
-    the output type's fields, which of them are tensors (the others were None), and the input names."""
-    import warnings
-
-    part.eval()
-    with torch.no_grad():
-        sample = part(*inputs)
-    fields = [name for name in sample._fields if isinstance(getattr(sample, name), torch.Tensor)]
-    axes = {name: {0: "batch"} for name in (*input_names, *fields)}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_file(path) as partial, warnings.catch_warnings():
-        warnings.simplefilter("ignore")                      # the TorchScript exporter's deprecation notice
-        try:
-            torch.onnx.export(_Flat(part, fields), inputs, partial, dynamo=False, opset_version=OPSET,
-                              input_names=list(input_names), output_names=fields, dynamic_axes=axes)
-        except ImportError:
-            raise UserError("exporting needs the onnx package (pip install onnx==1.22.0)") from None
-        except Exception as error:                            # an operator ONNX lacks, a shape it cannot trace
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot export {type(part).__name__} to ONNX: {first[:200]}") from None
-    return {"type": type(sample).__module__ + "." + type(sample).__qualname__, "fields": list(sample._fields),
-            "tensors": fields, "inputs": list(input_names)}
+    def __call__(self, *args):
+        inputs = self.spec.inputs(*args)
+        device = inputs[0].device
+        arrays = self.run([tensor.detach().float().cpu().contiguous().numpy() for tensor in inputs])
+        outputs = {name: torch.from_numpy(array).to(device) for name, array in zip(self.meta["tensors"], arrays)}
+        if self.output_type is None:                           # a part that returns one tensor
+            return outputs["output"]
+        return self.output_type(**{name: outputs.get(name) for name in self.meta["fields"]})
 
 
-class OnnxRuntimePart:
-    """Runs an exported part in ONNX Runtime and rebuilds the part's NamedTuple output (None where the
-    PyTorch part gave None). Installed as the part's ``forward``: the module keeps its other attributes."""
-
-    def __init__(self, path: str, meta: dict[str, Any], output_type: type, threads: Optional[int] = None):
-        onnxruntime = _import_onnxruntime()
+class OnnxRuntimePart(ExportedPart):
+    def __init__(self, path: str, meta: dict[str, Any], spec: ExportPart):
+        super().__init__(path, meta, spec)
+        onnxruntime = import_engine("onnxruntime")
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = self.threads
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.meta, self.output_type = meta, output_type
-
-    def __call__(self, *inputs: torch.Tensor):
-        device = inputs[0].device
         # by position: the exporter renames an input whose name a graph node already uses
-        feed = {node.name: tensor.detach().float().cpu().contiguous().numpy()
-                for node, tensor in zip(self.session.get_inputs(), inputs)}
-        outputs = dict(zip(self.meta["tensors"], self.session.run(self.meta["tensors"], feed)))
-        return self.output_type(**{name: torch.from_numpy(outputs[name]).to(device) if name in outputs else None
-                                   for name in self.meta["fields"]})
+        self.inputs = [node.name for node in self.session.get_inputs()]
+
+    def run(self, arrays: list) -> list:
+        return self.session.run(self.meta["tensors"], dict(zip(self.inputs, arrays)))
 
 
-def use_onnxruntime(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int, int], key: str) -> None:
-    """Export each part once (cached under ``key``, the model file's hash and the frame size) and run it in
-    ONNX Runtime from now on."""
-    _import_onnxruntime()
-    folder = os.path.join(cache_dir(), "onnx", key)
+class OpenVinoPart(ExportedPart):
+    def __init__(self, path: str, meta: dict[str, Any], spec: ExportPart):
+        super().__init__(path, meta, spec)
+        openvino = import_engine("openvino")
+        self.compiled = openvino.Core().compile_model(path, "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": self.threads})
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, arrays: list) -> list:
+        results = self.request.infer(arrays)
+        return [results[port].copy() for port in self.compiled.outputs]    # the request reuses its buffers
+
+
+RUNNERS = {"onnxruntime": OnnxRuntimePart, "openvino": OpenVinoPart}
+
+
+def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int, int], model_sha256: str,
+                 engine: str, samples: Optional[dict] = None) -> None:
+    """Export each part once (cached by the model file's hash and the frame size), quantise it to int8 when
+    ``samples`` (calibration inputs per part) are given, and run it on ``engine`` from now on."""
+    import_engine(engine)
+    folder = os.path.join(cache_dir(), "onnx", f"{model_sha256[:24]}-{size[0]}x{size[1]}")
     for spec in parts:
-        part = _submodule(model, spec.path)
-        graph, meta_path = os.path.join(folder, spec.path + ".onnx"), os.path.join(folder, spec.path + ".json")
-        if not (os.path.isfile(graph) and os.path.isfile(meta_path)):
-            meta = export_part(part, spec.example(part, size), spec.input_names, graph)
-            with atomic_file(meta_path) as partial:
-                with open(partial, "w", encoding="utf-8") as stream:
-                    json.dump(meta, stream)
-        with open(meta_path, encoding="utf-8") as stream:
-            meta = json.load(stream)
+        graph, meta = exported_graph(model, spec, size, folder, model_sha256)
+        quantized = bool(samples) and spec.quantize
+        if quantized:
+            digest = samples_digest({spec.path: samples[spec.path]})
+            graph = quantize_graph(graph, samples[spec.path], os.path.join(folder, f"{spec.path}.int8-{digest}.onnx"))
         try:
-            runner = OnnxRuntimePart(graph, meta, _named_type(meta["type"]))
+            runner = RUNNERS[engine](graph, meta, spec)
         except UserError:
             raise
-        except Exception:                    # a damaged or foreign cached graph: export it again, once
+        except Exception:                    # a damaged or foreign cached graph: made again, once
             os.remove(graph)
-            meta = export_part(part, spec.example(part, size), spec.input_names, graph)
-            runner = OnnxRuntimePart(graph, meta, _named_type(meta["type"]))
-        part.forward = runner
+            graph, meta = exported_graph(model, spec, size, folder, model_sha256, fresh=not quantized)
+            if quantized:
+                graph = quantize_graph(graph, samples[spec.path], graph.replace(".onnx", f".int8-{digest}.onnx"))
+            runner = RUNNERS[engine](graph, meta, spec)
+        submodule(model, spec.path).forward = runner
 
 
-def _named_type(name: str) -> type:
-    """The NamedTuple class ``module.qualname`` a part returns."""
-    import importlib
-
-    module, _, qualname = name.rpartition(".")
-    found = importlib.import_module(module)
-    for attribute in qualname.split("."):
-        found = getattr(found, attribute)
-    return found
+def prepare(model: nn.Module, engine: str, parts: Sequence[ExportPart], size: tuple[int, int], model_sha256: str,
+            samples: Optional[dict] = None) -> nn.Module:
+    """Put ``model`` on ``engine`` (in place) and return it."""
+    if engine == "torch-opt":
+        rewrite_blocks(model)
+    elif engine in EXPORTED:
+        use_exported(model, parts, size, model_sha256, engine, samples)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Choosing
 
-def _time_animation(model: nn.Module, size: tuple[int, int], batch: int, repeats: int = 3) -> float:
-    """Median seconds per frame of ``model.animate`` on random frames (after one warm-up batch)."""
+def _time_animation(model: nn.Module, size: tuple[int, int], batch: int = 2, repeats: int = 2) -> float:
+    """Fastest seconds per frame of ``model.animate`` on random frames, channels_last as animate feeds them
+    (after one warm-up batch; the minimum is the least disturbed by other work on the machine)."""
     generator = torch.Generator().manual_seed(0)
-    source = torch.rand(1, 3, *size, generator=generator)
-    driving = torch.rand(batch, 3, *size, generator=generator)
+    layout = torch.channels_last
+    model = model.to(memory_format=layout)
+    source = torch.rand(1, 3, *size, generator=generator).contiguous(memory_format=layout)
+    driving = torch.rand(batch, 3, *size, generator=generator).contiguous(memory_format=layout)
     times = []
     with torch.inference_mode():
         state = model.encode_source(source)
@@ -198,86 +197,127 @@ def _time_animation(model: nn.Module, size: tuple[int, int], batch: int, repeats
             model.animate(state, driving)
             if attempt:
                 times.append((time.perf_counter() - started) / batch)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
-def _versions() -> str:
-    import importlib.metadata
+def candidates(engine: str, parts: Sequence[ExportPart], device: torch.device, precision: Optional[str]) -> list[str]:
+    """The engines ``engine`` may run on (one, or for auto those installed that can); a one-line error when the
+    asked engine cannot run this model, device or precision."""
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    int8, autocast = precision == "int8", precision in ("bf16", "fp16")
+    problem = ("this model family exports no parts" if not parts else
+               f"the exported engines run on the CPU; this run uses {device}" if device.type != "cpu" else
+               f"--mixed_precision {precision} is PyTorch's autocast (the exported engines run fp32 or int8)"
+               if autocast else None)
+    if engine == "auto":
+        if int8 and problem:
+            raise UserError(f"--mixed_precision int8 runs on the exported engines: {problem}")
+        found = [name for name in EXPORTED if not problem and installed(name)]
+        if int8 and not found:
+            raise UserError(f"--mixed_precision int8 needs onnxruntime or openvino (pip install {PINS['onnxruntime']})")
+        return found if int8 else ["torch", "torch-opt"] + found
+    if engine in EXPORTED:
+        if problem:
+            raise UserError(f"--engine {engine}: {problem}; use --engine torch")
+        import_engine(engine)
+    elif int8:
+        raise UserError(f"--engine {engine} with --mixed_precision int8: int8 runs on the exported engines "
+                        f"(--engine auto, onnxruntime or openvino)")
+    return [engine]
 
-    found = []
-    for name in ("torch", "onnxruntime"):
-        try:
-            found.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{name} -")
-    return ", ".join(found)
+
+def _read_choices(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return {}                             # none yet, or a damaged cache: measured again
+
+
+def _psnr(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    mse = (reference.float() - candidate.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def _int8_samples(load: Callable[[], nn.Module], parts: Sequence[ExportPart], size: tuple[int, int],
+                  calibrate: Optional[Callable[[tuple[int, int]], tuple]]) -> tuple[dict, Callable[[nn.Module], str]]:
+    """(calibration inputs per part, a function that gives an int8 model's PSNR line against fp32).
+    ``calibrate(size)`` gives the frames: source (1, 3, H, W), driving (n, 3, H, W)."""
+    if calibrate is None:
+        generator = torch.Generator().manual_seed(0)
+        frames = torch.rand(5, 3, *size, generator=generator)
+        source, driving = frames[:1], frames[1:]
+    else:
+        source, driving = calibrate(size)
+    reference_model = load()
+    samples = capture_inputs(reference_model, parts, source, driving)
+    with torch.inference_mode():
+        reference = reference_model.animate(reference_model.encode_source(source), driving).prediction
+
+    def psnr_line(model: nn.Module) -> str:
+        with torch.inference_mode():
+            prediction = model.animate(model.encode_source(source), driving).prediction
+        where = "random frames" if calibrate is None else f"the {len(driving)} calibration frames"
+        return f"int8: PSNR {_psnr(reference, prediction):.1f} dB against fp32 on {where}"
+    return samples, psnr_line
 
 
 def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], size: tuple[int, int],
                   model_path: str, engine: str, device: torch.device, precision: Optional[str],
-                  batch: int = 4) -> tuple[nn.Module, str, str]:
-    """(the model, the engine it runs on, one line saying why). ``load()`` gives a fresh model (the timed
-    copies must not share a patched part); the engines other than torch need a family that exports and the
-    CPU in fp32 (autocast belongs to PyTorch)."""
-    if engine not in ENGINES:
-        raise UserError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    model = load()
-    other_reason = None
-    if not parts:
-        other_reason = "this model family exports no parts"
-    elif device.type != "cpu":
-        other_reason = f"the exported engines run on the CPU; this run uses {device}"
-    elif precision not in (None, "no"):
-        other_reason = f"--mixed_precision {precision} is PyTorch's autocast"
-    if engine == "torch":
-        return model, "torch", "engine: torch (eager)"
-    if other_reason:
-        if engine != "auto":
-            raise UserError(f"--engine {engine}: {other_reason}; use --engine torch")
-        return model, "torch", f"engine: torch ({other_reason})"
-    key = f"{file_digest(model_path)[:24]}-{size[0]}x{size[1]}"
-    if engine == "onnxruntime":
-        use_onnxruntime(model, parts, size, key)
-        return model, "onnxruntime", "engine: onnxruntime (as asked)"
+                  calibrate: Optional[Callable[[tuple[int, int]], tuple]] = None) -> tuple[nn.Module, str, str]:
+    """(the model on its engine, the engine's name, the line that says which and why). ``load()`` gives a fresh
+    model (timed copies must not share a rewritten part)."""
+    names = candidates(engine, parts, device, precision)
+    digest = file_digest(model_path)
+    key = f"{digest[:24]}-{size[0]}x{size[1]}"
+    samples, psnr_line = _int8_samples(load, parts, size, calibrate) if precision == "int8" else (None, None)
+    if len(names) == 1:
+        model = prepare(load(), names[0], parts, size, digest, samples)
+        how = "eager" if names[0] == "torch" else "auto: the one that can run this" if engine == "auto" else "as asked"
+        return model, names[0], f"engine: {names[0]} ({how})" + (f"; {psnr_line(model)}" if samples else "")
     choice_file = os.path.join(cache_dir(), "engine-choices.json")
-    choice_key = f"{key} | {_versions()} | {_cpu_name()} | {torch.get_num_threads()} threads"
-    choices = {}
-    if os.path.isfile(choice_file):
-        try:
-            with open(choice_file, encoding="utf-8") as stream:
-                choices = json.load(stream)
-        except (OSError, ValueError):
-            choices = {}                      # a damaged cache is measured again
-    candidate = None                          # the timed onnxruntime copy, kept if it wins
+    choice_key = (f"{key} | {'int8' if samples else 'fp32'} | {_versions()} | {_cpu_name()} | "
+                  f"{torch.get_num_threads()} threads | {', '.join(names)}")
+    choices = _read_choices(choice_file)
+    kept: dict[str, nn.Module] = {}           # the copies timed just now: the winner is kept, not made again
     if choice_key not in choices:
-        try:
-            _import_onnxruntime()
-        except UserError:
-            return model, "torch", "engine: torch (onnxruntime is not installed)"
-        timed = {"torch": _time_animation(model, size, batch)}
-        candidate = load()
-        use_onnxruntime(candidate, parts, size, key)
-        timed["onnxruntime"] = _time_animation(candidate, size, batch)
+        print(f"engine: measuring {', '.join(names)} on this CPU at {size[0]}x{size[1]} (once per model file, "
+              f"size and CPU; cached in {choice_file})", flush=True)
+        timed = {}
+        for name in names:
+            kept[name] = prepare(load(), name, parts, size, digest, samples)
+            timed[name] = _time_animation(kept[name], size)
         choices[choice_key] = {"times": timed, "engine": min(timed, key=timed.get)}
         os.makedirs(cache_dir(), exist_ok=True)
         with atomic_file(choice_file) as partial:
             with open(partial, "w", encoding="utf-8") as stream:
                 json.dump(choices, stream, indent=1)
     chosen = choices[choice_key]
-    times = ", ".join(f"{name} {seconds * 1000:.1f} ms/frame" for name, seconds in chosen["times"].items())
-    if chosen["engine"] == "onnxruntime":
-        if candidate is not None:             # measured just now: keep the timed copy
-            model = candidate
-        else:                                 # chosen earlier: this run's model gets the cached graphs
-            use_onnxruntime(model, parts, size, key)
-    return model, chosen["engine"], f"engine: {chosen['engine']} (auto, measured on this CPU: {times})"
+    name = chosen["engine"]
+    model = kept.get(name) or prepare(load(), name, parts, size, digest, samples)
+    times = ", ".join(f"{engine_name} {seconds * 1000:.1f}" for engine_name, seconds in chosen["times"].items())
+    line = f"engine: {name} (auto, ms/frame measured on this CPU: {times})"
+    return model, name, line + (f"; {psnr_line(model)}" if samples else "")
+
+
+def dataset_frames(config, count: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8's calibration frames in the dataset modes: the first test video's frame 0 and first ``count``
+    frames."""
+    from frames_dataset import FramesDataset, frames_to_tensor
+
+    video = FramesDataset.from_config(config.dataset_params, is_train=False).video(0)
+    frames = video.read(list(range(min(count, len(video)))))
+    return frames_to_tensor(frames[:1]), frames_to_tensor(frames)
 
 
 def load_for_inference(path: str, device: torch.device, *, config_path: Optional[str] = None,
                        ablation: Optional[str] = None, engine: Optional[str] = None,
-                       precision: Optional[str] = None) -> tuple[Any, nn.Module, dict, str]:
+                       precision: Optional[str] = None,
+                       calibrate: Optional[Calibration] = None) -> tuple[Any, nn.Module, dict, str]:
     """``modules.checkpoint.load_model`` on the engine asked for (None: ``default_engine()``): (config, model,
-    checkpoint, the line that says which engine runs and why)."""
+    checkpoint, the line that says which engine runs and why). ``calibrate(config)`` gives int8's calibration
+    frames (source (1, 3, H, W), driving (n, 3, H, W)); without it int8 calibrates on random frames."""
     from modules.checkpoint import load_model
 
     config, model, checkpoint = load_model(path, device, config_path, ablation)
@@ -288,5 +328,6 @@ def load_for_inference(path: str, device: torch.device, *, config_path: Optional
 
     parts = config.record.export_parts(config.model_params)
     model, _, line = choose_engine(load, parts, config.dataset_params.size, checkpoint["path"],
-                                   engine or default_engine(), device, precision)
+                                   engine or default_engine(), device, precision,
+                                   (lambda size: calibrate(config)) if calibrate else None)
     return config, model, checkpoint, line

@@ -123,7 +123,7 @@ class Family:
     needs_pretrained_detector: bool = False   # a random detector makes its results meaningless (a warning)
     reconstruction_keys: tuple[str, ...] = ()  # reconstruction_params keys only this family reads
     ablations: tuple[str, ...] = ()        # values of --ablation it accepts (the first: none)
-    # model_params -> the submodules an exported engine may run (modules/engines.ExportPart); () = none
+    # model_params -> the submodules an exported engine may run (modules/export.ExportPart); () = none
     export_parts: Callable[[Any], tuple] = lambda params: ()
 
     @property

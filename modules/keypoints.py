@@ -20,3 +20,16 @@ class Keypoints(NamedTuple):
 
     def without_jacobian(self) -> "Keypoints":
         return Keypoints(self.value)
+
+    def with_jacobian(self) -> "Keypoints":
+        """The same keypoints with identity Jacobians where they have none (a graph exported with Jacobian
+        inputs always takes them; a model without Jacobians ignores them)."""
+        if self.jacobian is not None:
+            return self
+        return Keypoints(self.value, torch.eye(2, device=self.value.device).expand(*self.value.shape[:2], 2, 2))
+
+    @staticmethod
+    def random(batch: int, num_kp: int, generator: Optional[torch.Generator] = None) -> "Keypoints":
+        """Keypoints inside the frame with near-identity Jacobians: example inputs for exporting a graph."""
+        value = torch.rand(batch, num_kp, 2, generator=generator) * 1.6 - 0.8
+        return Keypoints(value, torch.eye(2) + 0.1 * torch.randn(batch, num_kp, 2, 2, generator=generator))

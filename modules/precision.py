@@ -16,7 +16,8 @@ def autocast_dtype(precision: Optional[str], device: torch.device) -> Optional[t
     """The autocast dtype of ``precision`` (None for fp32); fp16 on a CPU is an error."""
     if precision == "fp16" and device.type != "cuda":
         raise UserError(f"mixed precision fp16 needs a CUDA device (this run is on {device}); use bf16 on CPU")
-    return {None: None, "no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    # int8 is the exported engines' (modules/engines.py); the PyTorch parts around them run fp32
+    return {None: None, "no": None, "int8": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from conftest import DATA
+from cpu_kind import cpu_kind
 
 import run
 from modules.checkpoint import load_model, read_checkpoint
@@ -25,6 +26,20 @@ def expected():
 
 def digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+
+
+def same_as_old_code(expected: dict, name: str, found: dict | torch.Tensor) -> None:
+    """Bit-identical to what the old code computed on a CPU of a recorded kind (oneDNN's kernels, and so the
+    last bits, differ between AVX2, AVX-512 and AMX; tests/data/add_cpu_kind_to_main_era_fixtures.py records
+    a kind); on an unrecorded kind, within float rounding of the recorded values."""
+    recorded = [expected] + list(expected.get("by_cpu_kind", {}).values())
+    digests = {key: digest(value) for key, value in found.items()} if isinstance(found, dict) else digest(found)
+    if any(entry[f"{name}_sha256"] == digests for entry in recorded):
+        return
+    values = expected["values"]["resumed" if name == "resumed" else name]
+    pairs = [(found[key], values[key]) for key in values] if isinstance(found, dict) else [(found, values)]
+    assert cpu_kind() not in expected.get("by_cpu_kind", {}), f"{name}: other bits than the old code's on {cpu_kind()}"
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in pairs), f"{name}: differs from the old code"
 
 
 @pytest.mark.parametrize("name", ["main-era-model.pth.tar", "main-era-checkpoint.pth.tar"])
@@ -41,9 +56,9 @@ def test_an_old_file_animates_to_the_same_bits(tmp_path, expected, name):
         absolute = model.animate(state, driving).prediction
         relative = model.animate(state, driving, initial, adapt_scale=True).prediction
         keypoints = model.keypoints(driving).value
-    assert torch.equal(keypoints, expected["keypoints"])
-    assert digest(absolute) == expected["absolute_sha256"], (absolute.double().mean().item(), expected["absolute_mean"])
-    assert digest(relative) == expected["relative_adapted_sha256"]
+    assert torch.allclose(keypoints, expected["keypoints"], atol=1e-6)
+    same_as_old_code(expected, "absolute", absolute)
+    same_as_old_code(expected, "relative_adapted", relative)
 
 
 def test_an_old_checkpoint_resumes_to_the_weights_the_old_code_reached(tmp_path, expected):
@@ -73,6 +88,5 @@ def test_an_old_checkpoint_resumes_to_the_weights_the_old_code_reached(tmp_path,
         torch.set_num_threads(threads)
     final = read_checkpoint(str(run_dir / "00000001-checkpoint.pth.tar"))
     assert final["step"] == expected["resumed_step"] == 4
-    found = {f"{network}.{key}": digest(value) for network in ("kp_detector", "generator")
-             for key, value in final[network].items()}
-    assert found == expected["resumed_sha256"]
+    found = {f"{network}.{key}": value for network in ("kp_detector", "generator") for key, value in final[network].items()}
+    same_as_old_code(expected, "resumed", found)

@@ -16,10 +16,12 @@ from torch import nn
 from modules.checkpoint import load_state_strict
 from modules.config import (CommonParams, Config, DetectorSettings, GeneratorTrainParams, KPDetectorParams,
                             PerceptualLossWeights, TransformParams)
-from modules.config_checks import check_generator_training, check_jacobian_weight, map_detector_scale_factor
+from modules.config_checks import (check_generator_training, check_jacobian_weight, fomm_size_problem,
+                                   map_detector_scale_factor)
 from modules.discriminator import MultiScaleDiscriminator
 from modules.drawing import draw_keypoints
 from modules.errors import CheckpointError, ConfigError
+from modules.export import ExportPart, random_frames
 from modules.family import Family, StepContext, StepOutput, Trainable, register
 from modules.fomm_generator import FommOutput, OcclusionAwareGenerator
 from modules.keypoint_detector import KPDetector, load_detector_state, load_fomm_detector
@@ -362,22 +364,6 @@ def check(config: Config, file: str) -> None:
                           f"generator would learn nothing")
 
 
-def frame_size_problem(size: int, model: FommModelParams) -> Optional[str]:
-    """The dense motion network's and the generator's own size constraints (the detector's are shared)."""
-    generator = model.generator_params
-    dense = generator.dense_motion_params
-    motion_side = size * dense.scale_factor
-    if abs(motion_side - round(motion_side)) > 1e-6:
-        return f"{size} x dense_motion_params.scale_factor {dense.scale_factor} is not a whole number of pixels"
-    if round(motion_side) % 2 ** dense.num_blocks:
-        return (f"the dense motion network sees {round(motion_side)} px, which its {dense.num_blocks}-block "
-                f"hourglass cannot halve {dense.num_blocks} times")
-    if size % 2 ** generator.num_down_blocks:
-        return f"the generator's {generator.num_down_blocks} down blocks need a multiple of " \
-               f"{2 ** generator.num_down_blocks}"
-    return None
-
-
 def _build(config: Config, checkpoint_with_kp: Optional[str] = None) -> FommModel:
     """Its three networks, random (stage one trains the detector; ``checkpoint_with_kp`` starts it from a FOMM
     checkpoint's)."""
@@ -388,11 +374,27 @@ def _build(config: Config, checkpoint_with_kp: Optional[str] = None) -> FommMode
     return model
 
 
+def export_parts(params: FommModelParams) -> tuple[ExportPart, ...]:
+    """What an exported engine runs: the detector (fp32 under int8: rounding would move its keypoints) and the
+    generator (dense motion, 4-D grid_sample warps, occlusion), its Keypoints passed as tensors."""
+    channels, num_kp = params.common_params.num_channels, params.common_params.num_kp
+
+    def generator_inputs(part: nn.Module, size: tuple[int, int]) -> tuple:
+        rng = torch.Generator().manual_seed(0)
+        return torch.rand(2, channels, *size), Keypoints.random(2, num_kp, rng), Keypoints.random(2, num_kp, rng)
+
+    return (ExportPart("kp_detector", ("frames",), random_frames(channels), quantize=False),
+            ExportPart("generator", ("source", "kp_driving", "jacobian_driving", "kp_source", "jacobian_source"),
+                       generator_inputs, pack=lambda source, driving, kp_source: (
+                           source, *driving.with_jacobian()[:2], *kp_source.with_jacobian()[:2]),
+                       unpack=lambda source, *points: (source, Keypoints(*points[:2]), Keypoints(*points[2:]))))
+
+
 FAMILY = register(Family(
     name="fomm", model_params=FommModelParams, train_params=FommTrainParams,
     build=_build, load=fomm_from_checkpoint,
     trainable=lambda config, model, perceptual: FommTraining(model, perceptual(), config),
     networks=("kp_detector", "generator", "discriminator"), training_only=("discriminator",),
     title=lambda params: "FOMM",
-    relative_motion=lambda params: True, check=check, frame_size_problem=frame_size_problem,
-    map_legacy=map_detector_scale_factor))
+    relative_motion=lambda params: True, check=check, frame_size_problem=fomm_size_problem,
+    map_legacy=map_detector_scale_factor, export_parts=export_parts))

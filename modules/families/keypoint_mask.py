@@ -14,7 +14,7 @@ from modules.checkpoint import load_state_strict
 from modules.config import (CommonParams, Config, DetectorSettings, GeneratorParams, GeneratorTrainParams,
                             KPDetectorParams)
 from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
-from modules.engines import ExportPart
+from modules.export import GENERATOR_INPUTS, ExportPart, generator_example, random_frames
 from modules.errors import ConfigError, ConfigWarning
 from modules.family import Family, StepContext, StepOutput, Trainable, register
 from modules.generator import GeneratorOutput, FrameGenerator, build_frame_generator
@@ -299,16 +299,12 @@ def map_legacy(data: dict, file: str) -> None:
 
 def export_parts(params: KeypointMaskParams) -> tuple[ExportPart, ...]:
     """What an exported engine runs: the detector (frames -> keypoints and heatmaps) and the two generators
-    (source, its mask, the driving mask -> predictions). Masks, circles and relative motion stay in PyTorch."""
-    def frames(part: nn.Module, size: tuple[int, int]) -> tuple:
-        return (torch.rand(2, 3, *size),)
-
-    def generator_inputs(part: nn.Module, size: tuple[int, int]) -> tuple:
-        mask = tuple(int(round(side * params.common_params.scale_factor)) for side in size)
-        return torch.rand(2, 3, *size), torch.rand(2, 1, *mask), torch.rand(2, 1, *mask)
-
-    return (ExportPart("mask.detector", ("frames",), frames),
-            ExportPart("generator", ("source", "source_mask", "driving_mask"), generator_inputs))
+    (source, its mask, the driving mask -> predictions). Masks, circles and relative motion stay in PyTorch.
+    The detector stays fp32 under int8: its keypoints are positions that rounding would move, and it is 3% of
+    the work at 256x256."""
+    channels = params.common_params.num_channels
+    return (ExportPart("mask.detector", ("frames",), random_frames(channels), quantize=False),
+            ExportPart("generator", GENERATOR_INPUTS, generator_example(channels, params.common_params.scale_factor)))
 
 
 FAMILY = register(Family(

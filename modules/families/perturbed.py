@@ -25,8 +25,9 @@ from torch import nn
 from modules.blocks import AntiAliasDownsample
 from modules.checkpoint import load_state_strict
 from modules.config import Config, GeneratorParams, GeneratorTrainParams, JitterParams, PerceptualLossWeights
-from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
+from modules.config_checks import check_generator_training, check_mask_generators, perturbed_size_problem
 from modules.errors import CheckpointError, ConfigError
+from modules.export import GENERATOR_INPUTS, ExportPart, generator_example, random_frames
 from modules.family import Family, StepContext, StepOutput, Trainable, register
 from modules.generator import GeneratorOutput, FrameGenerator, build_frame_generator
 from modules.keypoints import Keypoints
@@ -328,18 +329,6 @@ def check(config: Config, file: str) -> None:
 
 
 
-def frame_size_problem(size: int, model: PerturbedModelParams) -> Optional[str]:
-    """m and r halve frame*scale_factor num_blocks times; h halves the frame."""
-    side = round(size * model.common_params.scale_factor)
-    for name in ("mask_generator_params", "mask_refinement_params"):
-        blocks = getattr(model, name).num_blocks
-        if side % 2 ** blocks:
-            return f"{name} sees {side} px, which its {blocks}-block hourglass cannot halve {blocks} times"
-    if side - 6 < 1:
-        return f"the masks' {side} px leave nothing after their 7x7 heads"
-    return high_res_size_problem(size, model.generator_params)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Building, loading, training
 
@@ -382,8 +371,23 @@ def trainable(config: Config, model: PerturbedMaskModel, perceptual) -> Perturbe
                              num_strips=perturbation.num_strips, scale_range=tuple(perturbation.scale_range))
 
 
+def export_parts(params: PerturbedModelParams) -> tuple[ExportPart, ...]:
+    """What an exported engine runs of the test-time path: m, r and the two generators. P_test between m and r
+    stays in PyTorch; m stays fp32 under int8: P_test thresholds its output at its median, where rounding would
+    flip pixels, and it is the cheapest network."""
+    channels, scale = params.common_params.num_channels, params.common_params.scale_factor
+
+    def refinement_inputs(part: nn.Module, size: tuple[int, int]) -> tuple:       # (D(s), m_s, m_dp)
+        return (torch.rand(2, channels + 2, *(int(round(side * scale)) for side in size)),)
+
+    return (ExportPart("mask_generator", ("frames",), random_frames(channels), quantize=False),
+            ExportPart("refinement", ("source_and_masks",), refinement_inputs),
+            ExportPart("generator", GENERATOR_INPUTS, generator_example(channels, scale)))
+
+
 FAMILY = register(Family(
     name="perturbed", model_params=PerturbedModelParams, train_params=PerturbedTrainParams,
     build=build, load=load, trainable=trainable, networks=("mask_generator", "mask_refinement", "generator"),
-    title=lambda params: "perturbed masks", check=check, frame_size_problem=frame_size_problem,
-    reads_detector=False, reconstruction_keys=("test_time_path",), ablations=("none", "no_pert", "no_ref", "no_id")))
+    title=lambda params: "perturbed masks", check=check, frame_size_problem=perturbed_size_problem,
+    reads_detector=False, reconstruction_keys=("test_time_path",), ablations=("none", "no_pert", "no_ref", "no_id"),
+    export_parts=export_parts))
