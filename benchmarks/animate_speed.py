@@ -35,7 +35,6 @@ def _model_and_frames(checkpoint: str | None, frames: int, size: int = 256):
     nothing; the driving frames come from the next videos). Otherwise taichi-256 with random weights and noise."""
     import torch
 
-    from modules.config import load_config
     from modules.models import build_model
 
     generator = torch.Generator().manual_seed(1)
@@ -110,7 +109,8 @@ def measure(setting: str, batch: int, frames: int, checkpoint: str | None, size:
         config = _config_of(checkpoint, size)
         os.environ["KPMASK_CACHE"] = tempfile.mkdtemp(prefix="animate-speed-")     # export afresh
         parts = config.record.export_parts(config.model_params)
-        samples = capture_inputs(model, parts, source, calibration) if setting.endswith("-int8") else None
+        samples = engines.Int8Calibration.of(capture_inputs(model, parts, source, calibration)[0]) \
+            if setting.endswith("-int8") else None
         model = engines.prepare(model, engine, parts, tuple(source.shape[-2:]), "0" * 64, samples)
     model = model.to(device, memory_format=layout)
     source, driving = (x.to(device).contiguous(memory_format=layout) for x in (source, driving))

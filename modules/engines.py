@@ -143,18 +143,41 @@ class OpenVinoPart(ExportedPart):
 RUNNERS = {"onnxruntime": OnnxRuntimePart, "openvino": OpenVinoPart}
 
 
+class Int8Calibration:
+    """int8's calibration set, named by ``digest``; ``samples()`` (the inputs per part, computed by running the
+    fp32 model once) is asked for only when a quantised graph is not cached yet."""
+
+    def __init__(self, digest: str, samples: Callable[[], dict]):
+        self.digest, self._samples, self._cached = digest, samples, None
+
+    def samples(self) -> dict:
+        if self._cached is None:
+            self._cached = self._samples()
+        return self._cached
+
+    @staticmethod
+    def of(samples: dict) -> "Int8Calibration":
+        return Int8Calibration(samples_digest(samples), lambda: samples)
+
+
+def graph_folder(model_sha256: str, size: tuple[int, int]) -> str:
+    return os.path.join(cache_dir(), "onnx", f"{model_sha256[:24]}-{size[0]}x{size[1]}")
+
+
 def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int, int], model_sha256: str,
-                 engine: str, samples: Optional[dict] = None) -> None:
-    """Export each part once (cached by the model file's hash and the frame size), quantise it to int8 when
-    ``samples`` (calibration inputs per part) are given, and run it on ``engine`` from now on."""
+                 engine: str, int8: Optional[Int8Calibration] = None) -> None:
+    """Export each part once (cached by the model file's hash and the frame size), quantise it to int8 with
+    ``int8``'s calibration (once per calibration set), and run it on ``engine`` from now on."""
     import_engine(engine)
-    folder = os.path.join(cache_dir(), "onnx", f"{model_sha256[:24]}-{size[0]}x{size[1]}")
+    folder = graph_folder(model_sha256, size)
     for spec in parts:
         graph, meta = exported_graph(model, spec, size, folder, model_sha256)
-        quantized = bool(samples) and spec.quantize
+        quantized = int8 is not None and spec.quantize
         if quantized:
-            digest = samples_digest({spec.path: samples[spec.path]})
-            graph = quantize_graph(graph, samples[spec.path], os.path.join(folder, f"{spec.path}.int8-{digest}.onnx"))
+            quantized_path = os.path.join(folder, f"{spec.path}.int8-{int8.digest}.onnx")
+            if not os.path.isfile(quantized_path):
+                quantize_graph(graph, int8.samples()[spec.path], quantized_path)
+            graph = quantized_path
         try:
             runner = RUNNERS[engine](graph, meta, spec)
         except UserError:
@@ -163,18 +186,18 @@ def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int,
             os.remove(graph)
             graph, meta = exported_graph(model, spec, size, folder, model_sha256, fresh=not quantized)
             if quantized:
-                graph = quantize_graph(graph, samples[spec.path], graph.replace(".onnx", f".int8-{digest}.onnx"))
+                graph = quantize_graph(graph, int8.samples()[spec.path], quantized_path)
             runner = RUNNERS[engine](graph, meta, spec)
         submodule(model, spec.path).forward = runner
 
 
 def prepare(model: nn.Module, engine: str, parts: Sequence[ExportPart], size: tuple[int, int], model_sha256: str,
-            samples: Optional[dict] = None) -> nn.Module:
+            int8: Optional[Int8Calibration] = None) -> nn.Module:
     """Put ``model`` on ``engine`` (in place) and return it."""
     if engine == "torch-opt":
         rewrite_blocks(model)
     elif engine in EXPORTED:
-        use_exported(model, parts, size, model_sha256, engine, samples)
+        use_exported(model, parts, size, model_sha256, engine, int8)
     return model
 
 
@@ -240,27 +263,41 @@ def _psnr(reference: torch.Tensor, candidate: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
-def _int8_samples(load: Callable[[], nn.Module], parts: Sequence[ExportPart], size: tuple[int, int],
-                  calibrate: Optional[Callable[[tuple[int, int]], tuple]]) -> tuple[dict, Callable[[nn.Module], str]]:
-    """(calibration inputs per part, a function that gives an int8 model's PSNR line against fp32).
-    ``calibrate(size)`` gives the frames: source (1, 3, H, W), driving (n, 3, H, W)."""
+def _int8_calibration(load: Callable[[], nn.Module], parts: Sequence[ExportPart], size: tuple[int, int],
+                      calibrate: Optional[Callable[[tuple[int, int]], tuple]],
+                      model_sha256: str) -> tuple[Int8Calibration, Callable[[nn.Module, str], str]]:
+    """(the calibration set, a function giving an int8 model's PSNR line against fp32). ``calibrate(size)``
+    gives the frames: source (1, 3, H, W), driving (n, 3, H, W); without it, random frames. The PSNR is
+    measured once per calibration set and engine and cached beside the quantised graphs."""
     if calibrate is None:
-        generator = torch.Generator().manual_seed(0)
-        frames = torch.rand(5, 3, *size, generator=generator)
+        frames = torch.rand(5, 3, *size, generator=torch.Generator().manual_seed(0))
         source, driving = frames[:1], frames[1:]
     else:
         source, driving = calibrate(size)
-    reference_model = load()
-    samples = capture_inputs(reference_model, parts, source, driving)
-    with torch.inference_mode():
-        reference = reference_model.animate(reference_model.encode_source(source), driving).prediction
+    digest = samples_digest({"frames": [(source, driving)]})
+    captured = {}
 
-    def psnr_line(model: nn.Module) -> str:
-        with torch.inference_mode():
-            prediction = model.animate(model.encode_source(source), driving).prediction
+    def samples() -> dict:
+        if not captured:
+            captured["samples"], captured["reference"] = capture_inputs(load(), parts, source, driving)
+        return captured["samples"]
+
+    calibration = Int8Calibration(digest, samples)
+    psnr_file = os.path.join(graph_folder(model_sha256, size), f"int8-{digest}.json")
+
+    def psnr_line(model: nn.Module, engine: str) -> str:
+        stored = _read_choices(psnr_file)
+        if engine not in stored:
+            samples()
+            with torch.inference_mode():
+                prediction = model.animate(model.encode_source(source), driving).prediction
+            stored[engine] = _psnr(captured["reference"], prediction)
+            with atomic_file(psnr_file) as partial:
+                with open(partial, "w", encoding="utf-8") as stream:
+                    json.dump(stored, stream)
         where = "random frames" if calibrate is None else f"the {len(driving)} calibration frames"
-        return f"int8: PSNR {_psnr(reference, prediction):.1f} dB against fp32 on {where}"
-    return samples, psnr_line
+        return f"int8: PSNR {stored[engine]:.1f} dB against fp32 on {where}"
+    return calibration, psnr_line
 
 
 def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], size: tuple[int, int],
@@ -271,13 +308,13 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
     names = candidates(engine, parts, device, precision)
     digest = file_digest(model_path)
     key = f"{digest[:24]}-{size[0]}x{size[1]}"
-    samples, psnr_line = _int8_samples(load, parts, size, calibrate) if precision == "int8" else (None, None)
+    int8, psnr_line = _int8_calibration(load, parts, size, calibrate, digest) if precision == "int8" else (None, None)
     if len(names) == 1:
-        model = prepare(load(), names[0], parts, size, digest, samples)
+        model = prepare(load(), names[0], parts, size, digest, int8)
         how = "eager" if names[0] == "torch" else "auto: the one that can run this" if engine == "auto" else "as asked"
-        return model, names[0], f"engine: {names[0]} ({how})" + (f"; {psnr_line(model)}" if samples else "")
+        return model, names[0], f"engine: {names[0]} ({how})" + (f"; {psnr_line(model, names[0])}" if int8 else "")
     choice_file = os.path.join(cache_dir(), "engine-choices.json")
-    choice_key = (f"{key} | {'int8' if samples else 'fp32'} | {_versions()} | {_cpu_name()} | "
+    choice_key = (f"{key} | {'int8' if int8 else 'fp32'} | {_versions()} | {_cpu_name()} | "
                   f"{torch.get_num_threads()} threads | {', '.join(names)}")
     choices = _read_choices(choice_file)
     kept: dict[str, nn.Module] = {}           # the copies timed just now: the winner is kept, not made again
@@ -286,7 +323,7 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
               f"size and CPU; cached in {choice_file})", flush=True)
         timed = {}
         for name in names:
-            kept[name] = prepare(load(), name, parts, size, digest, samples)
+            kept[name] = prepare(load(), name, parts, size, digest, int8)
             timed[name] = _time_animation(kept[name], size)
         choices[choice_key] = {"times": timed, "engine": min(timed, key=timed.get)}
         os.makedirs(cache_dir(), exist_ok=True)
@@ -295,10 +332,10 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
                 json.dump(choices, stream, indent=1)
     chosen = choices[choice_key]
     name = chosen["engine"]
-    model = kept.get(name) or prepare(load(), name, parts, size, digest, samples)
+    model = kept.get(name) or prepare(load(), name, parts, size, digest, int8)
     times = ", ".join(f"{engine_name} {seconds * 1000:.1f}" for engine_name, seconds in chosen["times"].items())
     line = f"engine: {name} (auto, ms/frame measured on this CPU: {times})"
-    return model, name, line + (f"; {psnr_line(model)}" if samples else "")
+    return model, name, line + (f"; {psnr_line(model, name)}" if int8 else "")
 
 
 def dataset_frames(config, count: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -195,9 +195,10 @@ def named_type(name: str) -> Optional[type]:
 # int8
 
 def capture_inputs(model: nn.Module, parts: Sequence[ExportPart], source: torch.Tensor,
-                   driving: torch.Tensor) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+                   driving: torch.Tensor) -> tuple[dict[str, list[tuple[torch.Tensor, ...]]], torch.Tensor]:
     """The inputs each part receives while ``model`` animates ``source`` (1, 3, H, W) by ``driving``
-    (n, 3, H, W) in fp32 (absolute motion): one tuple of batch 1 per call and frame."""
+    (n, 3, H, W) in fp32 (absolute motion), one tuple of batch 1 per call and frame; and the predictions
+    (n, 3, H, W)."""
     seen: dict[str, list[tuple[torch.Tensor, ...]]] = {spec.path: [] for spec in parts}
     hooks = []
     for spec in parts:
@@ -209,12 +210,11 @@ def capture_inputs(model: nn.Module, parts: Sequence[ExportPart], source: torch.
     try:
         with torch.inference_mode():
             state = model.encode_source(source)
-            for frame in driving.split(1):
-                model.animate(state, frame)
+            predictions = [model.animate(state, frame).prediction for frame in driving.split(1)]
     finally:
         for hook in hooks:
             hook.remove()
-    return seen
+    return seen, torch.cat(predictions)
 
 
 def samples_digest(samples: dict[str, list[tuple[torch.Tensor, ...]]]) -> str:
