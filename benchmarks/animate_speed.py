@@ -82,6 +82,26 @@ SETTINGS = ("torch", "torch-bf16", "torch-fp16", "torch-opt", "torch-opt-bf16", 
             "openvino", "onnxruntime-int8", "openvino-int8")
 
 
+def engine_of(setting: str) -> str:
+    return setting.removesuffix("-int8").removesuffix("-bf16").removesuffix("-fp16")
+
+
+def on_setting(model, setting: str, source, calibration, checkpoint: str | None = None, size: int = 256):
+    """``model`` on ``setting``'s engine (the suffix -int8: its graphs quantised, calibrated on ``source`` and
+    the ``calibration`` frames; -bf16/-fp16 are autocast, which the caller applies)."""
+    from modules import engines
+    from modules.export import capture_inputs
+
+    engine = engine_of(setting)
+    if engine == "torch":
+        return model
+    config = _config_of(checkpoint, size)
+    parts = config.record.export_parts(config.model_params)
+    int8 = engines.Int8Calibration.of(capture_inputs(model, parts, source, calibration)[0]) \
+        if setting.endswith("-int8") else None
+    return engines.prepare(model, engine, parts, tuple(source.shape[-2:]), "0" * 64, int8)
+
+
 def measure(setting: str, batch: int, frames: int, checkpoint: str | None, size: int = 256,
             device_name: str = "cpu", repeats: int = 3) -> dict:
     """One row: ``setting`` is an engine of modules/engines.py, with ``-int8`` its quantised graphs (calibrated
@@ -90,29 +110,21 @@ def measure(setting: str, batch: int, frames: int, checkpoint: str | None, size:
     from torch.utils.flop_counter import FlopCounterMode
 
     from modules import engines
-    from modules.export import capture_inputs
     from modules.summary import peak_memory_mib
 
     device = torch.device(device_name)
     model, source, driving = _model_and_frames(checkpoint, frames + 4, size)
     driving, calibration = driving[:frames], driving[frames:]
     dtype = torch.bfloat16 if setting.endswith("-bf16") else torch.float16 if setting.endswith("-fp16") else None
-    engine = setting.removesuffix("-int8").removesuffix("-bf16").removesuffix("-fp16")
-    if engine in engines.EXPORTED and device.type != "cpu":
+    if engine_of(setting) in engines.EXPORTED and device.type != "cpu":
         raise SystemExit(f"skipped: the exported engines run on the CPU, not {device}")
     layout = torch.channels_last
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             model.animate(model.encode_source(source), driving[:1])
         flops_per_frame = counter.get_total_flops()         # of the PyTorch model, whatever runs it below
-    if engine != "torch":
-        config = _config_of(checkpoint, size)
-        os.environ["KPMASK_CACHE"] = tempfile.mkdtemp(prefix="animate-speed-")     # export afresh
-        parts = config.record.export_parts(config.model_params)
-        samples = engines.Int8Calibration.of(capture_inputs(model, parts, source, calibration)[0]) \
-            if setting.endswith("-int8") else None
-        model = engines.prepare(model, engine, parts, tuple(source.shape[-2:]), "0" * 64, samples)
-    model = model.to(device, memory_format=layout)
+    os.environ["KPMASK_CACHE"] = tempfile.mkdtemp(prefix="animate-speed-")     # export afresh
+    model = on_setting(model, setting, source, calibration, checkpoint, size).to(device, memory_format=layout)
     source, driving = (x.to(device).contiguous(memory_format=layout) for x in (source, driving))
 
     def run(chunk: torch.Tensor) -> torch.Tensor:

@@ -22,24 +22,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from animate_speed import SETTINGS, _config_of, _model_and_frames, conv_rate  # noqa: E402
+from animate_speed import SETTINGS, _model_and_frames, conv_rate, on_setting  # noqa: E402
 
 
 def prepared(setting: str, size: int, calibration):
-    """The model on ``setting``'s engine (a fresh export cache), and its autocast dtype."""
+    """The model on ``setting``'s engine, and its autocast dtype."""
     import torch
 
-    from modules import engines
-    from modules.export import capture_inputs
-
     model, source, _ = _model_and_frames(None, 1, size)
-    engine = setting.removesuffix("-int8").removesuffix("-bf16")
-    if engine != "torch":
-        config = _config_of(None, size)
-        parts = config.record.export_parts(config.model_params)
-        samples = engines.Int8Calibration.of(capture_inputs(model, parts, source, calibration)[0]) \
-            if setting.endswith("-int8") else None
-        model = engines.prepare(model, engine, parts, (size, size), "0" * 64, samples)
+    model = on_setting(model, setting, source, calibration, None, size)
     return model.to(memory_format=torch.channels_last), torch.bfloat16 if setting.endswith("-bf16") else None
 
 

@@ -30,9 +30,8 @@ from torch import nn
 
 from modules.errors import UserError
 from modules.export import (ExportPart, cache_dir, capture_inputs, exported_graph, file_digest, named_type,
-                            quantize_graph, samples_digest, submodule)
+                            quantize_graph, samples_digest, submodule, write_json)
 from modules.optimize import rewrite_blocks
-from modules.outputs import atomic_file
 
 ENGINES = ("auto", "torch", "torch-opt", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")
@@ -250,12 +249,13 @@ def candidates(engine: str, parts: Sequence[ExportPart], device: torch.device, p
     return [engine]
 
 
-def _read_choices(path: str) -> dict:
+def _read_json(path: str) -> dict:
+    """A cached JSON table (engine choices, int8 PSNRs), or {} when there is none or it is damaged."""
     try:
         with open(path, encoding="utf-8") as stream:
             return json.load(stream)
     except (OSError, ValueError):
-        return {}                             # none yet, or a damaged cache: measured again
+        return {}                             # measured again
 
 
 def _psnr(reference: torch.Tensor, candidate: torch.Tensor) -> float:
@@ -275,26 +275,23 @@ def _int8_calibration(load: Callable[[], nn.Module], parts: Sequence[ExportPart]
     else:
         source, driving = calibrate(size)
     digest = samples_digest({"frames": [(source, driving)]})
-    captured = {}
+    captured = {}                             # the fp32 pass: the parts' inputs and the reference predictions
 
     def samples() -> dict:
-        if not captured:
-            captured["samples"], captured["reference"] = capture_inputs(load(), parts, source, driving)
+        captured["samples"], captured["reference"] = capture_inputs(load(), parts, source, driving)
         return captured["samples"]
 
-    calibration = Int8Calibration(digest, samples)
+    calibration = Int8Calibration(digest, samples)            # runs samples() once, when first asked
     psnr_file = os.path.join(graph_folder(model_sha256, size), f"int8-{digest}.json")
 
     def psnr_line(model: nn.Module, engine: str) -> str:
-        stored = _read_choices(psnr_file)
+        stored = _read_json(psnr_file)
         if engine not in stored:
-            samples()
+            calibration.samples()
             with torch.inference_mode():
                 prediction = model.animate(model.encode_source(source), driving).prediction
             stored[engine] = _psnr(captured["reference"], prediction)
-            with atomic_file(psnr_file) as partial:
-                with open(partial, "w", encoding="utf-8") as stream:
-                    json.dump(stored, stream)
+            write_json(psnr_file, stored)
         where = "random frames" if calibrate is None else f"the {len(driving)} calibration frames"
         return f"int8: PSNR {stored[engine]:.1f} dB against fp32 on {where}"
     return calibration, psnr_line
@@ -316,7 +313,7 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
     choice_file = os.path.join(cache_dir(), "engine-choices.json")
     choice_key = (f"{key} | {'int8' if int8 else 'fp32'} | {_versions()} | {_cpu_name()} | "
                   f"{torch.get_num_threads()} threads | {', '.join(names)}")
-    choices = _read_choices(choice_file)
+    choices = _read_json(choice_file)
     kept: dict[str, nn.Module] = {}           # the copies timed just now: the winner is kept, not made again
     if choice_key not in choices:
         print(f"engine: measuring {', '.join(names)} on this CPU at {size[0]}x{size[1]} (once per model file, "
@@ -326,10 +323,7 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
             kept[name] = prepare(load(), name, parts, size, digest, int8)
             timed[name] = _time_animation(kept[name], size)
         choices[choice_key] = {"times": timed, "engine": min(timed, key=timed.get)}
-        os.makedirs(cache_dir(), exist_ok=True)
-        with atomic_file(choice_file) as partial:
-            with open(partial, "w", encoding="utf-8") as stream:
-                json.dump(choices, stream, indent=1)
+        write_json(choice_file, choices)
     chosen = choices[choice_key]
     name = chosen["engine"]
     model = kept.get(name) or prepare(load(), name, parts, size, digest, int8)

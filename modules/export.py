@@ -6,7 +6,7 @@ dynamic batch, by torch's TorchScript exporter at opset 17 (4-D grid_sample, whi
 Graphs live under ``$KPMASK_CACHE`` (default ``~/.cache/kpmask``) in a folder named by the model file's hash
 and the frame size, so a model file exports once per size; a damaged graph is exported again.
 
-``scripts/export.py`` writes the same graphs to a folder of the user's choosing.
+``scripts/export_onnx.py`` writes the same graphs to a folder of the user's choosing.
 """
 from __future__ import annotations
 
@@ -151,7 +151,8 @@ def export_part(part: nn.Module, spec: ExportPart, size: tuple[int, int], path: 
     return {"type": kind, "fields": all_fields, "tensors": fields, "inputs": list(input_names)}
 
 
-def _write_json(path: str, value: Any) -> None:
+def write_json(path: str, value: Any) -> None:
+    """``value`` as JSON at ``path``, written atomically."""
     with atomic_file(path) as partial:
         with open(partial, "w", encoding="utf-8") as stream:
             json.dump(value, stream, indent=1)
@@ -165,7 +166,7 @@ def exported_graph(model: nn.Module, spec: ExportPart, size: tuple[int, int], fo
     graph, meta_path = os.path.join(folder, spec.path + ".onnx"), os.path.join(folder, spec.path + ".json")
     if fresh or not (os.path.isfile(graph) and os.path.isfile(meta_path)):
         meta = export_part(submodule(model, spec.path), spec, size, graph)
-        _write_json(meta_path, meta | {"model_sha256": model_sha256, "size": list(size)})
+        write_json(meta_path, meta | {"model_sha256": model_sha256, "size": list(size)})
     try:
         with open(meta_path, encoding="utf-8") as stream:
             meta = json.load(stream)
@@ -228,11 +229,10 @@ def samples_digest(samples: dict[str, list[tuple[torch.Tensor, ...]]]) -> str:
 
 def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
                    path: str) -> str:
-    """Post-training static int8 quantisation of ``graph`` into ``path`` (cached: done once per calibration
-    set), calibrated on ``samples``: QDQ format, per-channel int8 weights, uint8 activations with a 7-bit
-    range (on CPUs without VNNI, the AVX2 u8 x s8 multiply saturates at full range), min-max calibration."""
-    if os.path.isfile(path):
-        return path
+    """Post-training static int8 quantisation of ``graph`` into ``path``, calibrated on ``samples``: QDQ
+    format, per-channel int8 weights, uint8 activations with a 7-bit range (on CPUs without VNNI, the AVX2
+    u8 x s8 multiply saturates at full range), min-max calibration. (The caller caches: engines.use_exported
+    quantises once per calibration set.)"""
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
