@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import logger as run_log
 from modules.engines import dataset_frames, load_for_inference
-from modules.evaluation import FrameScorer, frame_mean, repeat_landmarks, table_lines
+from modules.evaluation import FrameScorer, Track, frame_mean, repeat_landmarks, table_lines
 from modules.outputs import results_folder
 from modules.precision import autocast, autocast_dtype, inference_precision
 from modules.video_io import VideoWriter
@@ -100,6 +100,7 @@ def reconstruct_video(model, video, scorer: FrameScorer, out_dir: str, config, *
     values: dict[str, list[float]] = {f"{who}_{name}": [] for who in CANDIDATES for name in scorer.metrics}
     strip = []
     state = source_landmarks = None
+    tracks = {who: Track() for who in CANDIDATES}        # jitter and flicker span the batches
     with VideoWriter(os.path.join(out_dir, video.name + config.reconstruction_params.format),
                      fps=video.fps or 25) as writer:
         for number, frames in enumerate(video.iter_frames(batch_size)):
@@ -117,7 +118,7 @@ def reconstruct_video(model, video, scorer: FrameScorer, out_dir: str, config, *
                 copies = None if source_landmarks is None else repeat_landmarks(source_landmarks, len(driving) - first)
                 for who, frames_out, found in (("prediction", output.prediction[first:].float(), None),
                                                ("copy_source", source[first:], copies)):
-                    for name, per_frame in scorer.score(frames_out, target, found).items():
+                    for name, per_frame in scorer.score(frames_out, target, found, tracks[who]).items():
                         values[f"{who}_{name}"] += per_frame.tolist()
             writer.write(run_log.side_by_side(model.visual_columns(state, driving, output, detail=True), size))
             strip.append(run_log.to_uint8(output.prediction, size))

@@ -23,6 +23,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a strength >= 0 (0: off), got {text!r}")
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     from modules.errors import OneLineArgumentParser
 
@@ -83,6 +93,19 @@ def _add_animate_arguments(animate: argparse._ArgumentGroup) -> None:
     animate.add_argument("--fit", choices=("crop", "resize"), default="crop",
                          help="how images of another shape meet the model's frame size: crop (centre crop to "
                               "the aspect ratio, then resize; default) or resize (stretch)")
+    animate.add_argument("--crop", default="auto", metavar="auto|none|x,y,w,h",
+                         help="the source image's square crop box: auto (default: find the face, body or synthetic "
+                              "figure with the config's landmark detector, framed as the training data are), none "
+                              "(the whole image, fitted by --fit), or x,y,w,h in pixels (x the column, y the row "
+                              "of the top-left corner, w = h); the result is pasted back into the image")
+    animate.add_argument("--driving_crop", default="auto", metavar="auto|none|x,y,w,h",
+                         help="the driving video's crop box, one for the whole video (as --crop)")
+    animate.add_argument("--no_paste_back", action="store_true",
+                         help="write the animated crop at the model's size instead of pasting it back into the "
+                              "source image")
+    animate.add_argument("--smooth", type=strength, default=0.0, metavar="STRENGTH",
+                         help="steady the driving keypoints with a One-Euro filter of this strength (1: moderate, "
+                              "higher: steadier but laggier; default 0: off); circles and FOMM models")
     animate.add_argument("--visualize", action="store_true",
                          help="also write source | driving | driving mask | result side by side, as "
                               "<result>-side-by-side.mp4 beside the result")
@@ -172,16 +195,21 @@ def animate(args: argparse.Namespace) -> None:
         if args.find_best_frame:
             raise UserError("--find_best_frame is for one image by one video (--source_image, --driving_video); "
                             "the dataset's pairs always start from the driver's frame 0")
+        for flag, value in (("--crop", args.crop), ("--driving_crop", args.driving_crop)):
+            if value != "auto":
+                raise UserError(f"{flag} {value}: the dataset's pairs are never cropped (their frames are the "
+                                f"training crops); it is for --source_image and --driving_video")
         animate_dataset(args.checkpoint, device=choose_device(args.device), motion=args.motion,
                         adapt_scale=args.adapt_scale, batch_size=args.batch_size or 8,
                         precision=args.mixed_precision, config_path=args.config, ablation=args.ablation,
-                        engine=args.engine)
+                        engine=args.engine, smooth=args.smooth)
         return
     animate_single(args.checkpoint, args.source_image, args.driving_video, device=choose_device(args.device),
                    result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
                    batch_size=args.batch_size or 8, visualize=args.visualize, precision=args.mixed_precision,
                    find_best_frame=args.find_best_frame, config_path=args.config, ablation=args.ablation,
-                   overwrite=args.overwrite, engine=args.engine)
+                   overwrite=args.overwrite, engine=args.engine, crop=args.crop, driving_crop=args.driving_crop,
+                   paste=not args.no_paste_back, smooth=args.smooth)
 
 
 def inspect(args: argparse.Namespace) -> None:

@@ -2,23 +2,25 @@
 
 Reconstruction and dataset animation both ask the same question of a batch: how close are these frames to
 those? ``FrameScorer`` answers with L1, PSNR and SSIM always, with the motion-region L1 (L1 where the real
-frame differs from the source image, modules/metrics.py) when the target knows its source, and with AKD, MKR
-and AED when the config's landmark detector can run (modules/landmarks.py). What cannot be computed is listed
-in ``skipped`` with the reason, which goes into metrics.json as it is.
+frame differs from the source image, modules/metrics.py) when the target knows its source, with AKD, MKR and
+AED when the config's landmark detector can run (modules/landmarks.py), and with the steadiness of the video
+(flicker; jitter where landmarks run) when the caller keeps a ``Track`` per candidate and video. What cannot
+be computed is listed in ``skipped`` with the reason, which goes into metrics.json as it is.
 
-Landmarks of the target frames are found once per batch and shared by every candidate (the prediction and
-the trivial baselines), so a baseline costs one more detection pass, not two.
+Landmarks of the target frames are found once per batch and shared by every candidate (the prediction and the
+trivial baselines), so a baseline costs one more detection pass, not two.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
 import torch
 
 from modules.landmarks import Landmarks, MetricsUnavailable, make_landmarker
-from modules.metrics import aed, akd, l1, mkr, motion_region, psnr, region_l1, ssim
-from modules.video_io import to_uint8
+from modules.metrics import aed, akd, flicker, jitter, l1, mkr, motion_region, psnr, region_l1, ssim
+from modules.video_io import open_video, to_uint8
 
 PIXEL_METRICS = {"l1": l1, "psnr": psnr, "ssim": ssim}
 LANDMARK_METRICS = {"akd": akd, "mkr": mkr, "aed": aed}
@@ -53,7 +55,8 @@ class FrameScorer:
 
     @property
     def metrics(self) -> list[str]:
-        return list(PIXEL_METRICS) + ["motion_l1"] + list(self.landmark_metrics)
+        steady = ["jitter"] if self.landmark_metrics else []
+        return list(PIXEL_METRICS) + ["motion_l1"] + list(self.landmark_metrics) + steady + ["flicker"]
 
     def table(self, pooled: dict[str, list[float]], candidates: tuple[str, ...]) -> dict[str, dict]:
         """{candidate: {metric: mean over frames}} from per-frame values pooled as "<candidate>_<metric>"."""
@@ -65,35 +68,78 @@ class FrameScorer:
             return None
         return self.landmarker.detect(to_uint8(frames))
 
-    def target(self, frames: torch.Tensor, source: Optional[torch.Tensor] = None) -> "Target":
-        """Real frames (T, 3, H, W) and, for the motion-region L1, the (1, 3, H, W) source image they moved from."""
+    def target(self, frames: torch.Tensor, source: Optional[torch.Tensor] = None,
+               exact: Optional[Landmarks] = None) -> "Target":
+        """Real frames (T, 3, H, W) and, for the motion-region L1, the (1, 3, H, W) source image they moved from;
+        ``exact``: their true landmarks where the data know them (the synthetic renderer's joints), which jitter
+        then compares with (AKD keeps the detector's on both sides, the papers' protocol)."""
         region = None if source is None else motion_region(frames, source.to(frames.device))
-        return Target(frames, self.landmarks(frames), region)
+        return Target(frames, self.landmarks(frames), region, exact)
 
-    def score(self, candidate: torch.Tensor, target: "Target",
-              candidate_landmarks: Optional[Landmarks] = None) -> dict[str, np.ndarray]:
+    def score(self, candidate: torch.Tensor, target: "Target", candidate_landmarks: Optional[Landmarks] = None,
+              track: Optional["Track"] = None) -> dict[str, np.ndarray]:
         """Scores of ``candidate`` frames (T, 3, H, W) against ``target``: {metric: (T,)}.
-        ``candidate_landmarks`` skips the detection when the caller already has them."""
+        ``candidate_landmarks`` skips the detection when the caller already has them. ``track`` (one per
+        candidate and video, the batches given in order) carries the frames before, which jitter and flicker
+        need; without it they are NaN."""
         scores = {name: metric(candidate.float(), target.frames.float()).cpu().numpy()
                   for name, metric in PIXEL_METRICS.items()}
         if target.region is not None:
             scores["motion_l1"] = region_l1(candidate.float(), target.frames.float(), target.region).cpu().numpy()
         else:
             scores["motion_l1"] = np.full(len(candidate), np.nan)
+        found = None
         if self.landmark_metrics:
             found = candidate_landmarks if candidate_landmarks is not None else self.landmarks(candidate)
             for name, metric in self.landmark_metrics.items():
                 scores[name] = metric(target.landmarks, found)
+        steady = track.update(candidate.float(), target, found) if track is not None else {}
+        for name in ["flicker"] + (["jitter"] if self.landmark_metrics else []):
+            scores[name] = steady.get(name, np.full(len(candidate), np.nan))
         return scores
+
+
+class Track:
+    """The last frames of one candidate's video and of the real one, for the metrics of consecutive frames
+    (modules/metrics.py: jitter needs two frames before, flicker one)."""
+
+    def __init__(self) -> None:
+        self.frames: Optional[tuple[torch.Tensor, torch.Tensor]] = None     # (generated, real) last frame
+        self.landmarks: Optional[tuple[Landmarks, Landmarks]] = None       # (generated, real) last two
+
+    def update(self, candidate: torch.Tensor, target: "Target", found: Optional[Landmarks]) -> dict[str, np.ndarray]:
+        count = len(candidate)
+        generated, real = candidate, target.frames.float()
+        if self.frames is not None:
+            generated, real = torch.cat([self.frames[0], generated]), torch.cat([self.frames[1], real])
+        scores = {"flicker": flicker(generated, real).cpu().numpy()[-count:]}
+        self.frames = (generated[-1:], real[-1:])
+        reference = target.exact if target.exact is not None else target.landmarks
+        if found is not None and reference is not None:
+            mine, theirs = found, reference
+            if self.landmarks is not None:
+                mine, theirs = _joined(self.landmarks[0], mine), _joined(self.landmarks[1], theirs)
+            scores["jitter"] = jitter(theirs, mine)[-count:]
+            self.landmarks = (_tail(mine, 2), _tail(theirs, 2))
+        return scores
+
+
+def _joined(first: Landmarks, second: Landmarks) -> Landmarks:
+    return Landmarks(np.concatenate([first.points, second.points]), np.concatenate([first.found, second.found]))
+
+
+def _tail(landmarks: Landmarks, count: int) -> Landmarks:
+    return Landmarks(landmarks.points[-count:], landmarks.found[-count:])
 
 
 class Target:
     """A batch of real frames with what scoring against them needs."""
 
     def __init__(self, frames: torch.Tensor, landmarks: Optional[Landmarks],
-                 region: Optional[torch.Tensor] = None) -> None:
+                 region: Optional[torch.Tensor] = None, exact: Optional[Landmarks] = None) -> None:
         self.frames = frames                  # float (T, 3, H, W) in [0, 1]
         self.landmarks = landmarks
+        self.exact = exact                    # the true landmarks, when the data know them, or None
         self.region = region                  # (T, 1, H, W) bool: where the frames differ from the source, or None
 
 
@@ -124,3 +170,43 @@ def frame_mean(values) -> Optional[float]:
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
     return float(values.mean()) if len(values) else None
+
+
+def score_against_truth(scorer: FrameScorer, prediction: np.ndarray, source: np.ndarray, driving,
+                        truth, batch_size: int, exact: Optional[Landmarks] = None) -> dict[str, list[float]]:
+    """Per-frame scores of the prediction and of the two trivial baselines (copy the source frame, copy the
+    driving frame) against the ground-truth animation (the synthetic source identity moved by the driver's
+    pose): {"<candidate>_<metric>": values}. ``exact``: the animation's true joints (jitter's reference)."""
+    from frames_dataset import frames_to_tensor
+
+    count = min(len(prediction), truth.num_frames, driving.num_frames)
+    source_tensor = frames_to_tensor(source[None])
+    source_landmarks = scorer.landmarks(source_tensor)
+    scores: dict[str, list[float]] = {}
+    tracks = {who: Track() for who in ("prediction", "copy_source", "copy_driving")}
+    for start in range(0, count, batch_size):
+        indices = list(range(start, min(start + batch_size, count)))
+        known = None if exact is None else Landmarks(exact.points[indices], exact.found[indices])
+        target = scorer.target(frames_to_tensor(truth.read(indices)), source=source_tensor, exact=known)
+        copies = None if source_landmarks is None else repeat_landmarks(source_landmarks, len(indices))
+        candidates = (("prediction", frames_to_tensor(prediction[indices]), None),
+                      ("copy_source", source_tensor.expand(len(indices), -1, -1, -1), copies),
+                      ("copy_driving", frames_to_tensor(driving.read(indices)), None))
+        for who, frames, found in candidates:
+            for metric, values in scorer.score(frames, target, found, tracks[who]).items():
+                scores.setdefault(f"{who}_{metric}", []).extend(values.tolist())
+    return scores
+
+
+def exact_joints(truth_folder: str) -> Optional[Landmarks]:
+    """The synthetic renderer's joints of a ground-truth animation (``animation-gt-keypoints/<pair>.npy``,
+    pixels), normalised as landmarks are, or None where the dataset has none."""
+    root, name = os.path.split(os.path.normpath(truth_folder))
+    path = os.path.join(os.path.dirname(root), "animation-gt-keypoints", name + ".npy")
+    if not os.path.isfile(path):
+        return None
+    from modules.keypoint_regressor import pixels_to_normalised
+
+    pixels = np.load(path)
+    points = pixels_to_normalised(pixels, open_video(truth_folder).read([0]).shape[1]).astype(np.float64)
+    return Landmarks(points, np.ones(points.shape[:2], bool))

@@ -10,8 +10,10 @@ A family gives two objects:
 * an inference model (``nn.Module``) with
     ``encode_source(image) -> state``          the source's part, once per source image
     ``keypoints(frames) -> Keypoints``          (B, K, 2) values and Jacobians of driving frames
-    ``animate(state, driving, initial=None, adapt_scale=False, use_relative_jacobian=True) -> output``
-                                               ``initial`` (the driver's reference keypoints) = relative motion
+    ``animate(state, driving, initial=None, adapt_scale=False, use_relative_jacobian=True[, smooth]) -> output``
+                                               ``initial`` (the driver's reference keypoints) = relative motion;
+                                               families with keypoints take ``smooth`` (Keypoints -> Keypoints,
+                                               modules/smoothing.py), applied to the detected driving keypoints
     ``visual_columns(state, driving, output)``  the (B, 3|1, h, w) pictures shown side by side
     ``reconstruct(state, driving)``             the reconstruction path (the absolute animation, except for
                                                perturbed masks, which follow their training procedure;

@@ -138,6 +138,17 @@ def predict(model: KeypointRegressor, frames_uint8: np.ndarray, batch_size: int 
     return np.concatenate(out)
 
 
+@torch.inference_mode()
+def predict_with_confidence(model: KeypointRegressor, frames_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames (T, H, W, 3) -> keypoints (T, K, 2) as ``predict`` gives them, and a confidence per frame
+    (T,): the mean over keypoints of the peak of each heatmap's softmax. A figure framed as in training gives
+    sharp peaks; a frame without one, flat maps (what the crop finder ranks windows by, modules/crop.py)."""
+    frames = torch.from_numpy(np.array(frames_uint8)).permute(0, 3, 1, 2).float().div_(255)
+    logits = model.heatmaps(frames)
+    peaks = logits.float().flatten(2).softmax(dim=-1).amax(dim=-1).mean(dim=-1)
+    return soft_argmax(logits).float().numpy(), peaks.numpy()
+
+
 def pixels_to_normalised(keypoints: np.ndarray, size: int) -> np.ndarray:
     """Dataset keypoints in pixels (pixel centres 0..size-1) -> normalised [0, 1] ((x + 0.5) / size)."""
     return (np.asarray(keypoints, np.float32) + 0.5) / size

@@ -171,6 +171,7 @@ class SyntheticLandmarks:
         except UserError as error:
             raise MetricsUnavailable(str(error)) from None
         self.num_points = int(checkpoint["num_keypoints"])
+        self.size = int(checkpoint["size"])                # the frame side it was trained at
         self.info = checkpoint.get("info", {})
         self._device = device
 
@@ -179,6 +180,13 @@ class SyntheticLandmarks:
 
         points = predict(self._model, frames, device=self._device).astype(np.float64)
         return Landmarks(points, np.ones(points.shape[:2], bool))
+
+    def detect_with_confidence(self, frames: np.ndarray) -> tuple[Landmarks, np.ndarray]:
+        """``detect`` and each frame's confidence (modules/keypoint_regressor.predict_with_confidence)."""
+        from modules.keypoint_regressor import predict_with_confidence
+
+        points, confidence = predict_with_confidence(self._model.cpu(), frames)
+        return Landmarks(points.astype(np.float64), np.ones(points.shape[:2], bool)), confidence
 
 
 def make_landmarker(config, frame_size: tuple[int, int]) -> Landmarker:

@@ -4,6 +4,10 @@ L1, PSNR and SSIM take frames as float tensors (N, 3, H, W) in [0, 1]. AKD, MKR 
 ``Landmarks`` a detector found on the real and on the generated frames (modules/landmarks.py). Every metric
 returns one value per frame (N,), NaN where a frame has nothing to measure (no landmark found in both), so a
 caller averages over frames (FOMM's protocol) or over videos as it chooses, with ``np.nanmean``.
+
+Two measure steadiness, over consecutive frames of one video: ``jitter`` (the landmarks' acceleration against
+the real video's) and ``flicker`` (change where the real video stands still); modules/evaluation.py feeds
+them a video batch after batch.
 """
 from __future__ import annotations
 
@@ -119,3 +123,44 @@ def aed(real, generated) -> np.ndarray:
     if real.embeddings is None or generated.embeddings is None:
         return np.full(len(real.points), np.nan)
     return np.linalg.norm(real.embeddings - generated.embeddings, axis=1)     # NaN rows stay NaN
+
+
+def _acceleration(points: np.ndarray) -> np.ndarray:
+    """(T, N, 2) positions -> (T - 2, N, 2) second differences."""
+    return points[2:] - 2 * points[1:-1] + points[:-2]
+
+
+def jitter(real, generated, scale: float = 256.0) -> np.ndarray:
+    """Landmark jitter per frame: how far the generated landmarks' frame-to-frame acceleration (the second
+    difference p(t) - 2 p(t-1) + p(t-2)) is from the real ones', the Euclidean distance averaged over the
+    landmarks found in both videos in all three frames, in pixels of a ``scale`` x ``scale`` frame. Steady
+    motion scores what the real video itself accelerates by: 0 when every landmark moves as the real one
+    does, also for a still video. (T,), NaN for the first two frames and where no landmark qualifies."""
+    count = len(real.points)
+    values = np.full(count, np.nan)
+    if count < 3:
+        return values
+    found = real.found & generated.found
+    both = found[2:] & found[1:-1] & found[:-2]                            # (T - 2, N)
+    distance = np.linalg.norm(_acceleration(generated.points) - _acceleration(real.points), axis=-1) * scale
+    total, number = (distance * both).sum(axis=1), both.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values[2:] = np.where(number > 0, total / np.maximum(number, 1), np.nan)
+    return values
+
+
+def flicker(prediction: torch.Tensor, target: torch.Tensor, threshold: float = 1 / 255) -> torch.Tensor:
+    """Temporal flicker per frame: the mean absolute change of the generated frame from the one before, over
+    the pixels where the real video does not change (every channel within ``threshold``: the static
+    background of the synthetic renderer, exactly). (T,), NaN for the first frame and where no pixel is
+    still."""
+    _check(prediction, target)
+    values = torch.full((len(prediction),), float("nan"), dtype=torch.float64, device=prediction.device)
+    if len(prediction) < 2:
+        return values
+    still = ((target[1:] - target[:-1]).abs().amax(dim=1, keepdim=True) < threshold)      # (T-1, 1, H, W)
+    change = (prediction[1:] - prediction[:-1]).abs().mean(dim=1, keepdim=True)           # (T-1, 1, H, W)
+    pixels = still.sum(dim=(1, 2, 3))
+    total = (change * still).sum(dim=(1, 2, 3)).double()
+    values[1:] = torch.where(pixels > 0, total / pixels.clamp(min=1), torch.full_like(total, float("nan")))
+    return values

@@ -93,6 +93,10 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_result(tmp_path, checkpoint
     not_an_image.write_text("hello")
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 100)
+    clip = tmp_path / "clip"                       # a good driving video: the inputs are read before the model
+    clip.mkdir()
+    for number in range(2):
+        Image.open(source).convert("RGB").save(clip / f"{number:05d}.png")
     cases = [
         (["--checkpoint", checkpoints["heatmap"], "--source_image", str(tmp_path / "none.png"), "--driving_video",
           str(broken)], "none.png: file not found"),
@@ -100,7 +104,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_result(tmp_path, checkpoint
           str(broken)], "cannot decode the image"),
         (["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", str(broken)],
          "broken.mp4"),
-        (["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", str(broken),
+        (["--checkpoint", checkpoints["heatmap"], "--source_image", source, "--driving_video", str(clip),
           "--motion", "relative"], "heatmap mask model, which has no keypoints to move"),
         (["--source_image", source, "--driving_video", str(broken)], "--mode animate needs --checkpoint"),
         (["--checkpoint", checkpoints["heatmap"], "--ablation", "no_ref"],
@@ -112,7 +116,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_result(tmp_path, checkpoint
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and fragment in error, error
         assert not os.path.exists(out)
-    assert sorted(os.listdir(tmp_path)) == ["broken.mp4", "notes.png", "s.png"]
+    assert sorted(os.listdir(tmp_path)) == ["broken.mp4", "clip", "notes.png", "s.png"]
 
 
 def test_fit_crop_keeps_the_aspect_and_resize_stretches():
@@ -269,7 +273,8 @@ def test_find_best_frame_measures_relative_motion_from_the_closest_pose_as_fomm_
     out = str(tmp_path / "best.mp4")
     capsys.readouterr()
     assert animate("--checkpoint", checkpoints["circles"], "--source_image", str(tmp_path / "source.png"),
-                   "--driving_video", str(folder), "--result_video", out, "--find_best_frame") == 0
+                   "--driving_video", str(folder), "--result_video", out, "--find_best_frame",
+                   "--crop", "none", "--driving_crop", "none") == 0
     assert "best frame: 2 of 5" in capsys.readouterr().out
     assert open_video(out).num_frames == 5
 

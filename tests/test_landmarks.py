@@ -67,7 +67,7 @@ def test_normalised_pose_ignores_position_and_size():
 def test_landmark_metrics_are_skipped_with_the_reason(tiny_config, tmp_path, monkeypatch):
     tiny_config.metrics_params.keypoint_regressor = str(tmp_path / "keypoint-regressor.pth")   # none trained
     scorer = FrameScorer(tiny_config, (64, 64))
-    assert set(scorer.skipped) == {"akd", "mkr", "aed"} and scorer.metrics == ["l1", "psnr", "ssim", "motion_l1"]
+    assert set(scorer.skipped) == {"akd", "mkr", "aed"} and scorer.metrics == ["l1", "psnr", "ssim", "motion_l1", "flicker"]
     assert str(tmp_path) in scorer.skipped["akd"] and "train_keypoint_regressor.py" in scorer.skipped["akd"]
 
     tiny_config.metrics_params.landmarks = "body"
@@ -148,7 +148,8 @@ def test_scorer_with_body_landmarks_at_256_px_scores_akd_and_mkr_and_explains_ae
     pytest.importorskip("mediapipe", reason="needs the metrics extra")
     tiny_config.metrics_params.landmarks = "body"
     scorer = FrameScorer(tiny_config, (SIZE, SIZE))
-    assert scorer.metrics == ["l1", "psnr", "ssim", "motion_l1", "akd", "mkr"] and "re-identification" in scorer.skipped["aed"]
+    assert scorer.metrics == ["l1", "psnr", "ssim", "motion_l1", "akd", "mkr", "jitter", "flicker"]
+    assert "re-identification" in scorer.skipped["aed"]
     frames = torch.from_numpy(astronaut_crops((24, 12))).permute(0, 3, 1, 2).float() / 255
     target = scorer.target(frames[:1])
     same = scorer.score(frames[:1], target)

@@ -124,6 +124,9 @@ def test_synthetic_akd_from_the_keypoint_regressor_in_reconstruction_and_animati
         animation = json.load(open(os.path.join(trained_run, "animation", "metrics.json")))
         assert animation["protocol"]["landmarks"] == "synthetic"
         for row in [animation["mean"], *animation["baselines"].values()]:
-            assert set(row) == {"l1", "psnr", "ssim", "motion_l1", "akd"} and row["akd"] >= 0
+            assert set(row) == {"l1", "psnr", "ssim", "motion_l1", "akd", "jitter", "flicker"} and row["akd"] >= 0
+            assert row["jitter"] >= 0 and row["flicker"] >= 0
+        # copying the source frame stands still: it flickers nowhere
+        assert animation["baselines"]["copy_source"]["flicker"] == 0
     finally:
         os.remove(path)

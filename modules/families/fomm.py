@@ -8,7 +8,7 @@ keys, so official FOMM checkpoints run here and ours run in FOMM's code.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal, NamedTuple, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -73,20 +73,20 @@ class FommModel(nn.Module):
         return self.animate(state, driving)
 
     def animate(self, state: FommSource, driving: torch.Tensor, initial: Optional[Keypoints] = None,
-                adapt_scale: bool = False, use_relative_jacobian: bool = True) -> FommAnimation:
+                adapt_scale: bool = False, use_relative_jacobian: bool = True,
+                smooth: Optional[Callable[[Keypoints], Keypoints]] = None) -> FommAnimation:
         """driving (B, 3, H, W) -> the source moved like it: absolutely (the driver's keypoints as they are), or,
-        given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (FOMM's
-        relative animation)."""
+        given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (FOMM's relative
+        animation); ``smooth`` (modules/smoothing.py) filters the detected keypoints and Jacobians first."""
         batch = driving.shape[0]
         kp_source = state.keypoints.expand(batch)
-        detected = self.keypoints(driving)
-        kp_driving = detected
-        if initial is not None:
-            reference = initial.expand(batch)
-            kp_driving = relative_keypoints(kp_source.value.float(), detected.value.float(), reference.value.float(),
-                                       jacobian_source=kp_source.jacobian, jacobian_driving=detected.jacobian,
-                                       jacobian_driving_initial=reference.jacobian,
-                                       adapt_movement_scale=adapt_scale, use_relative_jacobian=use_relative_jacobian)
+        detected = self.keypoints(driving) if smooth is None else smooth(self.keypoints(driving))
+        reference = None if initial is None else initial.expand(batch)
+        kp_driving = detected if reference is None else relative_keypoints(
+            kp_source.value.float(), detected.value.float(), reference.value.float(),
+            jacobian_source=kp_source.jacobian, jacobian_driving=detected.jacobian,
+            jacobian_driving_initial=reference.jacobian,
+            adapt_movement_scale=adapt_scale, use_relative_jacobian=use_relative_jacobian)
         out = self.generator(state.image.expand(batch, -1, -1, -1), kp_driving, kp_source)
         return FommAnimation(out.prediction, out.deformed, out.occlusion_map, kp_source.value, detected.value)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -99,21 +99,26 @@ class KeypointMaskModel(nn.Module):
         return self.animate(state, driving)
 
     def animate(self, state: SourceState, driving: torch.Tensor, initial: Optional[Keypoints] = None,
-                adapt_scale: bool = False, use_relative_jacobian: bool = True) -> GeneratorOutput:
+                adapt_scale: bool = False, use_relative_jacobian: bool = True,
+                smooth: Optional[Callable[[Keypoints], Keypoints]] = None) -> GeneratorOutput:
         """driving (B, 3, H, W) -> predictions (B, 3, H, W). Absolute motion: the driving frames' own masks.
         Relative (circles only), given the driver's reference keypoints ``initial`` (1, K, 2): the circles of
         the source's keypoints moved by the driver's motion since the reference (keypoint-mask paper
-        sec. 2.2)."""
+        sec. 2.2). ``smooth`` (circles only; modules/smoothing.py) filters the driving keypoints first."""
         batch = driving.shape[0]
-        if initial is None:
+        if (initial is not None or smooth is not None) and not self.relative_motion_possible:
+            raise ValueError(f"a {self.mask.kind} mask has no keypoints to move or smooth: it animates absolutely")
+        if initial is None and smooth is None:
             driving_mask = self.mask(driving).mask
         else:
-            if not self.relative_motion_possible:
-                raise ValueError(f"a {self.mask.kind} mask has no keypoints to move: it animates absolutely")
             kp_driving = self.mask(driving).keypoints.float()
-            moved = relative_keypoints(state.keypoints.expand_as(kp_driving).float(), kp_driving,
-                                       initial.value.expand_as(kp_driving).float(), adapt_movement_scale=adapt_scale)
-            driving_mask = self.mask.mask_from_keypoints(moved.value, tuple(driving.shape[-2:]))
+            if smooth is not None:
+                kp_driving = smooth(Keypoints(kp_driving)).value
+            if initial is not None:
+                kp_driving = relative_keypoints(state.keypoints.expand_as(kp_driving).float(), kp_driving,
+                                                initial.value.expand_as(kp_driving).float(),
+                                                adapt_movement_scale=adapt_scale).value
+            driving_mask = self.mask.mask_from_keypoints(kp_driving, tuple(driving.shape[-2:]))
         return self.generator(state.image.expand(batch, -1, -1, -1), state.mask.expand(batch, -1, -1, -1),
                               driving_mask)
 
