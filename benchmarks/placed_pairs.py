@@ -27,6 +27,8 @@ sys.path.insert(0, ROOT)
 
 from PIL import Image  # noqa: E402
 
+from scripts.crop_picture import draw  # noqa: E402
+
 
 def backdrop(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """A photo-like backdrop: smooth colour blotches plus grain, (H, W, 3) uint8."""
@@ -162,11 +164,7 @@ def write_picture(path: str, shown: list) -> None:
     photo, driving, result, truth, box = shown
     marked = photo.copy()
     if box is not None:
-        for offset in range(2):
-            x0, y0 = box.x + offset, box.y + offset
-            x1, y1 = box.x + box.side - 1 - offset, box.y + box.side - 1 - offset
-            marked[y0, x0:x1 + 1] = marked[y1, x0:x1 + 1] = (255, 40, 40)
-            marked[y0:y1 + 1, x0] = marked[y0:y1 + 1, x1] = (255, 40, 40)
+        draw(marked, box, (255, 40, 40), width=2)
     gap = np.full((photo.shape[0], 6, 3), 255, np.uint8)
     strip = np.concatenate([marked, gap, driving, gap, result, gap, truth], axis=1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -245,10 +245,20 @@ def _box_bounds(box: Box, increase: float) -> Bounds:
     return box.x + margin, box.y + margin, box.x + box.side - margin, box.y + box.side - margin
 
 
+def finder_for_kind(kind: str, regressor: str = SHIPPED_REGRESSOR) -> SubjectFinder:
+    """The subject finder of ``kind`` (face, body, synthetic; the latter reads ``regressor``).
+
+    Raises modules.landmarks.MetricsUnavailable when its detector cannot be loaded."""
+    from modules.landmarks import BodyLandmarks, FaceLandmarks, SyntheticLandmarks
+
+    landmarker = {"face": FaceLandmarks, "body": BodyLandmarks,
+                  "synthetic": lambda: SyntheticLandmarks(regressor)}[kind]()
+    return SubjectFinder(kind, landmarker)
+
+
 def make_finder(config) -> tuple[Optional[SubjectFinder], str]:
     """The config's subject finder, or None and the reason there is none."""
-    from modules.landmarks import (BodyLandmarks, FaceLandmarks, MetricsUnavailable, SyntheticLandmarks,
-                                  make_landmarker)
+    from modules.landmarks import MetricsUnavailable, make_landmarker
 
     kind = config.metrics_params.landmarks
     if kind == "none":
@@ -256,16 +266,21 @@ def make_finder(config) -> tuple[Optional[SubjectFinder], str]:
     try:
         if kind == "synthetic":
             try:
-                landmarker = make_landmarker(config, (1024, 1024))
+                return SubjectFinder(kind, make_landmarker(config, (1024, 1024))), ""
             except MetricsUnavailable:
                 if not os.path.isfile(SHIPPED_REGRESSOR):
                     raise
-                landmarker = SyntheticLandmarks(SHIPPED_REGRESSOR)    # the one trained on the bundled data
-        else:
-            landmarker = BodyLandmarks() if kind == "body" else FaceLandmarks()
+        return finder_for_kind(kind), ""         # synthetic: the regressor trained on the bundled data
     except MetricsUnavailable as reason:
         return None, str(reason)
-    return SubjectFinder(kind, landmarker), ""
+
+
+def video_box_of(finder: SubjectFinder, video) -> Optional[Box]:
+    """The box of a video (a modules.video_io reader), measured on at most VIDEO_FRAMES evenly spread frames,
+    read 8 at a time."""
+    count = video.num_frames
+    indices = sorted(set(np.linspace(0, count - 1, min(count, VIDEO_FRAMES)).round().astype(int).tolist()))
+    return finder.video_box(video.read(indices[i:i + 8]) for i in range(0, len(indices), 8))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -347,11 +362,7 @@ def plan_crops(config, photo: np.ndarray, photo_file: str, video, video_file: st
     def video_auto():
         if finder is None:
             return None, reason
-        count = video.num_frames
-        indices = sorted(set(np.linspace(0, count - 1, min(count, VIDEO_FRAMES)).round().astype(int).tolist()))
-        batches = (video.read(indices[i:i + 8]) for i in range(0, len(indices), 8))
-        box = finder.video_box(batches)
-        return box, f"no {finder.kind} found in {video_file}"
+        return video_box_of(finder, video), f"no {finder.kind} found in {video_file}"
 
     source, first = _choose(crop, "--crop", photo_file, photo.shape, photo_auto)
     shape = video.read([0])[0].shape

@@ -24,18 +24,17 @@ COLOURS = {"face": (230, 40, 40), "body": (40, 90, 230), "synthetic": (30, 180, 
 
 def finder_of(kind: str):
     """The subject finder of ``kind``, or the reason there is none."""
-    from modules.crop import SHIPPED_REGRESSOR, SubjectFinder
-    from modules.landmarks import BodyLandmarks, FaceLandmarks, MetricsUnavailable, SyntheticLandmarks
+    from modules.crop import finder_for_kind
+    from modules.landmarks import MetricsUnavailable
 
     try:
-        landmarker = {"face": FaceLandmarks, "body": BodyLandmarks,
-                      "synthetic": lambda: SyntheticLandmarks(SHIPPED_REGRESSOR)}[kind]()
+        return finder_for_kind(kind)
     except MetricsUnavailable as reason:
         return str(reason)
-    return SubjectFinder(kind, landmarker)
 
 
 def draw(image: np.ndarray, box, colour, width: int = 3) -> None:
+    """Draw ``box``'s outline, ``width`` pixels thick inside its edge, into ``image`` (H, W, 3) in place."""
     for offset in range(width):
         x0, y0 = box.x + offset, box.y + offset
         x1, y1 = box.x + box.side - 1 - offset, box.y + box.side - 1 - offset

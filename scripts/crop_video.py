@@ -33,36 +33,29 @@ from modules.video_io import VideoError, open_video  # noqa: E402
 from scripts.video_to_frames import find_videos  # noqa: E402
 
 
-
 def split_of(name: str, test_percent: int) -> str:
     """train or test, fixed by the name alone (CRC-32), so adding videos never moves one between splits."""
     return "test" if zlib.crc32(name.encode("utf-8")) % 100 < test_percent else "train"
 
 
 def make_finder(kind: str, regressor: str):
-    from modules.crop import SubjectFinder
-    from modules.landmarks import BodyLandmarks, FaceLandmarks, MetricsUnavailable, SyntheticLandmarks
+    from modules.crop import finder_for_kind
+    from modules.landmarks import MetricsUnavailable
 
     try:
-        landmarker = {"body": BodyLandmarks, "face": FaceLandmarks}[kind]() if kind != "synthetic" \
-            else SyntheticLandmarks(regressor)
+        return finder_for_kind(kind, regressor)
     except MetricsUnavailable as reason:
         raise UserError(f"--kind {kind}: {reason}") from None
-    return SubjectFinder(kind, landmarker)
 
 
 def crop_one(path: str, folder: str, finder, size: int, min_frames: int):
     """Crop one video into ``folder`` (written whole or not at all); returns its box, or the reason it was left out."""
-    import numpy as np
-
-    from modules.crop import VIDEO_FRAMES, crop_to
+    from modules.crop import crop_to, video_box_of
 
     video = open_video(path)
     if video.num_frames < min_frames:
         return f"{video.num_frames} frames, fewer than --min_frames {min_frames}"
-    indices = sorted(set(np.linspace(0, video.num_frames - 1, min(video.num_frames, VIDEO_FRAMES))
-                         .round().astype(int).tolist()))
-    box = finder.video_box(video.read(indices[i:i + 8]) for i in range(0, len(indices), 8))
+    box = video_box_of(finder, video)
     if box is None:
         return f"no {finder.kind} found"
     with results_folder(folder) as partial:
