@@ -1,11 +1,12 @@
 # `make demo`: set up .venv on a fresh machine and run the main job (the demo animation) with the shipped model.
-# `make test`: set up .venv if needed and run the test suite.
+# `make test`: set up .venv if needed and run the test suite (its browser tests need Debian's chromium).
+# `make app`: serve the web page on http://127.0.0.1:7860 (the shipped models; Ctrl-C stops it).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo train test bench install clean
+.PHONY: demo train test bench install clean app
 
 $(STAMP): requirements.txt setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ demo: $(STAMP) data/synthetic/test-pairs.csv
 
 train: $(STAMP) data/synthetic/test-pairs.csv
 	$(BIN)/kpmask --config config/tiny-heatmap.yaml --mode train --checkpoint_with_kp models/tiny-detector.pth.tar
+
+app: $(STAMP)
+	$(BIN)/kpmask --mode app
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

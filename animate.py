@@ -132,6 +132,20 @@ def stream_animation(model, source: np.ndarray, batches: Iterator[np.ndarray], w
         progress.update(len(frames))
 
 
+class ReportingBar(tqdm):
+    """A progress bar that also tells ``report(done, total)`` of each update (None: a plain bar)."""
+
+    def __init__(self, report: Optional[Callable[[int, int], None]], **options):
+        super().__init__(**options)
+        self.report = report
+
+    def update(self, n: int = 1) -> Optional[bool]:
+        shown = super().update(n)
+        if self.report is not None:
+            self.report(self.n, self.total)
+        return shown
+
+
 class Frames:
     """The source image and the driving video as the model sees them: cropped to the boxes ``--crop`` and
     ``--driving_crop`` choose (modules/crop.py; planned once, on the first call that has the config) or, with
@@ -171,12 +185,14 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
                    precision: Optional[str] = None, find_best_frame: bool = False,
                    config_path: Optional[str] = None, ablation: Optional[str] = None,
                    overwrite: bool = False, engine: Optional[str] = None, crop: str = "auto",
-                   driving_crop: str = "auto", paste: bool = True, smooth: float = 0.0) -> str:
+                   driving_crop: str = "auto", paste: bool = True, smooth: float = 0.0,
+                   report: Optional[Callable[[int, int], None]] = None) -> str:
     """Animate ``source_image`` by ``driving_video`` into ``result_video`` (default ``<source>-animated.mp4``;
     an existing file is refused unless ``overwrite``); with ``visualize`` also ``<result>-side-by-side.mp4``.
     The model animates the crops ``crop``/``driving_crop`` choose; with ``paste`` the result is the source
-    photo with the animated crop pasted back. Returns the result's path. Outputs are checked before anything
-    is loaded (modules/outputs.py)."""
+    photo with the animated crop pasted back. ``report(done, total)`` hears of every batch written (the web
+    page's progress bar). Returns the result's path. Outputs are checked before anything is loaded
+    (modules/outputs.py)."""
     result_video = result_video or default_result(source_image)
     side_path = _check_arguments(result_video, (source_image, driving_video, checkpoint_path, config_path),
                                  overwrite=overwrite, visualize=visualize, fit=fit,
@@ -202,7 +218,7 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str, 
     fps = video.fps or 25.0
     batches = (frames.driving(config, chunk) for chunk in video.iter_frames(batch_size))
     paster = frames.planned(config).paster(frames.photo, paste)
-    progress = tqdm(total=video.num_frames, unit="frame", dynamic_ncols=True)
+    progress = ReportingBar(report, total=video.num_frames, unit="frame", dynamic_ncols=True)
     # A failure or a signal before the end removes both partial files: neither name gets a half-written video.
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode())

@@ -139,6 +139,21 @@ def side_by_side(columns: Sequence[torch.Tensor], size: tuple[int, int]) -> np.n
     return np.concatenate([to_uint8(column, size) for column in columns], axis=2)
 
 
+def contact_sheet(visual: np.ndarray, columns: int, count: int = 8) -> np.ndarray:
+    """Side-by-side frames (T, H, columns*W, 3) -> one image whose rows are the columns (source, driving,
+    mask, ...) and whose columns are ``count`` frames evenly spread over the video: (columns*H, count*W, 3)."""
+    frames, _, total_width, _ = visual.shape
+    width = total_width // columns
+    picked = sheet_frames(frames, count)
+    rows = [np.concatenate([visual[t, :, c * width:(c + 1) * width] for t in picked], axis=1) for c in range(columns)]
+    return np.concatenate(rows, axis=0)
+
+
+def sheet_frames(frames: int, count: int = 8) -> list[int]:
+    """The frames a contact sheet of a ``frames``-long video shows: ``count`` evenly spread."""
+    return np.linspace(0, frames - 1, min(count, frames)).round().astype(int).tolist()
+
+
 def training_grid(columns: Sequence[torch.Tensor], max_rows: int = 4) -> np.ndarray:
     """Images side by side per sample, one row per batch element: (rows*H, len(columns)*W, 3) uint8.
 

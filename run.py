@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-MODES = ("train", "reconstruction", "animate", "inspect")
+MODES = ("train", "reconstruction", "animate", "inspect", "app")
 
 
 def positive_int(text: str) -> int:
@@ -33,6 +33,16 @@ def strength(text: str) -> float:
     return value
 
 
+def megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a size in MB > 0, got {text!r}")
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     from modules.errors import OneLineArgumentParser
 
@@ -49,7 +59,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "with --checkpoint and report L1/PSNR/SSIM; animate: move --source_image like "
                              "--driving_video with --checkpoint; inspect: build the networks, run one "
                              "forward and one forward+backward on generated images, print parameters, shapes, "
-                             "time and memory")
+                             "time and memory; app: serve the web page (--host, --port, --models)")
     parser.add_argument("--checkpoint_with_kp", default=None,
                         help="FOMM checkpoint (vox-cpk.pth.tar, taichi-cpk.pth.tar, ...) holding the "
                              "pretrained kp_detector")
@@ -75,6 +85,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "results go to <mode>-<ablation>/")
     _add_animate_arguments(parser.add_argument_group("animate"))
     _add_train_arguments(parser.add_argument_group("train"))
+    _add_app_arguments(parser.add_argument_group("app"))
     return parser.parse_args(argv)
 
 
@@ -132,6 +143,28 @@ def _add_train_arguments(train: argparse._ArgumentGroup) -> None:
                        help="overrides train_params.channels_last")
     train.add_argument("--max_steps", type=positive_int, default=None,
                        help="stop after this many training steps in all, with a checkpoint (resumable)")
+
+
+def _add_app_arguments(app: argparse._ArgumentGroup) -> None:
+    app.add_argument("--host", default="127.0.0.1",
+                     help="address the page is served on (default 127.0.0.1: this machine only; 0.0.0.0: every "
+                          "network interface)")
+    app.add_argument("--port", type=positive_int, default=7860, help="port of the page (default 7860)")
+    app.add_argument("--models", default=None, metavar="FOLDER",
+                     help="also offer the checkpoints and model files in this folder (and its run folders)")
+    app.add_argument("--max_upload_mb", type=megabytes, default=50.0,
+                     help="largest source image or driving video accepted, in MB (default 50)")
+    app.add_argument("--max_frames", type=positive_int, default=1000,
+                     help="longest driving video accepted, in frames (default 1000)")
+
+
+def app(args: argparse.Namespace) -> None:
+    """Serve the web page (see modules/app.py)."""
+    from modules.app import AppOptions, serve
+    from modules.app_files import Limits
+
+    serve(AppOptions(host=args.host, port=args.port, models=args.models, device=args.device,
+                     limits=Limits(upload_mb=args.max_upload_mb, frames=args.max_frames)))
 
 
 def choose_device(name: str) -> "torch.device":  # noqa: F821 (torch is imported lazily)
@@ -315,7 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def command() -> None:
         check_paths(args)
         {"train": train, "reconstruction": reconstruction, "animate": animate,
-         "inspect": inspect}[args.mode](args)
+         "inspect": inspect, "app": app}[args.mode](args)
 
     return exit_status(command)
 

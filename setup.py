@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["modules", "modules.families"],
+    packages=["modules", "modules.families", "scripts"],   # scripts: the dataset generator the app's example uses
     # The top-level stage scripts are importable modules too (run.py is the console entry point).
     py_modules=["run", "train", "logger", "frames_dataset", "reconstruction", "animate"],
     install_requires=[
@@ -25,7 +25,9 @@ setup(
         "tensorboard",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "playwright"],     # playwright: the browser tests of the web page (tests/test_browser.py)
+        # --mode app: the web page (gradio 6 asks for pillow < 13)
+        "app": ["gradio>=6,<7", "pillow<13"],
         # --engine onnxruntime / auto: the exported parts run in ONNX Runtime (onnx 1.22 is the newest that
         # co-installs with the metrics extra's protobuf < 5)
         "engines": ["onnx>=1.16,<1.23", "onnxruntime>=1.17", "openvino>=2025.0"],

@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
 
 DEFAULT_MODEL = "models/tiny-heatmap.pth.tar"
-SHEET_FRAMES = 8
 
 
 def demo_pair(root: str) -> str:
@@ -45,16 +44,6 @@ def demo_pair(root: str) -> str:
     if not rows or not {"source", "driving"} <= set(rows[0]):
         raise UserError(f"{path}: expected a 'source,driving' header and at least one pair")
     return f"{rows[0]['source']}__{rows[0]['driving']}"
-
-
-def contact_sheet(visual: np.ndarray, columns: int, count: int = SHEET_FRAMES) -> np.ndarray:
-    """Side-by-side frames (T, H, columns*W, 3) -> one image whose rows are the columns (source, driving, ...)
-    and whose columns are ``count`` frames evenly spread over the video: (columns*H, count*W, 3)."""
-    frames, height, total_width, _ = visual.shape
-    width = total_width // columns
-    picked = np.linspace(0, frames - 1, min(count, frames)).round().astype(int)
-    rows = [np.concatenate([visual[t, :, c * width:(c + 1) * width] for t in picked], axis=1) for c in range(columns)]
-    return np.concatenate(rows, axis=0)
 
 
 DEMO_FILES = ("result.mp4", "side-by-side.mp4", "contact-sheet.png", "metrics.json")
@@ -81,6 +70,7 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
     from tqdm import tqdm
 
     from animate import choose_motion, score_against_truth, stream_animation
+    from logger import contact_sheet
     from modules.checkpoint import load_model
     from modules.evaluation import FrameScorer, table_lines
     from modules.outputs import results_folder

@@ -47,6 +47,7 @@ import colorsys
 import csv
 import dataclasses
 import functools
+import inspect
 import json
 import math
 import shutil
@@ -730,6 +731,43 @@ def _names(num_identities: int, clips_per_identity: int) -> tuple[list[str], Cal
             lambda identity, clip: f"{identity}#{clip:0{clip_digits}d}")
 
 
+def plan_dataset(seed: int, num_train_identities: int, num_test_identities: int, clips_per_identity: int,
+                 num_frames: int, num_pairs: int) -> tuple[list[Identity], dict[str, str], list, list]:
+    """Everything random about a dataset, drawn before a pixel is rendered: (identities, split of each identity's
+    name, videos as (split, identity, video name, poses (num_frames, P)), test pairs (source, driving))."""
+    total = num_train_identities + num_test_identities
+    names, video_name = _names(total, clips_per_identity)
+    identities = sample_identities(np.random.default_rng([seed, _IDENTITY_STREAM]), total, names)
+    split_of = {identity.name: ("train" if i < num_train_identities else "test")
+                for i, identity in enumerate(identities)}
+    videos: list[tuple[str, Identity, str, np.ndarray]] = []
+    for i, identity in enumerate(identities):
+        for clip in range(clips_per_identity):
+            poses = sample_trajectory(np.random.default_rng([seed, _TRAJECTORY_STREAM, i, clip]), num_frames)
+            videos.append((split_of[identity.name], identity, video_name(identity.name, clip), poses))
+    test_videos = [video for split, _, video, _ in videos if split == "test"]
+    pairs = sample_pairs(np.random.default_rng([seed, _PAIR_STREAM]), test_videos, num_pairs)
+    return identities, split_of, videos, pairs
+
+
+def demo_pair(size: int = DEFAULT_SIZE, supersample: int = DEFAULT_SUPERSAMPLE
+              ) -> tuple[str, np.ndarray, np.ndarray]:
+    """The default dataset's first test pair (``make demo``'s), rendered in memory without writing the dataset:
+    (``<source>__<driving>``, the source video's frame 0 (size, size, 3), the driving video (T, size, size, 3))."""
+    signature = inspect.signature(generate_dataset).parameters
+    defaults = {name: signature[name].default for name in ("seed", "num_train_identities", "num_test_identities",
+                                                           "clips_per_identity", "num_frames", "num_pairs")}
+    _, _, videos, pairs = plan_dataset(**defaults)
+    by_name = {video: (identity, poses) for _, identity, video, poses in videos}
+    source, driving = pairs[0]
+    identity, poses = by_name[source]
+    first = render_keypoints(identity, trajectory_keypoints(identity, poses[:1], size)[0], size, supersample)[0]
+    identity, poses = by_name[driving]
+    frames = np.stack([render_keypoints(identity, points, size, supersample)[0]
+                       for points in trajectory_keypoints(identity, poses, size)])
+    return f"{source}__{driving}", first, frames
+
+
 def generate_dataset(root: Union[str, Path], *, seed: int = 0, size: int = DEFAULT_SIZE,
                      num_train_identities: int = 32, num_test_identities: int = 8, clips_per_identity: int = 2,
                      num_frames: int = 48, num_pairs: int = 16, supersample: int = DEFAULT_SUPERSAMPLE,
@@ -744,20 +782,9 @@ def generate_dataset(root: Union[str, Path], *, seed: int = 0, size: int = DEFAU
     root = Path(root)
     _prepare_root(root, overwrite)
     started = time.perf_counter()
-
-    total = num_train_identities + num_test_identities
-    names, video_name = _names(total, clips_per_identity)
-    identities = sample_identities(np.random.default_rng([seed, _IDENTITY_STREAM]), total, names)
-    split_of = {identity.name: ("train" if i < num_train_identities else "test")
-                for i, identity in enumerate(identities)}
-    videos: list[tuple[str, Identity, str, np.ndarray]] = []   # (split, identity, video, poses)
-    for i, identity in enumerate(identities):
-        for clip in range(clips_per_identity):
-            poses = sample_trajectory(np.random.default_rng([seed, _TRAJECTORY_STREAM, i, clip]), num_frames)
-            videos.append((split_of[identity.name], identity, video_name(identity.name, clip), poses))
+    identities, split_of, videos, pairs = plan_dataset(seed, num_train_identities, num_test_identities,
+                                                       clips_per_identity, num_frames, num_pairs)
     test_videos = [video for split, _, video, _ in videos if split == "test"]
-    pairs = sample_pairs(np.random.default_rng([seed, _PAIR_STREAM]), test_videos, num_pairs)
-
     _write_metadata(root, seed, size, supersample, num_frames, clips_per_identity, identities, split_of)
     # keypoints/ is the labels layout any dataset can have (modules/keypoint_labels.py): name its points
     write_points_file(root / "keypoints", JOINTS, MIRRORED_JOINTS)
