@@ -144,7 +144,12 @@ def test_uploaded_clip_animates_with_the_driving_frame_count_and_plays(server, b
 
 
 def test_bundled_example_animates_end_to_end_with_the_shipped_model(server, browser):
-    page = open_page(browser, server[0])
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    outside = []                                                  # no telemetry, fonts or CDN scripts
+    page.on("request", lambda request: outside.append(request.url)
+            if not request.url.startswith((server[0], "data:", "blob:")) else None)
+    page.goto(server[0])
+    page.wait_for_selector("#animate")
     assert "synthetic figures" in page.inner_text("body")        # the page says what the models can do
     page.click("#example >> text=synthetic-id032-00.png")
     page.wait_for_selector("#driving >> text=synthetic-id038-00")
@@ -158,6 +163,7 @@ def test_bundled_example_animates_end_to_end_with_the_shipped_model(server, brow
         json.dump({"click_to_result_s": round(seconds, 2), "model": "models/tiny-heatmap.pth.tar"}, stream)
     print(f"bundled example: {seconds:.1f} s from clicking Animate to the result")
     page.close()
+    assert outside == [], f"the page asked for something beyond its server: {outside[:3]}"
 
 
 def test_corrupt_upload_shows_the_command_lines_error(server, browser, clip, tmp_path):
