@@ -23,24 +23,23 @@ def positive_int(text: str) -> int:
     return value
 
 
-def strength(text: str) -> float:
+def _finite_number(text: str, smallest: float, strictly: bool, expected: str) -> float:
+    """A finite float >= ``smallest`` (> with ``strictly``), or an argparse error saying ``expected``."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a strength >= 0 (0: off), got {text!r}")
+        value = float("nan")                       # fails every comparison below
+    if not (value > smallest if strictly else value >= smallest) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def strength(text: str) -> float:
+    return _finite_number(text, 0.0, False, "a strength >= 0 (0: off)")
 
 
 def megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a size in MB > 0, got {text!r}")
-    return value
+    return _finite_number(text, 0.0, True, "a size in MB > 0")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -26,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "models")
 FIRST = "tiny-heatmap.pth.tar"     # the page's default model: the one ``make demo`` shows
 MODEL_PATTERNS = ("*.pth.tar", "*.pth", "*.pt")
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")   # Gradio's session hashes; nothing that could leave the folder
 MAX_PIXELS = 40_000_000          # a source image larger than this is refused (Pillow's bomb limit is 89 M)
 
 
@@ -60,7 +61,7 @@ def describe_model(path: str) -> ModelInfo:
 
     label = os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
     try:
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path, lazy=True)       # the config only: tensors stay on disk
         if "config" not in checkpoint:
             raise UserError(f"{path}: holds no config (a FOMM-format checkpoint? the page runs this project's "
                             f"checkpoints and model files; animate it with --config on the command line)")
@@ -108,7 +109,7 @@ class Storage:
 
     def session(self, session_id: str) -> str:
         """The folder of one browser session (made on first use)."""
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", session_id or ""):
+        if not SESSION_ID.fullmatch(session_id or ""):
             raise UserError(f"session {session_id!r}: not a session id")
         folder = os.path.join(self.sessions, session_id)
         os.makedirs(folder, exist_ok=True)
@@ -116,7 +117,7 @@ class Storage:
 
     def end_session(self, session_id: str) -> None:
         """Remove the session's folder and its files' copies in Gradio's cache."""
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", session_id or ""):
+        if not SESSION_ID.fullmatch(session_id or ""):
             return
         shutil.rmtree(os.path.join(self.sessions, session_id), ignore_errors=True)
         for path in glob.glob(os.path.join(self.gradio, "*", f"{session_id}-*")):

@@ -14,6 +14,7 @@ import pickle
 import re
 import tempfile
 import warnings
+import zipfile
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -27,15 +28,18 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors for bad files."""
+def read_checkpoint(path: str | os.PathLike, lazy: bool = False) -> dict[str, Any]:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors for bad files. ``lazy``
+    maps the tensors of a zip-format file instead of reading them (for a caller that wants its config only;
+    older non-zip files, such as FOMM's, are read whole)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a folder, expected a checkpoint file (.pth.tar / .pt)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        mmap = lazy and zipfile.is_zipfile(path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         # weights_only refuses arbitrary Python objects (or the file is no pickle at all). torch's message
         # suggests weights_only=False, which would run code from the file: not advice to pass on.
