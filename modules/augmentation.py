@@ -161,21 +161,23 @@ def _gaussian_blur(frames: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return planes.view(batch, channels, height, width)
 
 
-def augment_batch(frames: torch.Tensor, keypoints: torch.Tensor, generator: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def augment_batch(frames: torch.Tensor, keypoints: torch.Tensor, generator: torch.Generator,
+                  scale_range: tuple[float, float] = SCALE_RANGE, rotation_max: float = ROTATION_MAX,
+                  shift_max: float = SHIFT_MAX) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random label-preserving changes of a batch, each sample its own (the keypoint regressor's training).
 
     frames (B, 3, S, S) float in [0, 1]; keypoints (B, K, 2) normalised. Returns the new frames, the keypoints
     moved with them and a (B, K) float mask of those still inside the frame. All random numbers come from
-    ``generator`` (CPU) so a seed fixes the whole sequence of batches.
+    ``generator`` (CPU) so a seed fixes the whole sequence of batches. The geometry's ranges default to the
+    regressor's (``SCALE_RANGE``, ``ROTATION_MAX``, ``SHIFT_MAX``); the labelled detector passes its config's.
     """
     batch, device = frames.shape[0], frames.device
     # Similarity transform in grid_sample's [-1, 1] coordinates (x = 2 * normalised - 1; the frames are square,
     # so a rotation there is a rotation of the image): keypoint u -> M u + d, and the grid samples the input
     # at M^-1 (u_out - d) for each output position u_out.
-    scale = _uniform(generator, batch, *SCALE_RANGE)
-    angle = _uniform(generator, batch, -ROTATION_MAX, ROTATION_MAX)
-    shift = (torch.rand(batch, 2, generator=generator) * 2 - 1) * (2 * SHIFT_MAX)              # (B, 2)
+    scale = _uniform(generator, batch, *scale_range)
+    angle = _uniform(generator, batch, -rotation_max, rotation_max)
+    shift = (torch.rand(batch, 2, generator=generator) * 2 - 1) * (2 * shift_max)              # (B, 2)
     cos, sin = angle.cos(), angle.sin()
     forward = scale[:, None, None] * torch.stack([torch.stack([cos, -sin], -1),
                                                   torch.stack([sin, cos], -1)], 1)             # (B, 2, 2)

@@ -36,7 +36,7 @@ INCREASE = {"face": (0.1, 0.1), "body": (0.1, 0.1), "synthetic": (0.25, 0.2)}
 FACE_TOP = 0.5                  # a face box grows upwards by this share of its height
 HEAD_TOP = 2.2                  # a body box reaches this many eye-to-mouth distances above the eyes
 EYES, MOUTH = (2, 5), (9, 10)   # MediaPipe Pose's eye and mouth-corner landmarks
-FILLS_FRAME = 0.9               # a box this close to the whole short side: the frame is already a crop
+FILLS_FRAME = 0.9               # a box this close to the whole frame (its long side): already a crop
 FEATHER_PX = 10                 # paste-back blends over this many pixels inside the box's edge
 STEADY_WINDOW = 5               # frames of the running median that steadies the per-frame boxes
 SHIPPED_REGRESSOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
@@ -116,8 +116,12 @@ def square_box(bounds: Bounds, increase: float, shape: Sequence[int]) -> Box:
 
 
 def fills_frame(box: Box, shape: Sequence[int]) -> bool:
-    """Whether the frame is already such a crop (the model then sees the whole frame, as without cropping)."""
-    return box.side >= FILLS_FRAME * min(shape[:2])
+    """Whether the frame is already such a crop (the model then sees the whole frame, as without cropping):
+    a (nearly) square frame that the box (nearly) covers."""
+    # Measured against the long side: the box can be no longer than the short side, so only a frame within 10%
+    # of square can fill; in any other the found box is used. Against the short side, a 256x512 portrait's box
+    # of head and shoulders "filled" it, and --fit then took the portrait's middle square (cutting the head off).
+    return box.side >= FILLS_FRAME * max(shape[:2])
 
 
 def union(boxes: Sequence[Bounds]) -> Bounds:

@@ -12,6 +12,12 @@ Three detectors share one interface, ``detect(frames uint8 (T, H, W, 3)) -> Land
     synthetic  the project's keypoint regressor, trained on the synthetic renderer's ground truth
                (modules/keypoint_regressor.py); always finds all 15 joints.
 
+A frame in which body or face finds no one is looked at once more inside a black border (a quarter of its
+longer side on every side, ``detect_retrying_with_border``), the points mapped back to the frame: a subject
+that fills the frame or is cut by its edge is then found; points that fall on the border count as not found.
+Every user of these detectors (--crop auto, scripts/crop_video.py, scripts/label_keypoints.py, the metrics)
+gets the retry.
+
 Body and face need the metrics extra (``pip install -e .[metrics]``). ``make_landmarker`` raises
 ``MetricsUnavailable`` with the reason when a detector cannot be used; callers record that reason in
 metrics.json instead of failing. Coordinates are normalised to the frame: x / width and y / height, with
@@ -26,11 +32,15 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Callable, NamedTuple, Optional, Protocol
 
 import numpy as np
 
 EXTRA_HINT = "install the metrics extra: pip install -e .[metrics]"
+# The retry's border on every side, as a share of the frame's longer side. A person who fills the frame
+# (MediaPipe Pose: 0 of 16 frames of a tight clip) is found with such a border (15 of 16): the pose detector
+# was trained on people with some room around them, and a face cut by the frame's edge defeats dlib's HOG.
+BORDER = 0.25
 
 
 @contextlib.contextmanager
@@ -54,7 +64,8 @@ class MetricsUnavailable(Exception):
 
 @dataclass
 class Landmarks:
-    points: np.ndarray                       # (T, N, 2) float64, x / width and y / height in [0, 1]
+    points: np.ndarray                       # (T, N, 2) float64, x / width and y / height, in [0, 1] inside
+                                             # the frame (a point beyond its edge may lie outside)
     found: np.ndarray                        # (T, N) bool
     embeddings: Optional[np.ndarray] = None  # (T, D) identity embeddings, NaN rows where none was found
 
@@ -68,6 +79,43 @@ class Landmarker(Protocol):
     min_size: int                            # frames with a smaller side are not reliable
 
     def detect(self, frames: np.ndarray) -> Landmarks: ...
+
+
+class Detection(NamedTuple):
+    """One frame's detection: points normalised to the frame it was run on, and what ``Landmarks`` holds."""
+    points: np.ndarray                       # (N, 2)
+    found: np.ndarray                        # (N,) bool
+    embedding: Optional[np.ndarray] = None   # (D,) or None
+
+
+def with_border(frame: np.ndarray, border: float = BORDER) -> tuple[np.ndarray, int]:
+    """``frame`` (H, W, 3) inside a black border of ``border`` of its longer side on every side, and that
+    border's width in pixels. Black, not the edge colour: MediaPipe's pose detector letterboxes its own input
+    with black (its graph's border_mode BORDER_ZERO), and repeated edge pixels would draw streaks that carry on
+    the limbs, hair or clothes the edge cuts."""
+    pad = max(1, int(round(border * max(frame.shape[:2]))))
+    return np.pad(frame, ((pad, pad), (pad, pad), (0, 0))), pad
+
+
+def detect_retrying_with_border(detect: Callable[[np.ndarray], Optional[Detection]], frame: np.ndarray,
+                                retry: Optional[Callable[[np.ndarray], Optional[Detection]]] = None
+                                ) -> Optional[Detection]:
+    """``detect(frame)``; where it finds nothing, ``retry`` (default ``detect``) once on the frame inside a
+    border (``with_border``), with the points mapped back to ``frame``'s normalised coordinates. Mapped points
+    may lie outside [0, 1]: those lie on the border, which the frame does not show, so they count as not
+    found (as a detector marks a point beyond the frame's edge)."""
+    detection = detect(frame)
+    if detection is not None:
+        return detection
+    padded, pad = with_border(frame)
+    detection = (retry or detect)(padded)
+    if detection is None:
+        return None
+    height, width = frame.shape[:2]
+    # x / width of the padded frame -> pixels of the padded frame -> pixels of the frame -> x / width.
+    points = (detection.points * (width + 2 * pad, height + 2 * pad) - pad) / (width, height)
+    inside = np.all((points >= 0) & (points <= 1), axis=1)
+    return Detection(points, detection.found & inside, detection.embedding)
 
 
 class BodyLandmarks:
@@ -95,18 +143,23 @@ class BodyLandmarks:
         points = np.zeros((count, self.num_points, 2))
         found = np.zeros((count, self.num_points), bool)
         for t, frame in enumerate(frames):
-            with warnings.catch_warnings():
-                # mediapipe 0.10.14 calls a protobuf API that warns it is deprecated, once per call
-                warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
-                result = self._pose.process(np.ascontiguousarray(frame))
-            if result.pose_landmarks is None:
-                continue
-            marks = result.pose_landmarks.landmark
-            # MediaPipe's normalised coordinates put the image's left edge at 0 and right edge at 1, the
-            # convention used here.
-            points[t] = [(m.x, m.y) for m in marks]
-            found[t] = [m.visibility >= self.min_visibility for m in marks]
+            detection = detect_retrying_with_border(self._detect_one, np.ascontiguousarray(frame))
+            if detection is not None:
+                points[t], found[t] = detection.points, detection.found
         return Landmarks(points, found)
+
+    def _detect_one(self, frame: np.ndarray) -> Optional[Detection]:
+        with warnings.catch_warnings():
+            # mediapipe 0.10.14 calls a protobuf API that warns it is deprecated, once per call
+            warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
+            result = self._pose.process(frame)
+        if result.pose_landmarks is None:
+            return None
+        marks = result.pose_landmarks.landmark
+        # MediaPipe's normalised coordinates put the image's left edge at 0 and right edge at 1, the
+        # convention used here.
+        return Detection(np.array([(m.x, m.y) for m in marks], float),
+                         np.array([m.visibility >= self.min_visibility for m in marks], bool))
 
 
 class FaceLandmarks:
@@ -138,19 +191,31 @@ class FaceLandmarks:
         found = np.zeros((count, self.num_points), bool)
         embeddings = np.full((count, 128), np.nan)
         for t, frame in enumerate(frames):
-            frame = np.ascontiguousarray(frame)
-            height, width = frame.shape[:2]
-            # The HOG detector's smallest face is about 80 px: look again in the frame upsampled twice.
-            faces = self._detector(frame, 0) or self._detector(frame, 1)
-            if len(faces) == 0:
-                continue
-            face = max(faces, key=lambda r: r.width() * r.height())
-            shape = self._shape(frame, face)
-            xy = np.array([(shape.part(i).x, shape.part(i).y) for i in range(self.num_points)], float)
-            points[t] = (xy + 0.5) / (width, height)
-            found[t] = True
-            embeddings[t] = np.array(self._descriptor.compute_face_descriptor(frame, shape))
+            # The HOG detector's smallest face is about 80 px: look again in the frame upsampled twice. The
+            # bordered retry is for a face too large for the frame or cut by its edge, which is never small:
+            # upsampling that larger frame too would cost 9 times the frame's pixels for nothing.
+            detection = detect_retrying_with_border(lambda image: self._detect_one(image, (0, 1)),
+                                                    np.ascontiguousarray(frame),
+                                                    lambda image: self._detect_one(image, (0,)))
+            if detection is not None:
+                points[t], found[t], embeddings[t] = detection
         return Landmarks(points, found, embeddings)
+
+    def _detect_one(self, frame: np.ndarray, upsamplings: tuple[int, ...]) -> Optional[Detection]:
+        """The largest face's landmarks and descriptor, trying each upsampling in turn until a face is found."""
+        faces = []
+        for upsampling in upsamplings:
+            faces = self._detector(frame, upsampling)
+            if len(faces) > 0:
+                break
+        if len(faces) == 0:
+            return None
+        face = max(faces, key=lambda r: r.width() * r.height())
+        shape = self._shape(frame, face)
+        xy = np.array([(shape.part(i).x, shape.part(i).y) for i in range(self.num_points)], float)
+        height, width = frame.shape[:2]
+        return Detection((xy + 0.5) / (width, height), np.ones(self.num_points, bool),
+                         np.array(self._descriptor.compute_face_descriptor(frame, shape)))
 
 
 class SyntheticLandmarks:

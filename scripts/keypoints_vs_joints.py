@@ -1,6 +1,6 @@
 """How well a trained detector's keypoints follow the synthetic figures' joints.
 
-    python scripts/keypoints_vs_joints.py --checkpoint log/tiny-fomm-<ts> [--split test] [--random]
+    python scripts/keypoints_vs_joints.py --checkpoint log/tiny-fomm-<ts> [--split test] [--random] [--config CONFIG]
 
 For every frame of the split (default: the test identities, never trained on) the detector's K keypoints are
 compared with the ground-truth joints (``<root>/keypoints/<split>/<video>.npy``), in pixels of the frame:
@@ -19,14 +19,16 @@ compared with the ground-truth joints (``<root>/keypoints/<split>/<video>.npy``)
 Distances alone flatter a detector that has learned nothing: random weights put every keypoint near the
 centre of the frame, where the figure's pelvis is, a few pixels from a joint in every frame. The motion
 figure tells the two apart. ``--random`` measures the config's networks with seeded random weights, the
-reference. Works with any checkpoint or model file of this project that holds a ``kp_detector``. For a
-labelled detector (``family: detector``) it also prints the mean distance of each keypoint to the joint it
-was trained on ("labelled joint").
+reference. Works with any checkpoint or model file of this project that holds a ``kp_detector`` (a
+FOMM-format checkpoint with ``--config``). For a labelled detector (``family: detector``) it also prints the
+mean distance of each keypoint to the joint it was trained on ("labelled joint"); on any labelled dataset
+(visibility, frame sizes, real videos) scripts/detector_error.py measures that per video.
 """
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -36,18 +38,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
 
 
-def detector_keypoints(detector: torch.nn.Module, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """uint8 frames (T, H, W, 3) -> keypoints (T, K, 2) in pixels (pixel centres at 0 .. side-1)."""
+def detector_values(detector: torch.nn.Module, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) -> the detector's keypoints (T, K, 2) in [-1, 1], x first (what its loss sees),
+    ``batch_size`` frames at a time on the detector's device."""
     from frames_dataset import frames_to_tensor
 
-    height, width = frames.shape[1:3]
     out = []
+    device = next(detector.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(frames), batch_size):
-            value = detector(frames_to_tensor(frames[start:start + batch_size])).value.float()
-            out.append(torch.stack([(value[..., 0] + 1) / 2 * (width - 1), (value[..., 1] + 1) / 2 * (height - 1)],
-                                   dim=-1).numpy())
+            batch = frames_to_tensor(frames[start:start + batch_size]).to(device)
+            out.append(detector(batch).value.float().cpu().numpy())
     return np.concatenate(out)
+
+
+def detector_keypoints(detector: torch.nn.Module, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) -> keypoints (T, K, 2) in pixels (pixel centres at 0 .. side-1)."""
+    height, width = frames.shape[1:3]
+    value = detector_values(detector, frames, batch_size)
+    return np.stack([(value[..., 0] + 1) / 2 * (width - 1), (value[..., 1] + 1) / 2 * (height - 1)], axis=-1)
 
 
 def compare(keypoints: list[np.ndarray], joints: list[np.ndarray], joint_names: list[str]) -> dict:
@@ -88,27 +97,48 @@ def regress_joints(train_keypoints: np.ndarray, train_joints: np.ndarray, test_k
             "mean_pose_px": float(np.linalg.norm(mean_pose - test_joints, axis=-1).mean())}
 
 
-def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> dict:
+def load_detector(checkpoint_path: str, config_path: Optional[str] = None,
+                  random: bool = False) -> tuple[Any, torch.nn.Module, dict]:
+    """(config, FOMM's KPDetector in eval mode, checkpoint with its ``path``) from a checkpoint of this project,
+    its run folder, a model file, or a FOMM-format checkpoint with ``config_path``. ``config_path`` overrides
+    the config a checkpoint holds (relative data paths are then looked up from the config, else from the
+    checkpoint); ``random`` gives the config's detector seeded random weights instead (the reference)."""
+    from modules.checkpoint import first_items, read_checkpoint, resolve_checkpoint
+    from modules.config import config_from_dict, load_config, resolve_data_paths
+    from modules.errors import CheckpointError
+    from modules.keypoint_detector import KPDetector, load_detector_state
+
+    path = resolve_checkpoint(checkpoint_path)
+    checkpoint = dict(read_checkpoint(path), path=path)
+    if config_path is not None:
+        config = load_config(config_path)
+    elif isinstance(checkpoint.get("config"), dict):
+        config = config_from_dict(checkpoint["config"], f"{path}:config")
+    else:
+        raise UserError(f"{path}: holds no config (a FOMM-format checkpoint?); pass --config with the settings of "
+                        f"its detector")
+    resolve_data_paths(config, config_path or path)
+    if not config.record.reads_detector:
+        raise UserError(f"{config.path}: a {config.motion_name} config has no FOMM keypoint detector to measure")
+    # The seed makes --random the same reference on every run.
+    torch.manual_seed(config.train_params.seed)
+    detector = KPDetector(**config.model_params.detector_kwargs())
+    if not random:
+        if not isinstance(checkpoint.get("kp_detector"), dict):
+            raise CheckpointError(f"{path}: no keypoint detector (no 'kp_detector' state dict; found: "
+                                  f"{first_items(sorted(map(str, checkpoint)))})")
+        load_detector_state(detector, checkpoint["kp_detector"], path)
+    return config, detector.eval(), checkpoint
+
+
+def measure(checkpoint_path: str, split: str = "test", random: bool = False,
+            config_path: Optional[str] = None) -> dict:
     """Measure the detector of ``checkpoint_path`` on ``split`` and print the figures (module docstring)."""
     import json
 
     from frames_dataset import FramesDataset
-    from modules.checkpoint import MODEL_FORMAT, load_training_checkpoint, read_checkpoint, resolve_checkpoint
-    from modules.config import config_from_dict
-    from modules.keypoint_detector import KPDetector, load_detector_state
 
-    path = resolve_checkpoint(checkpoint_path)
-    checkpoint = read_checkpoint(path)
-    if checkpoint.get("format") == MODEL_FORMAT:           # a shipped model file
-        checkpoint = dict(checkpoint, path=path)
-    else:
-        checkpoint = load_training_checkpoint(path)
-    config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
-    torch.manual_seed(config.train_params.seed)
-    detector = KPDetector(**config.model_params.detector_kwargs())
-    if not random:
-        load_detector_state(detector, checkpoint["kp_detector"], checkpoint["path"])
-    detector.eval()
+    config, detector, checkpoint = load_detector(checkpoint_path, config_path, random)
     root = config.dataset_params.root_dir
     info_path = os.path.join(root, "identities.json")
     if not os.path.isfile(info_path):
@@ -141,7 +171,7 @@ def measure(checkpoint_path: str, split: str = "test", random: bool = False) -> 
             result["labelled_px"] = float(labelled.mean())
             result["labelled_per_keypoint"] = dict(zip(points, labelled.mean(axis=0).tolist()))
 
-    what = "random weights (reference)" if random else f"step {checkpoint['step']}"
+    what = "random weights (reference)" if random else f"step {checkpoint.get('step', '?')}"
     print(f"{checkpoint['path']} detector, {what}: {len(all_keypoints)} {split} videos, "
           f"{sum(len(k) for k in all_keypoints)} frames, {config.dataset_params.size[0]} px")
     print_result(result)
@@ -166,13 +196,14 @@ def print_result(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of this project or its run folder")
+    parser.add_argument("--config", help="a config overriding the checkpoint's (needed by a FOMM-format checkpoint)")
     parser.add_argument("--split", default="test", choices=("train", "test"))
     parser.add_argument("--random", action="store_true",
                         help="measure the config's detector with seeded random weights instead (the reference)")
     args = parser.parse_args(argv)
 
     def command() -> None:
-        measure(args.checkpoint, args.split, args.random)
+        measure(args.checkpoint, args.split, args.random, args.config)
 
     return exit_status(command)
 

@@ -36,7 +36,10 @@ def test_square_box_is_square_inside_the_frame_and_centred_on_the_subject():
     assert corner == Box(0, 0, 60)
     huge = square_box((0, 0, 300, 300), 0.1, (100, 200))                 # at most the short side
     assert huge.side == 100 and huge.inside((100, 200))
-    assert fills_frame(Box(0, 0, 95), (100, 200)) and not fills_frame(Box(0, 0, 60), (100, 200))
+    # only a (nearly) square frame that the box (nearly) covers is already a crop; a box in a non-square frame
+    # never fills it, however much of the short side it spans
+    assert fills_frame(Box(0, 0, 95), (100, 100)) and fills_frame(Box(0, 0, 95), (100, 105))
+    assert not fills_frame(Box(0, 0, 60), (100, 100)) and not fills_frame(Box(0, 0, 100), (100, 200))
 
 
 def test_landmark_bounds_need_three_points_and_raise_a_face_to_the_forehead():
@@ -77,6 +80,36 @@ def test_paste_back_blends_over_the_feather_only_on_edges_inside_the_photo():
     assert out[40, 25] == 255                                            # deeper than 10 px: the animation
     mask = feather_mask(box, photo.shape)
     assert mask.shape == (40, 40, 1) and mask.max() == 1 and mask.min() > 0
+
+
+class StubFinder:
+    """A subject finder that always finds the same box."""
+    kind = "body"
+
+    def __init__(self, box: Box):
+        self.box = box
+
+    def image_box(self, image: np.ndarray) -> Box:
+        return self.box
+
+
+class StubVideo:
+    def read(self, indices):
+        return np.zeros((len(indices), 64, 64, 3), np.uint8)
+
+
+@pytest.mark.parametrize("shape, expected", [((512, 256, 3), Box(8, 16, 240)), ((256, 256, 3), None)])
+def test_a_box_found_in_a_portrait_is_used_and_one_filling_a_square_photo_is_not(monkeypatch, shape, expected):
+    import modules.crop
+
+    # 256x512 portrait, the person's head and shoulders in the top half: the box spans 94% of the short side,
+    # yet the model must see that box (--fit crop would take the middle square and cut the head off)
+    monkeypatch.setattr(modules.crop, "make_finder", lambda config: (StubFinder(Box(8, 16, 240)), ""))
+    photo = np.zeros(shape, np.uint8)
+    plan = modules.crop.plan_crops(None, photo, "photo.png", StubVideo(), "clip.mp4", "auto", "none")
+    assert plan.source == expected and plan.driving is None
+    assert plan.lines[0] == ("--crop auto: 8,16,240,240 (x,y,w,h)" if expected else
+                             "--crop auto: the subject fills photo.png; the whole frame")
 
 
 def smooth_backdrop(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:

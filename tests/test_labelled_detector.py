@@ -319,3 +319,46 @@ def test_training_reads_only_the_train_split(tmp_path, dataset_root):
     b = read_checkpoint(glob.glob(os.path.join(only_run_dir(tmp_path / "only-log"), "*.pth.tar"))[0])
     for key, value in a["kp_detector"].items():
         assert torch.equal(value, b["kp_detector"][key]), key
+
+
+def test_label_augmentation_moves_each_label_with_its_frame():
+    """A bright dot at each label: after augment_labelled the dot is still under its (moved) label, a label
+    pushed out of the frame turns missing, and the draws follow the global torch seed (exact resume)."""
+    from modules.families.detector import LabelAugmentation, augment_labelled
+
+    size, batch = 64, 4
+    label = torch.tensor([[[-0.3, -0.2]], [[0.1, 0.4]], [[0.35, -0.35]], [[0.97, 0.0]]])      # (B, 1, 2)
+    frames = torch.zeros(batch, 3, size, size)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for b in range(batch):
+        x, y = ((label[b, 0] + 1) / 2 * size - 0.5).tolist()                 # normalised -> pixel centres
+        frames[b] = torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 4.0)
+    visible = torch.ones(batch, 1)
+    labels = KeypointLabels(label, visible, label.clone(), visible.clone())
+    params = LabelAugmentation(scale=[0.8, 1.2], rotation=0.3, shift=0.05)
+    torch.manual_seed(3)
+    source, driving, moved = augment_labelled(frames, frames.clone(), labels, params)
+    torch.manual_seed(3)
+    again = augment_labelled(frames, frames.clone(), labels, params)
+    assert torch.equal(again[0], source) and torch.equal(again[2].source, moved.source)
+    assert not torch.equal(moved.source, moved.driving)                     # each frame its own draw
+    for images, points, seen in ((source, moved.source, moved.source_visible),
+                                 (driving, moved.driving, moved.driving_visible)):
+        for b in range(batch):
+            if seen[b, 0] == 0:
+                continue
+            grey = images[b, 0]
+            peak = torch.stack(torch.unravel_index(grey.argmax(), grey.shape)).flip(0).float()   # (x, y)
+            expected = (points[b, 0] + 1) / 2 * size - 0.5
+            assert torch.dist(peak, expected) < 1.5, (b, peak, expected)
+        assert seen[:3].sum() >= 2                                          # the inner dots mostly stay in
+    assert moved.source_visible[3, 0] + moved.driving_visible[3, 0] <= 1   # 0.97: out of the frame at least once
+
+
+def test_label_augmentation_ranges_are_checked(tmp_path):
+    data = yaml.safe_load(open(config_path("tiny-detector.yaml")))
+    data["train_params"]["label_augmentation"] = {"scale": [1.2, 0.8]}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="label_augmentation"):
+        load_config(str(path))

@@ -26,6 +26,7 @@ from torch import nn
 
 from modules.config import (CommonParams, Config, DetectorSettings, KPDetectorParams, LabelParams, LossWeights,
                             TrainParams, TransformParams)
+from modules.augmentation import augment_batch
 from modules.config_checks import check_jacobian_weight, map_detector_scale_factor
 from modules.drawing import draw_keypoints
 from modules.errors import CheckpointError, ConfigError
@@ -107,6 +108,7 @@ class LabelledDetectorTraining(Trainable):
         self.align_corners = params.align_corners
         self.weights = train.loss_weights
         self.transform_params = train.transform_params
+        self.augmentation = train.label_augmentation
         self.forward_model: nn.Module = model.kp_detector
 
     def networks(self) -> dict[str, nn.Module]:
@@ -124,6 +126,8 @@ class LabelledDetectorTraining(Trainable):
             raise ValueError("the labelled detector trains on keypoint labels; the batch has none")
         weights, batch = self.weights, source.shape[0]
         zero = torch.zeros((), device=source.device)
+        if self.augmentation is not None:
+            source, driving, labels = augment_labelled(source, driving, labels, self.augmentation)
         with context.autocast():
             # Source and driving in one pass: twice the labelled frames per step.
             detected = self.forward_model(torch.cat([source, driving]))
@@ -164,6 +168,23 @@ class LabelledDetectorTraining(Trainable):
         return StepOutput(losses._asdict(), shown)
 
 
+def augment_labelled(source: torch.Tensor, driving: torch.Tensor, labels: KeypointLabels,
+                     params: "LabelAugmentation") -> tuple[torch.Tensor, torch.Tensor, KeypointLabels]:
+    """Both frames of every pair augmented independently, their labels moved along; a label pushed out of the
+    frame counts as missing. The draws come from the global torch generator, which the trainer saves in every
+    checkpoint, so a resumed run augments as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
+    geometry = dict(scale_range=tuple(params.scale), rotation_max=params.rotation, shift_max=params.shift)
+    moved = []
+    for frames, points, visible in ((source, labels.source, labels.source_visible),
+                                    (driving, labels.driving, labels.driving_visible)):
+        # augment_batch speaks normalised [0, 1] coordinates; the labels are in [-1, 1]
+        frames, points, inside = augment_batch(frames, (points + 1) / 2, generator, **geometry)
+        moved.append((frames, points * 2 - 1, visible * inside.to(visible.dtype)))
+    (source, source_points, source_visible), (driving, driving_points, driving_visible) = moved
+    return source, driving, KeypointLabels(source_points, source_visible, driving_points, driving_visible)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Its config
 
@@ -193,10 +214,21 @@ class DetectorLossWeights(LossWeights):
 
 
 @dataclass
+class LabelAugmentation:
+    """Random similarity transforms and colour changes of each labelled frame, its labels moved with it
+    (modules/augmentation.augment_batch, each frame its own draw). A stage one pseudo-labelled on a handful
+    of videos memorises each video's framing and colours without it; off when absent from the config."""
+    scale: list[float] = field(default_factory=lambda: [0.85, 1.15])   # zoom range about the frame centre
+    rotation: float = 0.25                # radians, at most
+    shift: float = 0.06                   # frame fractions, at most, in x and in y
+
+
+@dataclass
 class DetectorTrainParams(TrainParams):
     loss_weights: DetectorLossWeights
     lr_kp_detector: Optional[float] = None   # required (checked)
     transform_params: TransformParams = field(default_factory=TransformParams)
+    label_augmentation: Optional[LabelAugmentation] = None
 
 
 def check(config: Config, file: str) -> None:
@@ -223,6 +255,12 @@ def check(config: Config, file: str) -> None:
         raise ConfigError(f"{file}: train_params.loss_weights: keypoint and heatmap are both 0, the labels would "
                           f"train nothing (a stage one without labels is family: fomm)")
     check_jacobian_weight(config, file)
+    augmentation = train.label_augmentation
+    if augmentation is not None and not (len(augmentation.scale) == 2 and 0 < augmentation.scale[0]
+                                         <= augmentation.scale[1] and augmentation.rotation >= 0
+                                         and 0 <= augmentation.shift < 0.5):
+        fail(file, "train_params.label_augmentation", "scale [low, high] with 0 < low <= high, rotation >= 0 "
+             "and 0 <= shift < 0.5", f"{augmentation.scale}, {augmentation.rotation}, {augmentation.shift}")
     transform = train.transform_params
     if transform.sigma_affine < 0 or transform.sigma_tps < 0 or transform.points_tps < 1:
         fail(file, "train_params.transform_params", "sigma_affine, sigma_tps >= 0 and points_tps >= 1",
