@@ -19,12 +19,15 @@ install: $(STAMP)
 
 # The main job: animate a synthetic test identity with another identity's motion using the shipped model
 # (models/tiny-heatmap.pth.tar) and write demo/ (result video, side-by-side, contact sheet, metrics); the
-# synthetic dataset is generated once (about 10 s). `make train` trains the bundled default config instead.
+# synthetic dataset is generated once (about 10 s). Then a real portrait animated by another person's video with
+# the face model (models/faces-heatmap.pth.tar) into demo-faces/. `make train` trains the bundled default config.
 data/synthetic/test-pairs.csv: | $(STAMP)
 	$(BIN)/python scripts/synthetic_dataset.py --out data/synthetic --force
 
 demo: $(STAMP) data/synthetic/test-pairs.csv
 	$(BIN)/python scripts/demo.py --model models/tiny-heatmap.pth.tar --data data/synthetic --out demo
+	$(BIN)/python scripts/demo_faces.py --model models/faces-heatmap.pth.tar --photo examples/faces/lp-s12.jpg \
+		--video examples/faces/lp-d18.mp4 --out demo-faces
 
 train: $(STAMP) data/synthetic/test-pairs.csv
 	$(BIN)/kpmask --config config/tiny-heatmap.yaml --mode train --checkpoint_with_kp models/tiny-detector.pth.tar

@@ -95,7 +95,7 @@ class FramesDataset(Dataset):
     def __init__(self, root_dir: str | os.PathLike, frame_shape: Sequence[int], id_sampling: bool = False,
                  is_train: bool = True, augmentation_params: Optional[AugmentationParams] = None,
                  random_seed: int = 0, pairs_list: Optional[str] = None, labels: Optional[LabelParams] = None,
-                 searched: Sequence[str] = ()):
+                 searched: Sequence[str] = (), whole: bool = False):
         self.root_dir = os.fspath(root_dir)
         if len(frame_shape) not in (2, 3) or any(int(s) < 1 for s in frame_shape) or \
                 (len(frame_shape) == 3 and int(frame_shape[2]) != 3):
@@ -106,6 +106,7 @@ class FramesDataset(Dataset):
         self.random_seed = int(random_seed)
         self.pairs_list = pairs_list
         self.searched = list(searched)         # where a relative root_dir was looked for (for its error)
+        self.whole = whole                     # a root without train/ and test/: all of it, not a random split
         self.notes: list[str] = []
         self._epoch = _SharedEpoch()
         # FOMM augments training items only.
@@ -173,13 +174,13 @@ class FramesDataset(Dataset):
 
     @classmethod
     def from_config(cls, dataset_params: DatasetParams, is_train: bool, random_seed: int = 0,
-                    labels: Optional[LabelParams] = None) -> "FramesDataset":
+                    labels: Optional[LabelParams] = None, whole: bool = False) -> "FramesDataset":
         """The split named by ``dataset_params`` (seed: train_params.seed for training; ``labels``: also return
-        the keypoint labels of both frames)."""
+        the keypoint labels of both frames; ``whole``: a root without split folders is used whole)."""
         return cls(dataset_params.root_dir, dataset_params.frame_shape, id_sampling=dataset_params.id_sampling,
                    is_train=is_train, augmentation_params=dataset_params.augmentation_params,
                    random_seed=random_seed, pairs_list=dataset_params.pairs_list, labels=labels,
-                   searched=dataset_params.searched)
+                   searched=dataset_params.searched, whole=whole)
 
     def _split_paths(self) -> tuple[str, list[str]]:
         """(the split's folder, its candidate video paths), splitting the root at random if it has no split."""
@@ -201,6 +202,10 @@ class FramesDataset(Dataset):
                                 f"folder but no {split} folder)")
             return folder, _candidates(folder)
         paths = _candidates(root)
+        if self.whole:
+            if not paths:
+                raise UserError(f"{root}: no videos in it (expected test/, or videos and frame folders directly in it)")
+            return root, paths
         ids = sorted({video_id(video_name(path)) for path in paths})
         # Ids, not videos: clips of one person must not land on both sides.
         test_count = math.ceil(TEST_FRACTION * len(ids)) if len(ids) > 1 else 0

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import logger as run_log
 from modules.engines import dataset_frames, load_for_inference
+from modules.errors import UserError
 from modules.evaluation import FrameScorer, Track, frame_mean, repeat_landmarks, table_lines
 from modules.outputs import results_folder
 from modules.precision import autocast, autocast_dtype, inference_precision
@@ -42,9 +43,16 @@ CANDIDATES = ("prediction", "copy_source")
 def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int = 8,
                 exclude_first_frame: Optional[bool] = None, num_videos: Optional[int] = None,
                 config_path: Optional[str] = None, ablation: Optional[str] = None,
-                engine: Optional[str] = None, precision: Optional[str] = None) -> dict[str, Any]:
-    """Reconstruct the test videos of a checkpoint's dataset; returns what metrics.json holds."""
+                engine: Optional[str] = None, precision: Optional[str] = None,
+                data: Optional[str] = None, results_name: Optional[str] = None) -> dict[str, Any]:
+    """Reconstruct the test videos of a checkpoint's dataset, or of ``data`` (its test/ folder, or every video
+    of a folder without train/ and test/; results then go to ``reconstruction-<folder name>/``, or to
+    ``results_name`` when given); returns what metrics.json holds."""
     from frames_dataset import FramesDataset
+
+    if data is not None and not os.path.isdir(data):
+        raise UserError(f"--data {data}: {'not a folder' if os.path.exists(data) else 'no such folder'} (expected "
+                        f"a dataset folder: test/ inside it, or videos and frame folders directly in it)")
 
     precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, engine_line = load_for_inference(checkpoint_path, device, config_path=config_path,
@@ -56,9 +64,17 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
         exclude_first_frame = params.exclude_first_frame
     if num_videos is None:
         num_videos = params.num_videos
-    dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
+    if data is None:
+        dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
+    else:
+        config.dataset_params.root_dir = os.path.abspath(data)
+        config.dataset_params.pairs_list = None
+        # another dataset is evaluated whole: without split folders, every video of it is a test video
+        dataset = FramesDataset.from_config(config.dataset_params, is_train=False, whole=True)
     count = len(dataset) if num_videos is None else min(num_videos, len(dataset))   # not one too many (FOMM)
-    final_dir = run_log.results_path(checkpoint, "reconstruction")
+    name = results_name or ("reconstruction" if data is None else
+                            "reconstruction-" + os.path.basename(os.path.abspath(data)))
+    final_dir = run_log.results_path(checkpoint, name)
     # Built beside the earlier results and swapped in when complete: an interrupted run keeps them.
     with results_folder(final_dir) as out_dir:
         os.makedirs(os.path.join(out_dir, "png"))

@@ -82,6 +82,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="reconstruction and animate, perturbed-masks checkpoints: run the paper's ablation "
                              "(no_pert: no P_test; no_ref: no refinement; no_id: neither) instead of the config's; "
                              "results go to <mode>-<ablation>/")
+    parser.add_argument("--data", default=None, metavar="ROOT",
+                        help="reconstruction: evaluate on another dataset instead of the model's own: ROOT's test/ "
+                             "videos, or every video of ROOT when it has no train/ and test/ (results go to "
+                             "reconstruction-<ROOT's name>/)")
     _add_animate_arguments(parser.add_argument_group("animate"))
     _add_train_arguments(parser.add_argument_group("train"))
     _add_app_arguments(parser.add_argument_group("app"))
@@ -213,7 +217,7 @@ def reconstruction(args: argparse.Namespace) -> None:
         raise UserError("--mode reconstruction needs --checkpoint (a training checkpoint or its run folder)")
     reconstruct(args.checkpoint, choose_device(args.device), batch_size=args.batch_size or 8,
                 exclude_first_frame=args.exclude_first_frame, config_path=args.config, ablation=args.ablation,
-                engine=args.engine, precision=args.mixed_precision)
+                engine=args.engine, precision=args.mixed_precision, data=args.data)
 
 
 def animate(args: argparse.Namespace) -> None:
@@ -289,6 +293,12 @@ def check_paths(args: argparse.Namespace) -> None:
     from modules.errors import UserError
     from modules.outputs import check_output_file, check_output_folder
 
+    if args.data is not None:
+        if args.mode != "reconstruction":
+            raise UserError(f"--data is for --mode reconstruction (another dataset to evaluate on), not {args.mode}")
+        if not os.path.isdir(args.data):
+            raise UserError(f"--data {args.data}: {'not a folder' if os.path.exists(args.data) else 'no such folder'}"
+                            f" (expected a dataset folder: test/ inside it, or videos directly in it)")
     if args.mode == "train" and args.checkpoint and args.init_checkpoint:
         raise UserError("--checkpoint (resume a run) and --init_checkpoint (start a new run from weights) "
                         "exclude each other")

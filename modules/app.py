@@ -21,8 +21,8 @@ import traceback
 import warnings
 from typing import Optional
 
-from modules.app_files import (Limits, ModelInfo, Storage, accept_upload, check_driving, check_source,
-                               describe_model, list_models)
+from modules.app_files import (REAL_FACES, SYNTHETIC, Limits, ModelInfo, Storage, accept_upload, check_driving,
+                               check_source, copy_face_example, describe_model, list_models, ordered_examples)
 from modules.errors import UserError
 from modules.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -30,10 +30,14 @@ DEFAULT_MOTION = "the model's default"
 ENGINES = ("auto", "torch", "torch-opt", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "no", "bf16", "int8")
 NOTICE = (
-    "The shipped models animate the **synthetic figures** of this project's generated dataset only "
-    "(`scripts/synthetic_dataset.py`): they were trained on them, on a CPU. A real face or body needs a model "
-    "trained on real data (VoxCeleb, Tai-Chi-HD; README, *Training*): start the page with "
+    "The shipped `models/faces-*` models animate **real faces**: 128x128, trained on ten real talking-head "
+    "videos (README, *Real faces*); `Crop the source: auto` frames the face with dlib. The shipped "
+    "`models/tiny-*` models animate the **synthetic figures** of this project's generated dataset only "
+    "(`scripts/synthetic_dataset.py`), on which they were trained, on a CPU. Bodies, or faces in more variety, "
+    "need a model trained on more real data (VoxCeleb, Tai-Chi-HD; README, *Training*): start the page with "
     "`kpmask --mode app --models FOLDER` to offer its checkpoints here.")
+EXAMPLE_NOTES = {REAL_FACES: "a real portrait and talking head (examples/faces; for the faces-* models)",
+                 SYNTHETIC: "the synthetic test pair (for the tiny-* models)"}
 
 
 @dataclasses.dataclass
@@ -137,8 +141,9 @@ def motion_choices(info: ModelInfo) -> list[str]:
     return [DEFAULT_MOTION, "relative", "absolute"] if info.relative else [DEFAULT_MOTION, "absolute"]
 
 
-def build_page(animator: Animator, models: list[ModelInfo], example: Optional[tuple[str, str]]):
-    """The Gradio Blocks of the page (not launched)."""
+def build_page(animator: Animator, models: list[ModelInfo], examples: dict[str, tuple[str, str]]):
+    """The Gradio Blocks of the page (not launched); ``examples`` by name (write_examples), shown with the one
+    that suits the default model first."""
     import gradio as gr
 
     choices = [(info.label + ("  (does not load)" if info.problem else ""), info.path) for info in models]
@@ -153,9 +158,10 @@ def build_page(animator: Animator, models: list[ModelInfo], example: Optional[tu
         with gr.Row():
             source = gr.File(label="Source image", file_types=list(IMAGE_EXTENSIONS), elem_id="source")
             driving = gr.File(label="Driving video", file_types=list(VIDEO_EXTENSIONS), elem_id="driving")
-        if example:
-            gr.Examples([list(example)], [source, driving], label="Bundled example (synthetic test pair)",
-                        elem_id="example")
+        shown = ordered_examples(examples, first)
+        if shown:
+            gr.Examples([list(pair) for _, pair in shown], [source, driving], elem_id="example",
+                        label="Bundled examples: " + "; then ".join(EXAMPLE_NOTES[name] for name, _ in shown))
         with gr.Accordion("Options", open=False):
             options = _option_controls(gr, first)           # Request's fields from motion to precision
         run = gr.Button("Animate", variant="primary", elem_id="animate")
@@ -250,6 +256,16 @@ def write_example(folder: str) -> tuple[str, str]:
     return source_path, driving_path
 
 
+def write_examples(folder: str) -> dict[str, tuple[str, str]]:
+    """The page's bundled examples by name, in ``folder``: the real-face pair (when the repository has
+    examples/faces) and the synthetic demo pair."""
+    examples = {SYNTHETIC: write_example(folder)}
+    faces = copy_face_example(folder)
+    if faces is not None:
+        examples[REAL_FACES] = faces
+    return examples
+
+
 def bypass_proxy(host: str) -> None:
     """Requests to this server (Gradio's start-up check, the tests' browser) must not go through a proxy."""
     names = {host, "127.0.0.1", "localhost", "::1"}
@@ -272,8 +288,8 @@ def serve(options: AppOptions) -> None:
     os.environ["GRADIO_TEMP_DIR"] = storage.gradio           # Gradio's cache inside the app's root
     bypass_proxy(options.host)
     try:
-        example = write_example(os.path.join(storage.root, "examples"))
-        page = build_page(Animator(storage, options.limits, options.device), models, example)
+        examples = write_examples(os.path.join(storage.root, "examples"))
+        page = build_page(Animator(storage, options.limits, options.device), models, examples)
         page.queue(default_concurrency_limit=1)
         print(f"serving on http://{options.host}:{options.port} (Ctrl-C stops; files under {storage.root})",
               file=sys.stderr)

@@ -5,7 +5,8 @@ Everything the app writes lives under one temporary root, removed when the serve
 
     ROOT/gradio/<hash>/<file>     Gradio's own cache: uploads as they arrive, results as they are served
     ROOT/sessions/<session>/      one browser session's inputs and results, removed when the tab closes
-    ROOT/examples/                the bundled example pair (the demo pair of the synthetic dataset)
+    ROOT/examples/                the bundled example pairs: real faces (copied from examples/faces) and the
+                                  synthetic dataset's demo pair (rendered)
 
 A session's files carry its id in their names (``<session>-source.png``, ``<session>-result-1.mp4``), so that
 when its tab closes its copies in Gradio's cache are found and removed too.
@@ -24,7 +25,12 @@ from modules.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "models")
-FIRST = "tiny-heatmap.pth.tar"     # the page's default model: the one ``make demo`` shows
+# The page's default model is the first of these that is shipped: the real-face models, then the one ``make demo``
+# shows for the synthetic figures (so a user who deletes the face models still gets a working default).
+PREFERRED = ("faces-heatmap.pth.tar", "faces-circles.pth.tar", "tiny-heatmap.pth.tar")
+FACE_EXAMPLE = (os.path.join(REPO, "examples", "faces", "lp-s12.jpg"),
+                os.path.join(REPO, "examples", "faces", "lp-d18.mp4"))
+REAL_FACES, SYNTHETIC = "real faces", "synthetic"       # the bundled examples' names
 MODEL_PATTERNS = ("*.pth.tar", "*.pth", "*.pt")
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")   # Gradio's session hashes; nothing that could leave the folder
 MAX_PIXELS = 40_000_000          # a source image larger than this is refused (Pillow's bomb limit is 89 M)
@@ -44,6 +50,7 @@ class ModelInfo:
     label: str
     kind: str = ""                    # heatmap, circles, FOMM, ... (config.motion_name)
     relative: bool = False            # relative motion possible (keypoints to move)
+    face: bool = False                # its config's metrics_params.landmarks is "face": a model of real faces
     problem: str = ""                 # the one-line error when the file does not load as an animating model
 
     def describe(self) -> str:
@@ -70,7 +77,8 @@ def describe_model(path: str) -> ModelInfo:
             raise UserError(f"{path}: a {config.motion_name} checkpoint has no generator to animate with")
     except UserError as error:
         return ModelInfo(path, label, problem=str(error))
-    return ModelInfo(path, label, config.motion_name, bool(config.relative_motion_possible))
+    return ModelInfo(path, label, config.motion_name, bool(config.relative_motion_possible),
+                     face=config.metrics_params.landmarks == "face")
 
 
 def model_files(folder: str) -> list[str]:
@@ -86,7 +94,7 @@ def list_models(extra_folder: Optional[str]) -> list[ModelInfo]:
     """The shipped models that animate, then every model file in ``extra_folder`` (those that do not load are
     listed too: choosing one shows why)."""
     shipped = [info for info in map(describe_model, model_files(SHIPPED)) if not info.problem]
-    shipped.sort(key=lambda info: os.path.basename(info.path) != FIRST)          # stable: the rest stay sorted
+    shipped.sort(key=_preference)                                   # stable: the rest stay sorted
     if extra_folder is None:
         return shipped
     if not os.path.isdir(extra_folder):
@@ -95,6 +103,34 @@ def list_models(extra_folder: Optional[str]) -> list[ModelInfo]:
     if not extra:
         raise UserError(f"--models {extra_folder}: no {', '.join(MODEL_PATTERNS)} files in it or its subfolders")
     return shipped + extra
+
+
+def _preference(info: ModelInfo) -> int:
+    name = os.path.basename(info.path)
+    return PREFERRED.index(name) if name in PREFERRED else len(PREFERRED)
+
+
+def copy_face_example(folder: str) -> Optional[tuple[str, str]]:
+    """The real-face example (examples/faces) copied into ``folder``, or None when the repository lacks it.
+
+    Copied, not served in place: Gradio serves only files under its allowed paths (the app's root), and the
+    server's working directory need not be the repository."""
+    if not all(os.path.isfile(path) for path in FACE_EXAMPLE):
+        return None
+    os.makedirs(folder, exist_ok=True)
+    copies = tuple(os.path.join(folder, os.path.basename(path)) for path in FACE_EXAMPLE)
+    for path, copy in zip(FACE_EXAMPLE, copies):
+        shutil.copyfile(path, copy)
+    return copies[0], copies[1]
+
+
+def ordered_examples(examples: dict[str, tuple[str, str]],
+                     model: Optional[ModelInfo]) -> list[tuple[str, tuple[str, str]]]:
+    """The examples by name, the one that suits ``model`` (the page's default) first: real faces for a face
+    model, the synthetic pair otherwise (a face model cannot animate the figures it never saw, nor the
+    reverse)."""
+    default = REAL_FACES if model is not None and model.face and REAL_FACES in examples else SYNTHETIC
+    return sorted(examples.items(), key=lambda item: item[0] != default)
 
 
 class Storage:
@@ -132,7 +168,7 @@ def accept_upload(path: Optional[str], what: str, types: tuple[str, ...], limits
     """An uploaded file checked (there, of a known type, within the size limit) and copied into the session's
     ``folder`` as ``name`` + its extension; returns the copy's path."""
     if not path:
-        raise UserError(f"{what}: nothing uploaded (pick a file or the bundled example)")
+        raise UserError(f"{what}: nothing uploaded (pick a file or a bundled example)")
     extension = os.path.splitext(path)[1].lower()
     shown = os.path.basename(path)
     if extension not in types:

@@ -49,14 +49,14 @@ def demo_pair(root: str) -> str:
 DEMO_FILES = ("result.mp4", "side-by-side.mp4", "contact-sheet.png", "metrics.json")
 
 
-def check_demo_folder(out_dir: str, inputs: tuple = ()) -> None:
+def check_demo_folder(out_dir: str, inputs: tuple = (), files: tuple = DEMO_FILES) -> None:
     """``--out`` is replaced as a whole when the new demo is complete: refuse a folder that holds anything the
     demo did not write (the user's own files would go with it), and paths that cannot be written."""
     from modules.outputs import check_output_folder
 
     check_output_folder(out_dir, what="--out", inputs=inputs)
     if os.path.isdir(out_dir):
-        foreign = sorted(set(os.listdir(out_dir)) - set(DEMO_FILES))
+        foreign = sorted(set(os.listdir(out_dir)) - set(files))
         if foreign:
             raise UserError(f"--out {out_dir}: holds files the demo did not write ({', '.join(foreign[:3])}"
                             f"{', ...' if len(foreign) > 3 else ''}); the demo replaces its folder as a whole, "

@@ -1,5 +1,7 @@
 """The web page's work without a browser (modules/app.py, modules/app_files.py): uploads accepted or refused
-with one-line errors, the animation itself (the command line's animate_single), per-session folders."""
+with one-line errors, the animation itself (the command line's animate_single), per-session folders, the
+models offered (face models first) and the bundled examples (the one that suits the default model first)."""
+import filecmp
 import os
 import shutil
 
@@ -7,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from modules.app import DEFAULT_MOTION, Animator, Request, bypass_proxy, motion_choices, write_example
-from modules.app_files import Limits, Storage, describe_model, list_models
+import modules.app_files as app_files
+from modules.app import DEFAULT_MOTION, Animator, Request, bypass_proxy, build_page, motion_choices, write_examples
+from modules.app_files import (FACE_EXAMPLE, REAL_FACES, SYNTHETIC, Limits, Storage, check_driving, check_source,
+                               describe_model, list_models, ordered_examples)
 from modules.errors import UserError
 from modules.video_io import VideoWriter, open_video
 
@@ -18,8 +22,27 @@ CIRCLES = os.path.join(ROOT, "models", "tiny-circles.pth.tar")
 
 
 @pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    return write_example(str(tmp_path_factory.mktemp("example")))
+def examples(tmp_path_factory):
+    return write_examples(str(tmp_path_factory.mktemp("examples")))
+
+
+@pytest.fixture(scope="module")
+def example(examples):
+    return examples[SYNTHETIC]
+
+
+@pytest.fixture(scope="module")
+def face_models(tmp_path_factory):
+    """faces-heatmap and faces-circles model files: the tiny models with a face config (landmarks: face)."""
+    from modules.checkpoint import atomic_save, read_checkpoint
+
+    folder, made = tmp_path_factory.mktemp("faces"), {}
+    for name, tiny in (("faces-heatmap.pth.tar", HEATMAP), ("faces-circles.pth.tar", CIRCLES)):
+        checkpoint = read_checkpoint(tiny)
+        checkpoint["config"]["metrics_params"]["landmarks"] = "face"
+        made[name] = str(folder / name)
+        atomic_save(checkpoint, made[name])
+    return made
 
 
 @pytest.fixture
@@ -189,3 +212,75 @@ def test_a_port_in_use_is_a_one_line_error_and_the_temporary_folder_goes(capsys)
     err = capsys.readouterr().err
     assert f"--host 127.0.0.1 --port {port}: cannot serve there" in err and "Traceback" not in err
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "kpmask-app-*"))) == before
+
+
+def _shipped_names(folder, files: dict[str, str]) -> list[str]:
+    """The basenames list_models offers when models/ holds ``files`` (name: the file it links to)."""
+    for name in os.listdir(folder):
+        os.remove(os.path.join(folder, name))
+    for name, target in files.items():
+        os.symlink(target, os.path.join(folder, name))
+    return [os.path.basename(info.path) for info in list_models(None)]
+
+
+def test_face_models_lead_the_list_and_tiny_heatmap_leads_without_them(tmp_path, monkeypatch, face_models):
+    monkeypatch.setattr(app_files, "SHIPPED", str(tmp_path))
+    tiny = {"a-circles.pth.tar": CIRCLES, "tiny-circles.pth.tar": CIRCLES, "tiny-heatmap.pth.tar": HEATMAP}
+    assert _shipped_names(tmp_path, {**tiny, **face_models}) == [
+        "faces-heatmap.pth.tar", "faces-circles.pth.tar", "tiny-heatmap.pth.tar", "a-circles.pth.tar",
+        "tiny-circles.pth.tar"]
+    circles_only = {**tiny, "faces-circles.pth.tar": face_models["faces-circles.pth.tar"]}
+    assert _shipped_names(tmp_path, circles_only)[:2] == ["faces-circles.pth.tar", "tiny-heatmap.pth.tar"]
+    assert _shipped_names(tmp_path, tiny) == ["tiny-heatmap.pth.tar", "a-circles.pth.tar", "tiny-circles.pth.tar"]
+    assert not list_models(None)[0].face
+
+
+def test_the_default_example_suits_the_default_model(face_models):
+    face, synthetic = describe_model(face_models["faces-heatmap.pth.tar"]), describe_model(HEATMAP)
+    assert face.face and not synthetic.face and face.kind == synthetic.kind
+    pairs = {SYNTHETIC: ("s.png", "d.mp4"), REAL_FACES: ("f.jpg", "f.mp4")}
+    assert [name for name, _ in ordered_examples(pairs, face)] == [REAL_FACES, SYNTHETIC]
+    assert [name for name, _ in ordered_examples(pairs, synthetic)] == [SYNTHETIC, REAL_FACES]
+    assert [name for name, _ in ordered_examples(pairs, None)] == [SYNTHETIC, REAL_FACES]
+    only = {SYNTHETIC: pairs[SYNTHETIC]}                          # examples/faces missing: nothing else to offer
+    assert ordered_examples(only, face) == [(SYNTHETIC, pairs[SYNTHETIC])]
+
+
+def test_the_real_face_example_is_the_repositorys_pair_and_passes_the_pages_checks(examples):
+    source, driving = examples[REAL_FACES]
+    assert [os.path.relpath(path, ROOT) for path in FACE_EXAMPLE] == [
+        os.path.join("examples", "faces", "lp-s12.jpg"), os.path.join("examples", "faces", "lp-d18.mp4")]
+    for copy, original in zip((source, driving), FACE_EXAMPLE):
+        assert os.path.basename(copy) == os.path.basename(original) and filecmp.cmp(copy, original, shallow=False)
+    check_source(source, "lp-s12.jpg")
+    assert check_driving(driving, "lp-d18.mp4", Limits()) == 128               # within the page's default limits
+    assert open_video(driving).read([0]).shape == (1, 480, 480, 3)
+
+
+def test_without_examples_faces_only_the_synthetic_example_is_offered(tmp_path, monkeypatch):
+    monkeypatch.setattr(app_files, "FACE_EXAMPLE", (str(tmp_path / "gone.jpg"), str(tmp_path / "gone.mp4")))
+    offered = write_examples(str(tmp_path / "examples"))
+    assert list(offered) == [SYNTHETIC] and all(os.path.isfile(path) for path in offered[SYNTHETIC])
+
+
+def _page_examples(page) -> tuple[list[list[str]], str]:
+    """The rows of the page's bundled examples (file names as shown) and the page's text."""
+    components = [component["props"] for component in page.config["components"]]
+    rows = [props["samples"] for props in components if props.get("elem_id") == "example"]
+    text = " ".join(str(props.get("value")) for props in components if isinstance(props.get("value"), str))
+    assert len(rows) == 1
+    return rows[0], text
+
+
+def test_the_page_offers_both_examples_the_default_models_first(examples, face_models, animator, monkeypatch):
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", animator.storage.gradio)
+    faces, synthetic = ["lp-s12.jpg", "lp-d18.mp4"], ["synthetic-id032-00.png", "synthetic-id038-00.mp4"]
+    face = describe_model(face_models["faces-heatmap.pth.tar"])
+    rows, text = _page_examples(build_page(animator, [face, describe_model(HEATMAP)], examples))
+    assert rows == [faces, synthetic]
+    # the notice names what each shipped family animates: faces-* real faces, tiny-* the synthetic figures
+    assert text.index("models/faces-*") < text.index("**real faces**") < text.index("models/tiny-*") < \
+        text.index("**synthetic figures**")
+    rows, _ = _page_examples(build_page(animator, [describe_model(HEATMAP), face], examples))
+    assert rows == [synthetic, faces]

@@ -143,7 +143,25 @@ def test_uploaded_clip_animates_with_the_driving_frame_count_and_plays(server, b
         json.dump({"click_to_result_s": round(seconds, 2), "frames": 48}, stream)
 
 
+FACES_PAIR = ("lp-s12.jpg", "lp-d18")                          # the bundled examples' names on the page
+SYNTHETIC_PAIR = ("synthetic-id032-00.png", "synthetic-id038-00")
+
+
+def default_pair() -> tuple[str, tuple[str, str], tuple[str, str], int]:
+    """What the page shows first: its default model's label, the bundled example that suits it (real faces for
+    a face model, the synthetic pair otherwise), the other example, and the model's frame width."""
+    from modules.app_files import list_models
+    from modules.checkpoint import read_checkpoint
+
+    first = list_models(None)[0]
+    width = read_checkpoint(first.path, lazy=True)["config"]["dataset_params"]["frame_shape"][1]
+    if first.face:
+        return first.label, FACES_PAIR, SYNTHETIC_PAIR, width
+    return first.label, SYNTHETIC_PAIR, FACES_PAIR, width
+
+
 def test_bundled_example_animates_end_to_end_with_the_shipped_model(server, browser):
+    label, (source, driving), other, width = default_pair()
     page = browser.new_page(viewport={"width": 1280, "height": 1500})
     outside = []                                                  # no telemetry, fonts or CDN scripts
     page.on("request", lambda request: outside.append(request.url)
@@ -151,17 +169,20 @@ def test_bundled_example_animates_end_to_end_with_the_shipped_model(server, brow
     page.goto(server[0])
     page.wait_for_selector("#animate")
     assert "synthetic figures" in page.inner_text("body")        # the page says what the models can do
-    page.click("#example >> text=synthetic-id032-00.png")
-    page.wait_for_selector("#driving >> text=synthetic-id038-00")
+    assert "real faces" in page.inner_text("body")
+    offered = page.inner_text("#example")                         # both examples, the default model's first
+    assert offered.index(source) < offered.index(other[0])
+    page.click(f"#example >> text={source}")
+    page.wait_for_selector(f"#driving >> text={driving}")
     seconds = animate(page)
-    assert "tiny-heatmap" in page.inner_text("body")
+    assert label in page.inner_text("body")
     assert page.locator("#side video").count() == 1 and page.locator("#sheet img").count() == 1
     sheet = page.locator("#sheet img")
-    assert sheet.evaluate("image => image.naturalWidth") == 8 * 64
+    assert sheet.evaluate("image => image.naturalWidth") == 8 * width
     os.makedirs(ARTIFACTS, exist_ok=True)
     with open(os.path.join(ARTIFACTS, "app-example.json"), "w") as stream:
-        json.dump({"click_to_result_s": round(seconds, 2), "model": "models/tiny-heatmap.pth.tar"}, stream)
-    print(f"bundled example: {seconds:.1f} s from clicking Animate to the result")
+        json.dump({"click_to_result_s": round(seconds, 2), "model": label, "example": source}, stream)
+    print(f"bundled example {source} with {label}: {seconds:.1f} s from clicking Animate to the result")
     page.close()
     assert outside == [], f"the page asked for something beyond its server: {outside[:3]}"
 

@@ -130,3 +130,40 @@ def test_synthetic_akd_from_the_keypoint_regressor_in_reconstruction_and_animati
         assert animation["baselines"]["copy_source"]["flicker"] == 0
     finally:
         os.remove(path)
+
+
+def test_data_flag_evaluates_another_dataset_without_editing_the_checkpoint(trained_run, tmp_path, capsys):
+    """--data ROOT: its test/ videos, or every video of a folder without a split (other sizes resized), into
+    reconstruction-<ROOT's name>/; the model's own results stay; bad folders and modes are one-line errors."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    own = os.path.join(trained_run, "reconstruction")
+    assert reconstruct("--checkpoint", trained_run) == 0
+    before = open(os.path.join(own, "metrics.json")).read()
+    flat = tmp_path / "clips"                               # no train/ or test/: all three videos
+    rng = np.random.default_rng(0)
+    for number, size in enumerate((64, 96, 128)):
+        folder = flat / f"clip{number}"
+        folder.mkdir(parents=True)
+        for t in range(5):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{t:07d}.png")
+    assert reconstruct("--checkpoint", trained_run, "--data", str(flat)) == 0
+    metrics = json.load(open(os.path.join(trained_run, "reconstruction-clips", "metrics.json")))
+    assert set(metrics["videos"]) == {"clip0", "clip1", "clip2"} and metrics["protocol"]["frames_counted"] == 15
+    split = tmp_path / "split"
+    shutil.copytree(flat / "clip1", split / "test" / "only")
+    shutil.copytree(flat / "clip2", split / "train" / "ignored")
+    assert reconstruct("--checkpoint", trained_run, "--data", str(split)) == 0
+    assert set(json.load(open(os.path.join(trained_run, "reconstruction-split", "metrics.json")))["videos"]) == {"only"}
+    assert open(os.path.join(own, "metrics.json")).read() == before
+    capsys.readouterr()
+    for args, message in (((str(tmp_path / "nowhere"),), "--data " + str(tmp_path / "nowhere") + ": no such folder"),
+                          ((str(flat / "clip0" / "0000000.png"),), "not a folder")):
+        assert reconstruct("--checkpoint", trained_run, "--data", *args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert run.main(["--mode", "animate", "--data", str(flat)]) == 2
+    assert "--data is for --mode reconstruction" in capsys.readouterr().err
