@@ -169,3 +169,42 @@ def test_identity_distances_are_none_without_any_face():
     # one NaN value is enough to drop a row
     partial = _with_embeddings([[nan, 9.0], [4.0, 6.0]])
     assert identity_distances(source, partial, partial)["driver_to_photo"] == pytest.approx(5.0)
+
+
+# ------------------------------------------------------------------------------------- the whole demo, shipped
+
+FACE_MODEL = "models/faces-heatmap.pth.tar"
+
+
+def test_the_face_demo_animates_the_shipped_photo_and_writes_its_summary(tmp_path, capsys):
+    """`make demo`'s second part on the committed inputs, with the driving clip cut to 12 frames: the files,
+    a result the size of the photo, the summary's figures in metrics.json and on the terminal."""
+    import json
+    import os
+
+    pytest.importorskip("dlib")
+    from modules.video_io import VideoWriter, open_video
+    from scripts.demo_faces import DEFAULT_PHOTO, DEFAULT_VIDEO, FILES, main
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    clip = str(tmp_path / "clip.mp4")
+    with VideoWriter(clip, fps=30) as writer:
+        writer.write(open_video(os.path.join(repo, DEFAULT_VIDEO)).read(list(range(0, 96, 8))))
+    out = tmp_path / "out"
+    assert main(["--model", os.path.join(repo, FACE_MODEL), "--photo", os.path.join(repo, DEFAULT_PHOTO),
+                 "--video", clip, "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(os.listdir(out)) == sorted(FILES)
+    result = open_video(str(out / "result.mp4"))
+    height, width = result.read([0]).shape[1:3]
+    assert result.num_frames == 12 and height == 500 and width in (375, 376)   # the photo (H.264 wants even sides)
+    summary = json.load(open(out / "metrics.json"))
+    assert summary["frames"] == 12 and summary["faces_found"]["driving"] == 1.0
+    assert set(summary["following"]) == {"mouth_opening", "head_turn", "head_tilt"}
+    identity = summary["identity"]
+    assert identity["driver_to_photo"] > 0.6                 # two people, by dlib's rule
+    printed = capsys.readouterr().out
+    assert "how the result follows the driver" in printed and f"{identity['driver_to_photo']:.2f}" in printed
+    capsys.readouterr()
+    assert main(["--model", os.path.join(repo, FACE_MODEL), "--photo", str(tmp_path / "none.jpg"),
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "--photo" in capsys.readouterr().err and not (tmp_path / "other").exists()

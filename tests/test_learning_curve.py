@@ -150,3 +150,35 @@ def test_the_curve_of_a_run_is_written_drawn_and_grown_without_evaluating_twice(
     with open(out + ".csv", newline="") as stream:
         assert list(csv.DictReader(stream)) == rows
     assert os.path.getsize(out + ".png") > 0
+
+
+def test_real_frames_landmarks_are_found_once_per_process(monkeypatch):
+    """A learning curve scores the same test frames once per checkpoint: a fixed pretrained detector (dlib,
+    MediaPipe) looks at each batch of real frames once; other frames, and generated ones, are looked at again."""
+    import numpy as np
+    import torch
+
+    from modules import evaluation
+    from modules.landmarks import Landmarks
+
+    calls = []
+
+    class Fake:
+        name, num_points, min_size = "face", 68, 1
+
+        def detect(self, frames):
+            calls.append(len(frames))
+            return Landmarks(np.zeros((len(frames), 68, 2)), np.ones((len(frames), 68), bool))
+
+    scorer = object.__new__(evaluation.FrameScorer)
+    scorer.landmarker = Fake()
+    monkeypatch.setattr(evaluation, "_REAL_LANDMARKS", {})
+    frames = torch.rand(3, 3, 16, 16)
+    first, second = scorer.target(frames), scorer.target(frames.clone())
+    assert calls == [3] and first.landmarks is second.landmarks
+    scorer.target(torch.rand(2, 3, 16, 16))
+    scorer.landmarks(frames)                                     # a candidate's frames: always detected
+    assert calls == [3, 2, 3]
+    scorer.landmarker.name = "synthetic"                         # a trained regressor: never remembered
+    scorer.target(frames)
+    assert calls == [3, 2, 3, 3]
