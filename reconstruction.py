@@ -48,8 +48,6 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     """Reconstruct the test videos of a checkpoint's dataset, or of ``data`` (its test/ folder, or every video
     of a folder without train/ and test/; results then go to ``reconstruction-<folder name>/``, or to
     ``results_name`` when given); returns what metrics.json holds."""
-    from frames_dataset import FramesDataset
-
     if data is not None and not os.path.isdir(data):
         raise UserError(f"--data {data}: {'not a folder' if os.path.exists(data) else 'no such folder'} (expected "
                         f"a dataset folder: test/ inside it, or videos and frame folders directly in it)")
@@ -64,13 +62,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
         exclude_first_frame = params.exclude_first_frame
     if num_videos is None:
         num_videos = params.num_videos
-    if data is None:
-        dataset = FramesDataset.from_config(config.dataset_params, is_train=False)
-    else:
-        config.dataset_params.root_dir = os.path.abspath(data)
-        config.dataset_params.pairs_list = None
-        # another dataset is evaluated whole: without split folders, every video of it is a test video
-        dataset = FramesDataset.from_config(config.dataset_params, is_train=False, whole=True)
+    dataset = _test_videos(config, data)
     count = len(dataset) if num_videos is None else min(num_videos, len(dataset))   # not one too many (FOMM)
     name = results_name or ("reconstruction" if data is None else
                             "reconstruction-" + os.path.basename(os.path.abspath(data)))
@@ -102,6 +94,17 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     for line in table_lines(table, scorer.skipped):
         print("  " + line)
     return result
+
+
+def _test_videos(config, data: Optional[str]):
+    """The model's own test split, or ``data``'s: its test/ folder, or all of it when it has no split."""
+    from frames_dataset import FramesDataset
+
+    if data is None:
+        return FramesDataset.from_config(config.dataset_params, is_train=False)
+    config.dataset_params.root_dir = os.path.abspath(data)
+    config.dataset_params.pairs_list = None
+    return FramesDataset.from_config(config.dataset_params, is_train=False, whole=True)
 
 
 def reconstruct_video(model, video, scorer: FrameScorer, out_dir: str, config, *, device: torch.device,

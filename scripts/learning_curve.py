@@ -3,9 +3,9 @@
     python scripts/learning_curve.py RUN_DIR [RUN_DIR ...] [--data ROOT] [--points 6] [--out docs/curve]
         [--batch_size 8]
 
-Every RUN_DIR is a training run folder (its ``NNNNNNNN-checkpoint.pth.tar`` files). About ``--points``
-checkpoints spread evenly over each run (always its last one) are reconstructed on ``--data`` (default: the
-run's own test split) with the papers' protocol (reconstruction.py: frame 0 is the source, every frame
+Every RUN_DIR is a training run folder (its ``NNNNNNNN-checkpoint.pth.tar`` files), or one checkpoint of one
+to add to its curve. About ``--points`` checkpoints spread evenly over each run (always its last one) are
+reconstructed on ``--data`` (default: the run's own test split) with the papers' protocol (reconstruction.py: frame 0 is the source, every frame
 counted, fp32, eager PyTorch so that the figures do not depend on an engine's choice), and their step, CPU
 time so far (the run's log), L1, motion-region L1, AKD and MKR, with the copy-the-source baseline, are written
 to ``OUT.csv`` and drawn in ``OUT.png`` (one line per run, the baseline dashed). Checkpoints already in
@@ -124,7 +124,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="training run folders")
+    parser.add_argument("runs", nargs="+", help="training run folders, or single checkpoints of one")
     parser.add_argument("--data", default=None, help="dataset to reconstruct (default: each run's own test split)")
     parser.add_argument("--points", type=int, default=6, help="checkpoints evaluated per run (default 6)")
     parser.add_argument("--out", default="learning-curve", help="writes OUT.csv and OUT.png (default learning-curve)")
@@ -139,9 +139,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         table = f"{args.out}.csv"
         rows = read_rows(table)
         done = {(r["run"], r["checkpoint"]) for r in rows}
-        for run_dir in args.runs:
+        for given in args.runs:
+            # a run folder: --points of its checkpoints; a checkpoint file: that one (its folder is the run)
+            run_dir = os.path.dirname(os.path.abspath(given)) if os.path.isfile(given) else given
             run = os.path.basename(os.path.normpath(run_dir))
-            for path in checkpoints_of(run_dir, args.points):
+            for path in [given] if os.path.isfile(given) else checkpoints_of(run_dir, args.points):
                 if (run, os.path.basename(path)) in done:
                     continue
                 row = {"run": run} | evaluate(path, args.data, args.batch_size)
