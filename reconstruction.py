@@ -31,9 +31,8 @@ from tqdm import tqdm
 
 import logger as run_log
 from modules.engines import dataset_frames, load_for_inference
-from modules.errors import UserError
 from modules.evaluation import FrameScorer, Track, frame_mean, repeat_landmarks, table_lines
-from modules.outputs import results_folder
+from modules.outputs import check_data_folder, results_folder
 from modules.precision import autocast, autocast_dtype, inference_precision
 from modules.video_io import VideoWriter
 
@@ -48,9 +47,8 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     """Reconstruct the test videos of a checkpoint's dataset, or of ``data`` (its test/ folder, or every video
     of a folder without train/ and test/; results then go to ``reconstruction-<folder name>/``, or to
     ``results_name`` when given); returns what metrics.json holds."""
-    if data is not None and not os.path.isdir(data):
-        raise UserError(f"--data {data}: {'not a folder' if os.path.exists(data) else 'no such folder'} (expected "
-                        f"a dataset folder: test/ inside it, or videos and frame folders directly in it)")
+    if data is not None:
+        check_data_folder(data)                  # before the model loads (the API's callers skip run.py's check)
 
     precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, engine_line = load_for_inference(checkpoint_path, device, config_path=config_path,

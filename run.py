@@ -291,14 +291,12 @@ def check_paths(args: argparse.Namespace) -> None:
     import os
 
     from modules.errors import UserError
-    from modules.outputs import check_output_file, check_output_folder
+    from modules.outputs import check_data_folder, check_output_file, check_output_folder
 
     if args.data is not None:
         if args.mode != "reconstruction":
             raise UserError(f"--data is for --mode reconstruction (another dataset to evaluate on), not {args.mode}")
-        if not os.path.isdir(args.data):
-            raise UserError(f"--data {args.data}: {'not a folder' if os.path.exists(args.data) else 'no such folder'}"
-                            f" (expected a dataset folder: test/ inside it, or videos directly in it)")
+        check_data_folder(args.data)
     if args.mode == "train" and args.checkpoint and args.init_checkpoint:
         raise UserError("--checkpoint (resume a run) and --init_checkpoint (start a new run from weights) "
                         "exclude each other")

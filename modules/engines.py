@@ -30,8 +30,9 @@ from torch import nn
 
 from modules.errors import UserError
 from modules.export import (ExportPart, cache_dir, capture_inputs, exported_graph, file_digest, named_type,
-                            quantize_graph, samples_digest, submodule, write_json)
+                            quantize_graph, samples_digest, submodule)
 from modules.optimize import rewrite_blocks
+from modules.outputs import write_json
 
 ENGINES = ("auto", "torch", "torch-opt", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")

@@ -13,7 +13,6 @@ trivial baselines), so a baseline costs one more detection pass, not two.
 from __future__ import annotations
 
 import hashlib
-
 import os
 from typing import Optional
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from modules.errors import UserError
 from modules.optimize import optimize_for_inference
-from modules.outputs import atomic_file
+from modules.outputs import atomic_file, write_json
 
 OPSET = 17
 
@@ -149,13 +149,6 @@ def export_part(part: nn.Module, spec: ExportPart, size: tuple[int, int], path: 
         except Exception as error:                            # an operator ONNX lacks, a shape it cannot trace
             raise UserError(f"cannot export {type(part).__name__} to ONNX: {_first_line(error)}") from None
     return {"type": kind, "fields": all_fields, "tensors": fields, "inputs": list(input_names)}
-
-
-def write_json(path: str, value: Any) -> None:
-    """``value`` as JSON at ``path``, written atomically."""
-    with atomic_file(path) as partial:
-        with open(partial, "w", encoding="utf-8") as stream:
-            json.dump(value, stream, indent=1)
 
 
 def exported_graph(model: nn.Module, spec: ExportPart, size: tuple[int, int], folder: str, model_sha256: str,

@@ -19,10 +19,11 @@ Only the standard library is imported: ``run.py`` checks outputs before the heav
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from modules.errors import UserError
 
@@ -116,6 +117,13 @@ def check_output_folder(path: str, *, what: str, inputs: Sequence[Optional[str]]
         _check_parent(path, what)
 
 
+def check_data_folder(path: str) -> None:
+    """``--data``: a dataset folder to evaluate on (its test/, or videos directly in it), one line if not."""
+    if not os.path.isdir(path):
+        raise UserError(f"--data {path}: {'not a folder' if os.path.exists(path) else 'no such folder'} (expected "
+                        f"a dataset folder: test/ inside it, or videos and frame folders directly in it)")
+
+
 def default_result(source_image: str) -> str:
     """``--result_video``'s default: ``<source name>-animated.mp4`` in the current folder."""
     return os.path.splitext(os.path.basename(source_image))[0] + "-animated.mp4"
@@ -163,6 +171,13 @@ def atomic_file(path: str) -> Iterator[str]:
     except BaseException:
         _remove(temporary)
         raise
+
+
+def write_json(path: str, value: Any) -> None:
+    """``value`` as JSON at ``path``, written atomically (``atomic_file``)."""
+    with atomic_file(path) as partial:
+        with open(partial, "w", encoding="utf-8") as stream:
+            json.dump(value, stream, indent=1)
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from tqdm import tqdm  # noqa: E402
 from modules.crop import SHIPPED_REGRESSOR  # noqa: E402
 from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
 from modules.outputs import results_folder  # noqa: E402
-from modules.video_io import VideoError, open_video  # noqa: E402
+from modules.video_io import VideoError, open_video, video_name  # noqa: E402
 from scripts.video_to_frames import find_videos  # noqa: E402
 
 
@@ -49,17 +49,13 @@ def top_folder(relative: str) -> str:
     return parts[0] if len(parts) > 1 else ""
 
 
-def video_name(relative: str) -> str:
-    """The dataset's name of a video: its file name without the extension (its folder in OUT)."""
-    return os.path.splitext(os.path.basename(relative))[0]
-
-
 def assign_splits(videos: list[str], raw_dir: str, test_percent: int) -> tuple[list[tuple[str, str]], bool]:
     """(video, split) for each video (paths relative to ``raw_dir``), and whether the split is RAW's own: its
     train/ and test/ folders where both hold videos, else a hash of the names."""
     tops = [top_folder(relative) for relative in videos]
     if not {"train", "test"} <= set(tops):
-        return [(relative, split_of(video_name(relative), test_percent)) for relative in videos], False
+        return [(relative, split_of(video_name(os.path.join(raw_dir, relative)), test_percent))
+                for relative in videos], False
     outside = [relative for relative, top in zip(videos, tops) if top not in ("train", "test")]
     if outside:
         # Guessing would either train on a video meant for testing or test on one meant for training.
@@ -148,7 +144,7 @@ def crop_all(args: argparse.Namespace, splits: list[tuple[str, str]], finder) ->
             done = {(row["name"], row["split"]) for row in csv.DictReader(stream)}
     counts, left_out = {"train": 0, "test": 0}, []
     for relative, split in tqdm(splits, unit="video", dynamic_ncols=True):
-        name = video_name(relative)
+        name = video_name(os.path.join(args.raw_dir, relative))
         folder = os.path.join(args.out_dir, split, name)
         if (name, split) in done and os.path.isdir(folder):
             counts[split] += 1

@@ -24,7 +24,6 @@ line weighted by visible labels, then:
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any, NamedTuple, Optional
@@ -35,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
 from modules.keypoint_labels import LabelLayout, label_layout, labels_to_normalized, read_labels  # noqa: E402
+from modules.outputs import write_json  # noqa: E402
 from scripts.keypoints_vs_joints import detector_values, load_detector  # noqa: E402
 
 BATCH = 32                    # frames per detector call: bounded memory on long videos
@@ -199,16 +199,6 @@ def report(result: dict) -> str:
     lines.append(f"detector {_number(total['detector_px'])} px, mean pose {_number(total['mean_pose_px'])} px "
                  f"({_number(total['ratio'])} of the baseline) over {total['videos']} videos, {total['frames']} frames")
     return "\n".join(lines)
-
-
-def write_json(path: str, result: dict) -> None:
-    """``result`` as JSON at ``path``: written to a temporary name beside it, then renamed into place."""
-    from modules.outputs import atomic_file
-
-    with atomic_file(path) as partial:
-        with open(partial, "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=1)
-            stream.write("\n")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -12,7 +12,6 @@ file to its nearest other file.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Optional
@@ -22,6 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
+from modules.outputs import write_json  # noqa: E402
 
 PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".gif", ".avi", ".mkv")
@@ -124,10 +124,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"no face found in {path}", file=sys.stderr)
         print(f"{len(report['people'])} people in {len(described)} files ({len(faceless)} without a face)")
         if args.out:
-            temporary = f"{args.out}.{os.getpid()}.tmp"
-            with open(temporary, "w", encoding="utf-8") as stream:
-                json.dump(report, stream, indent=1)
-            os.replace(temporary, args.out)
+            write_json(args.out, report)
 
     return exit_status(command)
 

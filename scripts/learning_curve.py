@@ -23,6 +23,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
+from modules.outputs import atomic_file  # noqa: E402
 
 METRICS = ("l1", "motion_l1", "akd", "mkr")
 COLUMNS = ("run", "checkpoint", "epoch", "step", "hours") + tuple(
@@ -85,12 +86,10 @@ def read_rows(path: str) -> list[dict]:
 
 def write_rows(path: str, rows: list[dict]) -> None:
     """The table, written under a temporary name and renamed: a reader never sees half of it."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", newline="", encoding="utf-8") as stream:
+    with atomic_file(path) as partial, open(partial, "w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: (r["run"], int(r["step"]))))
-    os.replace(temporary, path)
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -117,9 +116,9 @@ def plot(rows: list[dict], path: str) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
-    temporary = f"{path}.{os.getpid()}.tmp.png"
-    figure.savefig(temporary, dpi=110)
-    os.replace(temporary, path)
+    with atomic_file(path) as partial:
+        figure.savefig(partial, dpi=110)
+    plt.close(figure)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -134,8 +133,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     def command() -> None:
         if args.points < 1 or args.batch_size < 1:
             raise UserError(f"--points {args.points} / --batch_size {args.batch_size}: expected positive integers")
-        if args.data is not None and not os.path.isdir(args.data):
-            raise UserError(f"--data {args.data}: no such folder")
         table = f"{args.out}.csv"
         rows = read_rows(table)
         done = {(r["run"], r["checkpoint"]) for r in rows}
