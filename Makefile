@@ -41,6 +41,6 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 
-# Every speed table of the README (training and animation; tiny and 256 configs; fp32 and bf16), ~10 min.
+# Every speed table of docs/speed.md (training and animation; tiny and 256 configs; fp32 and bf16), ~10 min.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -9,7 +9,8 @@ A run folder is ``<log_dir>/<config-name>-<timestamp>/`` and holds
     train-vis/%08d-train.png     source | source mask | driving | driving mask | low-res | high-res
     %08d-checkpoint.pth.tar      FOMM's checkpoint names (the epoch); ``%08d-interrupted.pth.tar`` on Ctrl-C
 
-The checkpoint and model-file formats, and loading a model from either, are modules/checkpoint.py's.
+Checkpoint files are modules/core/files.py's, their formats modules/config/formats.py's, the pictures
+modules/core/pictures.py's.
 """
 from __future__ import annotations
 
@@ -24,13 +25,10 @@ import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import imageio.v3 as iio
-import numpy as np
-import torch
 import yaml
 
-from modules.errors import UserError
-from modules.video_io import to_uint8  # noqa: F401  (run_log.to_uint8 in the stage scripts)
-from modules.outputs import atomic_file
+from modules.core.errors import UserError
+from modules.core.pictures import training_grid
 
 PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpeg", "pillow", "scikit-image", "scipy",
             "tqdm", "tensorboard")
@@ -105,64 +103,12 @@ def _write_text(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Results of a checkpoint
-
-def results_path(checkpoint: Mapping[str, Any], name: str) -> str:
-    """``<run folder of the checkpoint>/<name>/``: where a mode's results go. Build them with
-    ``modules.outputs.results_folder(path)``, which swaps the new set in only when complete, so a mode can run
-    twice and an interrupted run keeps the earlier results."""
-    root = checkpoint.get("results_root") or os.path.dirname(os.path.abspath(checkpoint["path"]))
-    return os.path.join(root, name + checkpoint.get("results_suffix", ""))
-
-
-def write_strip(path: str, frames: np.ndarray) -> None:
-    """uint8 frames (T, H, W, 3) side by side in one png (H, T*W, 3): the layout FOMM's evaluation tools read.
-    Written under a temporary name and renamed when complete."""
-    with atomic_file(path) as temporary:
-        iio.imwrite(temporary, np.concatenate(list(frames), axis=1), extension=".png")
-
-
 def remove_stale_temporaries(run_dir: str) -> list[str]:
     """Delete ``*.tmp`` files a killed process left behind while writing a checkpoint."""
     stale = glob.glob(os.path.join(run_dir, "*.tmp"))
     for path in stale:
         os.remove(path)
     return stale
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pictures
-
-def side_by_side(columns: Sequence[torch.Tensor], size: tuple[int, int]) -> np.ndarray:
-    """Per sample, the columns' images next to each other: (B, H, len(columns)*W, 3) uint8."""
-    return np.concatenate([to_uint8(column, size) for column in columns], axis=2)
-
-
-def contact_sheet(visual: np.ndarray, columns: int, count: int = 8) -> np.ndarray:
-    """Side-by-side frames (T, H, columns*W, 3) -> one image whose rows are the columns (source, driving,
-    mask, ...) and whose columns are ``count`` frames evenly spread over the video: (columns*H, count*W, 3)."""
-    frames, _, total_width, _ = visual.shape
-    width = total_width // columns
-    picked = sheet_frames(frames, count)
-    rows = [np.concatenate([visual[t, :, c * width:(c + 1) * width] for t in picked], axis=1) for c in range(columns)]
-    return np.concatenate(rows, axis=0)
-
-
-def sheet_frames(frames: int, count: int = 8) -> list[int]:
-    """The frames a contact sheet of a ``frames``-long video shows: ``count`` evenly spread."""
-    return np.linspace(0, frames - 1, min(count, frames)).round().astype(int).tolist()
-
-
-def training_grid(columns: Sequence[torch.Tensor], max_rows: int = 4) -> np.ndarray:
-    """Images side by side per sample, one row per batch element: (rows*H, len(columns)*W, 3) uint8.
-
-    columns: (B, C, h, w) tensors in [0, 1]; smaller ones (the masks) are scaled up with nearest
-    neighbours so that each cell shows exactly what the network saw.
-    """
-    size = (max(c.shape[2] for c in columns), max(c.shape[3] for c in columns))
-    rows = side_by_side([column[:max_rows] for column in columns], size)       # (rows, H, k*W, 3)
-    return np.concatenate(list(rows), axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -179,7 +125,7 @@ class RunLogger:
     def __init__(self, run_dir: str, purge_step: Optional[int] = None):
         """purge_step: on resume, the first step to come; TensorBoard drops the events of the abandoned
         steps at and after it, so that curves are not drawn twice."""
-        from torch.utils.tensorboard import SummaryWriter   # slow import: only where a run logs
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only where a run logs
 
         self.run_dir = run_dir
         os.makedirs(os.path.join(run_dir, "train-vis"), exist_ok=True)

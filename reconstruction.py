@@ -13,15 +13,13 @@ complete, so an interrupted run keeps the earlier results):
     metrics.json        {"protocol", "mean", "baselines", "skipped", "videos"}
     metrics.csv         one row per video
 
-Metrics (modules/evaluation.py): L1, PSNR and SSIM always; AKD, MKR and AED when the config's landmark
+Metrics (modules/evaluation/scorer.py): L1, PSNR and SSIM always; AKD, MKR and AED when the config's landmark
 detector (``metrics_params.landmarks``) can run here; metrics.json lists what was skipped and why. Every
 metric is also given for the trivial baseline that copies the source frame, so a table shows what the model
 adds.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 from typing import Any, Optional
 
@@ -29,12 +27,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import logger as run_log
-from modules.engines import dataset_frames, load_for_inference
-from modules.evaluation import FrameScorer, Track, frame_mean, repeat_landmarks, table_lines
-from modules.outputs import check_data_folder, results_folder
-from modules.precision import autocast, autocast_dtype, inference_precision
-from modules.video_io import VideoWriter
+from modules.core.outputs import check_data_folder, results_folder, results_path
+from modules.core.pictures import side_by_side, to_uint8, write_strip
+from modules.core.precision import autocast, autocast_dtype
+from modules.data.video_io import VideoWriter
+from modules.evaluation.scorer import FrameScorer, Track, repeat_landmarks, table_lines
+from modules.inference.engines import dataset_frames
+from modules.inference.pipeline import prepare_model
+from modules.inference.results import row_means, write_results
 
 CANDIDATES = ("prediction", "copy_source")
 
@@ -50,11 +50,9 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     if data is not None:
         check_data_folder(data)                  # before the model loads (the API's callers skip run.py's check)
 
-    precision, precision_line = inference_precision(precision, device)
-    config, model, checkpoint, engine_line = load_for_inference(checkpoint_path, device, config_path=config_path,
-                                                                ablation=ablation, engine=engine, precision=precision,
-                                                                calibrate=dataset_frames)
-    print(precision_line + "; " + engine_line)
+    prepared = prepare_model(checkpoint_path, device, precision=precision, engine=engine, config_path=config_path,
+                             ablation=ablation, calibrate=dataset_frames, channels_last=False)
+    config, model, checkpoint, precision = prepared.config, prepared.model, prepared.checkpoint, prepared.precision
     params = config.reconstruction_params
     if exclude_first_frame is None:
         exclude_first_frame = params.exclude_first_frame
@@ -64,7 +62,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
     count = len(dataset) if num_videos is None else min(num_videos, len(dataset))   # not one too many (FOMM)
     name = results_name or ("reconstruction" if data is None else
                             "reconstruction-" + os.path.basename(os.path.abspath(data)))
-    final_dir = run_log.results_path(checkpoint, name)
+    final_dir = results_path(checkpoint, name)
     # Built beside the earlier results and swapped in when complete: an interrupted run keeps them.
     with results_folder(final_dir) as out_dir:
         os.makedirs(os.path.join(out_dir, "png"))
@@ -80,8 +78,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
                                            dtype=dtype,
                                            batch_size=batch_size, exclude_first_frame=exclude_first_frame,
                                            progress=progress)
-                per_video[video.name] = {"frames": len(values["prediction_l1"])} | \
-                    {key: frame_mean(v) for key, v in values.items()}
+                per_video[video.name] = row_means(values)
                 for key in pooled:
                     pooled[key] += values[key]
         progress.close()
@@ -96,7 +93,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
 
 def _test_videos(config, data: Optional[str]):
     """The model's own test split, or ``data``'s: its test/ folder, or all of it when it has no split."""
-    from frames_dataset import FramesDataset
+    from modules.data.dataset import FramesDataset
 
     if data is None:
         return FramesDataset.from_config(config.dataset_params, is_train=False)
@@ -111,7 +108,7 @@ def reconstruct_video(model, video, scorer: FrameScorer, out_dir: str, config, *
     """One test video rebuilt from its frame 0: ``<name><format>`` (the side-by-side columns) and
     ``png/<name>.png`` (the prediction's frames) in ``out_dir``; returns the per-frame scores of the
     prediction and of copying the source ({"<candidate>_<metric>": values})."""
-    from frames_dataset import frames_to_tensor
+    from modules.data.dataset import frames_to_tensor
 
     size = config.dataset_params.size
     values: dict[str, list[float]] = {f"{who}_{name}": [] for who in CANDIDATES for name in scorer.metrics}
@@ -137,10 +134,10 @@ def reconstruct_video(model, video, scorer: FrameScorer, out_dir: str, config, *
                                                ("copy_source", source[first:], copies)):
                     for name, per_frame in scorer.score(frames_out, target, found, tracks[who]).items():
                         values[f"{who}_{name}"] += per_frame.tolist()
-            writer.write(run_log.side_by_side(model.visual_columns(state, driving, output, detail=True), size))
-            strip.append(run_log.to_uint8(output.prediction, size))
+            writer.write(side_by_side(model.visual_columns(state, driving, output, detail=True), size))
+            strip.append(to_uint8(output.prediction, size))
             progress.update(len(frames))
-    run_log.write_strip(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(strip))
+    write_strip(os.path.join(out_dir, "png", video.name + ".png"), np.concatenate(strip))
     return values
 
 
@@ -161,14 +158,7 @@ def _write_metrics(out_dir: str, table: dict, pooled: dict[str, list[float]], pe
         "skipped": scorer.skipped,
         "videos": per_video,
     }
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
-        json.dump(result, stream, indent=2)
-    with open(os.path.join(out_dir, "metrics.csv"), "w", encoding="utf-8", newline="") as stream:
-        writer = csv.writer(stream)
-        keys = ["frames"] + list(pooled)
-        writer.writerow(["video"] + keys)
-        for name, row in per_video.items():
-            writer.writerow([name] + [row[k] for k in keys])
+    write_results(out_dir, result, per_video)
     return result
 
 

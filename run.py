@@ -43,7 +43,7 @@ def megabytes(text: str) -> float:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from modules.errors import OneLineArgumentParser
+    from modules.core.cli import OneLineArgumentParser
 
     parser = OneLineArgumentParser(
         prog="kpmask", description="Image animation with keypoint masks (Toledano, Marmor, Gertz).")
@@ -162,39 +162,18 @@ def _add_app_arguments(app: argparse._ArgumentGroup) -> None:
 
 
 def app(args: argparse.Namespace) -> None:
-    """Serve the web page (see modules/app.py)."""
-    from modules.app import AppOptions, serve
-    from modules.app_files import Limits
+    """Serve the web page (see modules/app/page.py)."""
+    from modules.app.files import Limits
+    from modules.app.page import AppOptions, serve
 
     serve(AppOptions(host=args.host, port=args.port, models=args.models, device=args.device,
                      limits=Limits(upload_mb=args.max_upload_mb, frames=args.max_frames)))
 
 
-def choose_device(name: str) -> "torch.device":  # noqa: F821 (torch is imported lazily)
-    """auto -> cuda if available else cpu; cpu, cuda and cuda:N are checked against this machine."""
-    import torch
-
-    from modules.errors import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
 def train(args: argparse.Namespace) -> None:
     """Train the generators (see train.py); torchrun starts one of these per process for DDP."""
-    from modules.errors import UserError
+    from modules.core.device import choose_device
+    from modules.core.errors import UserError
     from train import TrainOptions, run_training
 
     if args.mixed_precision in ("auto", "int8"):
@@ -210,7 +189,8 @@ def train(args: argparse.Namespace) -> None:
 
 def reconstruction(args: argparse.Namespace) -> None:
     """Reconstruct the test videos of the checkpoint's dataset (see reconstruction.py)."""
-    from modules.errors import UserError
+    from modules.core.device import choose_device
+    from modules.core.errors import UserError
     from reconstruction import reconstruct
 
     if args.checkpoint is None:
@@ -222,8 +202,10 @@ def reconstruction(args: argparse.Namespace) -> None:
 
 def animate(args: argparse.Namespace) -> None:
     """Animate one image by one video (see animate.py)."""
-    from animate import animate_dataset, animate_single
-    from modules.errors import UserError
+    from animate import animate_dataset
+    from modules.core.device import choose_device
+    from modules.core.errors import UserError
+    from modules.inference.pipeline import AnimationOptions, animate_single
 
     if args.checkpoint is None:
         raise UserError("--mode animate needs --checkpoint (a training checkpoint or its run folder)")
@@ -240,22 +222,24 @@ def animate(args: argparse.Namespace) -> None:
                         precision=args.mixed_precision, config_path=args.config, ablation=args.ablation,
                         engine=args.engine, smooth=args.smooth)
         return
-    animate_single(args.checkpoint, args.source_image, args.driving_video, device=choose_device(args.device),
-                   result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
-                   batch_size=args.batch_size or 8, visualize=args.visualize, precision=args.mixed_precision,
-                   find_best_frame=args.find_best_frame, config_path=args.config, ablation=args.ablation,
-                   overwrite=args.overwrite, engine=args.engine, crop=args.crop, driving_crop=args.driving_crop,
-                   paste=not args.no_paste_back, smooth=args.smooth)
+    options = AnimationOptions(
+        result_video=args.result_video, motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit,
+        batch_size=args.batch_size or 8, visualize=args.visualize, precision=args.mixed_precision,
+        find_best_frame=args.find_best_frame, config_path=args.config, ablation=args.ablation,
+        overwrite=args.overwrite, engine=args.engine, crop=args.crop, driving_crop=args.driving_crop,
+        paste=not args.no_paste_back, smooth=args.smooth)
+    animate_single(args.checkpoint, args.source_image, args.driving_video, options, device=choose_device(args.device))
 
 
 def inspect(args: argparse.Namespace) -> None:
     """Build the config's model, time one step on generated images, and print what was built."""
     import torch
 
-    from modules.config import load_config
-    from modules.errors import UserError
-    from modules.models import build_model, build_trainable
-    from modules.summary import summarize
+    from modules.config.loading import load_config
+    from modules.core.device import choose_device
+    from modules.core.errors import UserError
+    from modules.families.build import build_model, build_trainable
+    from modules.training.summary import summarize
 
     if args.config is None:
         raise UserError("--mode inspect needs --config")
@@ -287,11 +271,11 @@ def inspect(args: argparse.Namespace) -> None:
 def check_paths(args: argparse.Namespace) -> None:
     """The paths a command names, checked with the standard library before torch is imported (a typo costs
     a second, not the 5 s of imports): inputs exist and are what they should be, outputs can be written
-    without destroying anything (modules/outputs.py)."""
+    without destroying anything (modules/core/outputs.py)."""
     import os
 
-    from modules.errors import UserError
-    from modules.outputs import check_data_folder, check_output_file, check_output_folder
+    from modules.core.errors import UserError
+    from modules.core.outputs import check_data_folder, check_output_file, check_output_folder
 
     if args.data is not None:
         if args.mode != "reconstruction":
@@ -307,7 +291,7 @@ def check_paths(args: argparse.Namespace) -> None:
             raise UserError(f"{args.config}: config file not found (--config)")
         if args.mode == "inspect" or (args.mode == "train" and args.checkpoint is None):
             # A whole config: validate it now (no torch needed); its warnings come when the mode reads it.
-            from modules.config import load_config
+            from modules.config.loading import load_config
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -326,8 +310,8 @@ def check_paths(args: argparse.Namespace) -> None:
             raise UserError(f"{args.source_image}: is a folder, expected an image file (--source_image)")
         if args.driving_video is not None and not os.path.exists(args.driving_video):
             raise UserError(f"{args.driving_video}: not found (--driving_video: a video file or a frame folder)")
-        from modules.outputs import default_result, side_by_side_path
-        from modules.video_io import WRITABLE_EXTENSIONS
+        from modules.core.outputs import default_result, side_by_side_path
+        from modules.data.video_io import WRITABLE_EXTENSIONS
 
         inputs = (args.source_image, args.driving_video, args.checkpoint, args.config, args.checkpoint_with_kp)
         result = args.result_video or default_result(args.source_image)
@@ -346,7 +330,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from modules.errors import exit_status
+    from modules.core.cli import exit_status
 
     args = parse_args(argv)
     args.command = list(sys.argv) if argv is None else ["run.py", *argv]     # recorded in the run folder

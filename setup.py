@@ -8,7 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["modules", "modules.families", "scripts"],   # scripts: the dataset generator the app's example uses
+    packages=["modules", "modules.core", "modules.nets", "modules.config", "modules.data", "modules.training",
+              "modules.families", "modules.evaluation", "modules.inference", "modules.app"],   # the layers, bottom up
     # The top-level stage scripts are importable modules too (run.py is the console entry point).
     py_modules=["run", "train", "logger", "frames_dataset", "reconstruction", "animate"],
     install_requires=[

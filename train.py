@@ -1,17 +1,17 @@
 """Training: ``python run.py --config CONFIG --mode train [--checkpoint_with_kp FOMM_CKPT] [--log_dir DIR]``.
 
-One loop for every model family (modules/family.py): the family says which networks are saved and which get
+One loop for every model family (modules/config/family.py): the family says which networks are saved and which get
 an Adam optimizer (LR x0.1 at ``epoch_milestones``) and computes one step's losses and backward passes; the
 loop does the rest. Keypoint mask (paper sec. 2.4): the two generators train, the detector is frozen. FOMM
 (stage one): generator, detector and discriminator, each with its own optimizer. What it adds to FOMM's:
 
-- exact resume (modules/resume.py): a checkpoint holds weights, optimizers, schedules, RNG, the position in
+- exact resume (modules/training/resume.py): a checkpoint holds weights, optimizers, schedules, RNG, the position in
   the epoch and the config; data order and augmentation are functions of (seed, epoch, index), so a resumed
   run gives the parameters an uninterrupted run gives, bit for bit on CPU;
-- atomic checkpoints (modules/checkpoint.py), Ctrl-C / SIGTERM save and exit 0 (modules/stopping.py), a NaN
+- atomic checkpoints (modules/core/files.py), Ctrl-C / SIGTERM save and exit 0 (modules/training/stopping.py), a NaN
   loss stops with the step named and the last checkpoint intact;
 - autocast (bf16, or fp16 with a gradient scaler on GPU), channels_last, and DDP through ``torchrun``
-  (modules/distributed.py; SyncBatchNorm on GPUs, on CPU each rank normalises its own part of the batch).
+  (modules/training/distributed.py; SyncBatchNorm on GPUs, on CPU each rank normalises its own part of the batch).
 """
 from __future__ import annotations
 
@@ -27,16 +27,16 @@ from torch import nn
 from tqdm import tqdm
 
 import logger as run_log
-from modules.checkpoint import checkpoint_path, load_training_checkpoint, save_checkpoint, training_checkpoint
-from modules.config import Config, config_from_dict, load_config, resolve_data_paths
-from modules.distributed import Distributed, EpochBatchSampler, init_distributed, parameter_checksum
-from modules.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
-from modules.family import KeypointLabels, StepContext, Trainable
-from modules.models import build_model, build_trainable, model_from_checkpoint
-from modules.precision import autocast, autocast_dtype
-from modules.resume import apply_schedule_changes, check_same_model, resume_position, rng_state, set_rng_state
-from modules.stopping import StopRequest, quiet_worker
-
+from modules.config.family import KeypointLabels, StepContext, Trainable
+from modules.config.formats import checkpoint_path, load_training_checkpoint, save_checkpoint, training_checkpoint
+from modules.config.loading import config_from_dict, load_config, resolve_data_paths
+from modules.config.sections import Config
+from modules.core.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
+from modules.core.precision import autocast, autocast_dtype
+from modules.families.build import build_model, build_trainable, model_from_checkpoint
+from modules.training.distributed import Distributed, EpochBatchSampler, init_distributed, parameter_checksum
+from modules.training.resume import apply_schedule_changes, check_same_model, resume_position, rng_state, set_rng_state
+from modules.training.stopping import StopRequest, quiet_worker
 
 # ----------------------------------------------------------------------------------------------------------
 # Options and process group
@@ -186,7 +186,7 @@ class Trainer:
     def _setup_data(self) -> None:
         """Dataset, sampler and loader: every random choice is a function of (seed, epoch, index), so workers
         and ranks agree and a resume draws what an uninterrupted run draws."""
-        from frames_dataset import DatasetRepeater, FramesDataset
+        from modules.data.dataset import DatasetRepeater, FramesDataset
 
         config, train = self.config, self.train
         dataset = FramesDataset.from_config(config.dataset_params, is_train=True, random_seed=train.seed,

@@ -27,9 +27,10 @@ def write_model(path: str, size: int) -> None:
     """A model file (the project's own format) of the taichi-256 heatmap networks at ``size`` px, random weights."""
     import torch
 
-    from modules.checkpoint import atomic_save, model_file
-    from modules.config import config_from_dict, load_config
-    from modules.models import build_model, build_trainable
+    from modules.config.formats import model_file
+    from modules.config.loading import config_from_dict, load_config
+    from modules.core.files import atomic_save
+    from modules.families.build import build_model, build_trainable
 
     data = load_config(os.path.join(ROOT, "config", "taichi-256-heatmap.yaml")).to_dict()
     data["dataset_params"]["frame_shape"] = [size, size, 3]

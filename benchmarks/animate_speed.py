@@ -5,7 +5,7 @@ its fraction of this CPU's convolution rate, peak memory, PSNR against the eager
 
 Part 1 times ``model.animate`` (driving mask + both generators, the source encoded once) for each setting
 (``torch``: eager fp32, the reference; ``torch-bf16``: eager bf16 autocast; ``torch-opt``, ``onnxruntime``,
-``openvino``: the engines of modules/engines.py in fp32; ``-int8``: their quantised graphs, calibrated on 4
+``openvino``: the engines of modules/inference/engines.py in fp32; ``-int8``: their quantised graphs, calibrated on 4
 frames that are not timed) and batch size, all on the same frames, channels_last, each in a fresh process
 (peak memory is a per-process high-water mark). The fraction of the CPU's rate divides the PyTorch model's
 FLOPs per second by a 256 -> 256 channel 3x3 convolution's measured rate. Without --checkpoint: the taichi-256
@@ -35,12 +35,12 @@ def _model_and_frames(checkpoint: str | None, frames: int, size: int = 256):
     nothing; the driving frames come from the next videos). Otherwise taichi-256 with random weights and noise."""
     import torch
 
-    from modules.models import build_model
+    from modules.families.build import build_model
 
     generator = torch.Generator().manual_seed(1)
     if checkpoint:
-        from frames_dataset import FramesDataset, frames_to_tensor
-        from modules.checkpoint import load_model
+        from modules.data.dataset import FramesDataset, frames_to_tensor
+        from modules.inference.loading import load_model
 
         config, model, _ = load_model(checkpoint, torch.device("cpu"))
         height, width = config.dataset_params.size
@@ -66,13 +66,13 @@ def _model_and_frames(checkpoint: str | None, frames: int, size: int = 256):
 
 
 def _config_of(checkpoint: str | None, size: int = 256):
-    from modules.config import config_from_dict, load_config
+    from modules.config.loading import config_from_dict, load_config
 
     if checkpoint is None:                 # the taichi-256 networks, at ``size`` px
         config = load_config(os.path.join(ROOT, "config", "taichi-256-heatmap.yaml")).to_dict()
         config["dataset_params"]["frame_shape"] = [size, size, 3]
         return config_from_dict(config, f"taichi-256-heatmap.yaml at {size} px")
-    from modules.checkpoint import read_checkpoint, resolve_checkpoint
+    from modules.core.files import read_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     return config_from_dict(read_checkpoint(path)["config"], path)
@@ -89,8 +89,8 @@ def engine_of(setting: str) -> str:
 def on_setting(model, setting: str, source, calibration, checkpoint: str | None = None, size: int = 256):
     """``model`` on ``setting``'s engine (the suffix -int8: its graphs quantised, calibrated on ``source`` and
     the ``calibration`` frames; -bf16/-fp16 are autocast, which the caller applies)."""
-    from modules import engines
-    from modules.export import capture_inputs
+    from modules.inference import engines
+    from modules.inference.export import capture_inputs
 
     engine = engine_of(setting)
     if engine == "torch":
@@ -104,13 +104,13 @@ def on_setting(model, setting: str, source, calibration, checkpoint: str | None 
 
 def measure(setting: str, batch: int, frames: int, checkpoint: str | None, size: int = 256,
             device_name: str = "cpu", repeats: int = 3) -> dict:
-    """One row: ``setting`` is an engine of modules/engines.py, with ``-int8`` its quantised graphs (calibrated
+    """One row: ``setting`` is an engine of modules/inference/engines.py, with ``-int8`` its quantised graphs (calibrated
     on the source and 4 frames that are not timed), ``-bf16``/``-fp16`` autocast (fp16: CUDA)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from modules import engines
-    from modules.summary import peak_memory_mib
+    from modules.inference import engines
+    from modules.training.summary import peak_memory_mib
 
     device = torch.device(device_name)
     model, source, driving = _model_and_frames(checkpoint, frames + 4, size)
@@ -206,7 +206,7 @@ def tiny_checkpoint(folder: str) -> str:
     import torch
     import yaml
 
-    from scripts.synthetic_dataset import generate_dataset
+    from modules.data.synthetic import generate_dataset
     from train import TrainOptions, run_training
 
     data = os.path.join(folder, "data")
@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--frames", type=int, default=8, help="frames timed per setting")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
-                        help="engines (modules/engines.py) and precisions; torch is the fp32 eager reference")
+                        help="engines (modules/inference/engines.py) and precisions; torch is the fp32 eager reference")
     parser.add_argument("--skip_streaming", action="store_true")
     parser.add_argument("--size", type=int, default=256, help="frame side of the taichi-256 networks (no --checkpoint)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the exported engines are skipped on cuda)")

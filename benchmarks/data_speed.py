@@ -24,9 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from frames_dataset import DatasetRepeater, FramesDataset  # noqa: E402
-from modules.config import AugmentationParams, FlipParams, JitterParams  # noqa: E402
-from modules.video_io import open_video, probe_video  # noqa: E402
+from modules.config.sections import AugmentationParams, FlipParams, JitterParams  # noqa: E402
+from modules.data.dataset import DatasetRepeater, FramesDataset  # noqa: E402
+from modules.data.video_io import open_video, probe_video  # noqa: E402
 
 TAICHI_AUGMENTATION = AugmentationParams(FlipParams(True, True), JitterParams(0.1, 0.1, 0.1, 0.1))
 

@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from modules.config import load_config  # noqa: E402
-from modules.models import build_model, build_trainable  # noqa: E402
-from modules.summary import summarize  # noqa: E402
+from modules.config.loading import load_config  # noqa: E402
+from modules.families.build import build_model, build_trainable  # noqa: E402
+from modules.training.summary import summarize  # noqa: E402
 
 
 def main() -> None:

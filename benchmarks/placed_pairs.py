@@ -6,11 +6,11 @@
 Each test pair's source frame, driving video and ground-truth animation (64 px) are scaled ``--scale`` times
 and pasted into ``--canvas``-sized frames (height width) of a smooth random backdrop, the source and the
 driver at different random offsets. ``--crop auto --driving_crop auto`` then has to find both figures
-(modules/crop.py), animate the crops and paste the result back into the photo. Its L1 against the ground
+(modules/inference/crop.py), animate the crops and paste the result back into the photo. Its L1 against the ground
 truth placed the way the source was is compared with the plain model's: the same pair animated on the 64-px
 frames themselves and placed the same way. Both are measured over the placed square (outside it both are
 the photo's pixels exactly) and over the whole photo. The crops are streamed through the same code as
-``run.py --mode animate`` (animate.Frames, stream_animation), without a video codec in the way.
+``run.py --mode animate`` (modules.inference.pipeline.Frames, stream_animation), without a video codec in the way.
 """
 from __future__ import annotations
 
@@ -60,10 +60,10 @@ def write_folder(folder: str, frames: np.ndarray) -> str:
 
 
 def animate_frames(model, config, frames, batch: int = 8) -> np.ndarray:
-    """The model's predictions for an animate.Frames (crops planned), (T, h, w, 3) uint8."""
+    """The model's predictions for an modules.inference.pipeline.Frames (crops planned), (T, h, w, 3) uint8."""
     import torch
 
-    from animate import choose_motion, stream_animation
+    from modules.inference.pipeline import choose_motion, stream_animation
 
     motion, adapt = choose_motion(config, None, False, "the model")
     strip: list[np.ndarray] = []
@@ -88,8 +88,8 @@ def run_pair(model, config, args, rng, work: str, number: int, source_name: str,
     """One test pair placed, animated with crop and paste-back and plainly; its L1s and what to show."""
     import warnings
 
-    from animate import Frames
-    from modules.crop import Box
+    from modules.inference.crop import Box
+    from modules.inference.pipeline import Frames
 
     source = read_folder(os.path.join(args.data, "test", source_name))[:1]
     driving = read_folder(os.path.join(args.data, "test", driving_name))
@@ -129,7 +129,7 @@ def run_pair(model, config, args, rng, work: str, number: int, source_name: str,
 def main() -> None:
     import torch
 
-    from modules.engines import load_for_inference
+    from modules.inference.engines import load_for_inference
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=os.path.join(ROOT, "models", "tiny-circles.pth.tar"))

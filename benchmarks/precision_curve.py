@@ -42,14 +42,14 @@ def main() -> None:
     import torch
     import yaml
 
-    from modules.config import load_config
-    from modules.keypoint_detector import KPDetector
+    from modules.config.loading import load_config
+    from modules.nets.keypoint_detector import KPDetector
     from train import TrainOptions, run_training
 
     work = tempfile.mkdtemp(prefix="precision-curve-")
     data = args.data
     if data is None:
-        from scripts.synthetic_dataset import generate_dataset
+        from modules.data.synthetic import generate_dataset
 
         data = os.path.join(work, "synthetic")
         generate_dataset(data, seed=0)

@@ -1,4 +1,4 @@
-"""Every speed table of the README in one command: training and animation, tiny and 256 configs, fp32 and bf16.
+"""Every speed table of docs/speed.md in one command: training and animation, tiny and 256 configs, fp32 and bf16.
 
     python benchmarks/run_all.py [--quick] [--device cpu|cuda]      # or: make bench
 

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.smoothing import one_euro  # noqa: E402
+from modules.inference.smoothing import one_euro  # noqa: E402
 
 
 class ConstantVelocityKalman:

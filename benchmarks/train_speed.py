@@ -42,9 +42,9 @@ def measure(setting: str, steps: int, warmup: int, device_name: str) -> dict:
     """Time one setting in this process."""
     import torch
 
-    from modules.config import config_from_dict, load_config
-    from modules.models import build_model, build_trainable
-    from modules.summary import peak_memory_mib
+    from modules.config.loading import config_from_dict, load_config
+    from modules.families.build import build_model, build_trainable
+    from modules.training.summary import peak_memory_mib
     from train import step_context
 
     name, precision, layout = setting.split(":")

@@ -2,7 +2,7 @@
 
     python scripts/crop_picture.py PHOTO OUT.png [--kinds face body synthetic]
 
-Each kind's finder (modules/crop.py: dlib's face landmarks, MediaPipe Pose, the synthetic keypoint regressor)
+Each kind's finder (modules/inference/crop.py: dlib's face landmarks, MediaPipe Pose, the synthetic keypoint regressor)
 looks at the photo; its box is drawn in its colour (face red, body blue, synthetic green) and printed as
 x,y,w,h, the form ``--crop`` takes. A kind whose detector is missing or finds nothing is reported. With no
 PHOTO given as ``astronaut``, scikit-image's astronaut photograph (public domain) is used.
@@ -17,15 +17,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from modules.errors import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
 
 COLOURS = {"face": (230, 40, 40), "body": (40, 90, 230), "synthetic": (30, 180, 60)}
 
 
 def finder_of(kind: str):
     """The subject finder of ``kind``, or the reason there is none."""
-    from modules.crop import finder_for_kind
-    from modules.landmarks import MetricsUnavailable
+    from modules.evaluation.landmarks import MetricsUnavailable
+    from modules.inference.crop import finder_for_kind
 
     try:
         return finder_for_kind(kind)
@@ -43,7 +43,7 @@ def draw(image: np.ndarray, box, colour, width: int = 3) -> None:
 
 
 def main() -> int:
-    from modules.video_io import load_image
+    from modules.data.video_io import load_image
 
     parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("photo", help="an image file, or astronaut")

@@ -3,7 +3,7 @@
     python scripts/crop_video.py RAW_DIR OUT_DIR --kind face|body|synthetic [--size 256] [--test_percent 10]
         [--keypoint_regressor PATH] [--min_frames 16]
 
-What ``--mode animate --driving_crop auto`` does to a driving video (modules/crop.py), done offline: the
+What ``--mode animate --driving_crop auto`` does to a driving video (modules/inference/crop.py), done offline: the
 subject (a face with dlib's landmarks, a body with MediaPipe Pose, a synthetic figure with the keypoint
 regressor) is found on up to 64 frames spread over the video, the running-median-steadied union of its boxes
 is enlarged the way FOMM's preprocessing enlarged VoxCeleb's and Tai-Chi-HD's (10% on each side), and every
@@ -31,10 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from modules.crop import SHIPPED_REGRESSOR  # noqa: E402
-from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
-from modules.outputs import results_folder  # noqa: E402
-from modules.video_io import VideoError, open_video, video_name  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.errors import UserError
+from modules.core.outputs import results_folder  # noqa: E402
+from modules.data.video_io import VideoError, open_video, video_name  # noqa: E402
+from modules.inference.crop import SHIPPED_REGRESSOR  # noqa: E402
 from scripts.video_to_frames import find_videos  # noqa: E402
 
 
@@ -78,8 +79,8 @@ def empty_test_warning(counts: dict[str, int], test_percent: int, by_folder: boo
 
 
 def make_finder(kind: str, regressor: str):
-    from modules.crop import finder_for_kind
-    from modules.landmarks import MetricsUnavailable
+    from modules.evaluation.landmarks import MetricsUnavailable
+    from modules.inference.crop import finder_for_kind
 
     try:
         return finder_for_kind(kind, regressor)
@@ -89,7 +90,7 @@ def make_finder(kind: str, regressor: str):
 
 def crop_one(path: str, folder: str, finder, size: int, min_frames: int):
     """Crop one video into ``folder`` (written whole or not at all); returns its box, or the reason it was left out."""
-    from modules.crop import crop_to, video_box_of
+    from modules.inference.crop import crop_to, video_box_of
 
     video = open_video(path)
     if video.num_frames < min_frames:

@@ -20,7 +20,6 @@ driving frame. The default pair is the first of ``test-pairs.csv``, the README's
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 
@@ -28,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.errors import UserError
 
 DEFAULT_MODEL = "models/tiny-heatmap.pth.tar"
 
@@ -52,7 +52,7 @@ DEMO_FILES = ("result.mp4", "side-by-side.mp4", "contact-sheet.png", "metrics.js
 def check_demo_folder(out_dir: str, inputs: tuple = (), files: tuple = DEMO_FILES) -> None:
     """``--out`` is replaced as a whole when the new demo is complete: refuse a folder that holds anything the
     demo did not write (the user's own files would go with it), and paths that cannot be written."""
-    from modules.outputs import check_output_folder
+    from modules.core.outputs import check_output_folder
 
     check_output_folder(out_dir, what="--out", inputs=inputs)
     if os.path.isdir(out_dir):
@@ -69,17 +69,19 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
     import torch
     from tqdm import tqdm
 
-    from animate import choose_motion, score_against_truth, stream_animation
-    from logger import contact_sheet
-    from modules.checkpoint import load_model
-    from modules.evaluation import FrameScorer, table_lines
-    from modules.outputs import results_folder
-    from modules.video_io import VideoWriter
-    from run import choose_device
+    from modules.core.device import choose_device
+    from modules.core.outputs import results_folder
+    from modules.core.pictures import contact_sheet
+    from modules.data.video_io import VideoWriter
+    from modules.evaluation.scorer import FrameScorer, score_against_truth, table_lines
+    from modules.inference.pipeline import choose_motion, prepare_model, stream_animation
+    from modules.inference.results import write_results
 
     check_demo_folder(out_dir, inputs=(model_path,))
     device = choose_device(device_name)
-    config, model, checkpoint = load_model(model_path, device)
+    # fp32 eager PyTorch: the figures the README prints do not depend on this CPU's engine or precision choice
+    prepared = prepare_model(model_path, device, precision="no", engine="torch", channels_last=False)
+    config, model, checkpoint = prepared.config, prepared.model, prepared.checkpoint
     pair = pair or demo_pair(root)
     size = config.dataset_params.size
     source, driving, truth = open_pair(root, pair, size)
@@ -112,8 +114,7 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
         result = {"pair": pair, "model": model_path, "step": checkpoint.get("step"), "motion": motion,
                   "frames": count, "result": table["prediction"], "copy_source": table["copy_source"],
                   "copy_driving": table["copy_driving"], "skipped": scorer.skipped}
-        with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as stream:
-            json.dump(result, stream, indent=2)
+        write_results(out_dir, result)
     print_summary(result, final_dir, table_lines({"result": table["prediction"], "copy_source": table["copy_source"],
                                                   "copy_driving": table["copy_driving"]}, scorer.skipped))
     return result
@@ -122,7 +123,7 @@ def run_demo(model_path: str, root: str, pair: str | None, out_dir: str, device_
 def open_pair(root: str, pair: str, size: tuple[int, int]):
     """(source frame (H, W, 3) uint8, driving video, ground-truth video) of ``<source>__<driving>`` in the
     synthetic dataset at ``root``; a malformed or absent pair is a one-line error."""
-    from modules.video_io import open_video
+    from modules.data.video_io import open_video
 
     if "__" not in pair:
         raise UserError(f"--pair {pair!r}: expected <source video>__<driving video>, e.g. {demo_pair(root)}")

@@ -19,7 +19,6 @@ distance to the photo and to the driver; under 0.6 is the same person by dlib's 
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -29,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.errors import UserError
 
 DEFAULT_MODEL = "models/faces-heatmap.pth.tar"
 DEFAULT_PHOTO = "examples/faces/lp-s12.jpg"
@@ -77,8 +77,8 @@ def score(side_by_side: str, columns: int = 4) -> dict:
     """The summary's figures from the side-by-side video: its source, driving and result columns."""
     from tqdm import tqdm
 
-    from modules.landmarks import FaceLandmarks, Landmarks
-    from modules.video_io import open_video
+    from modules.data.video_io import open_video
+    from modules.evaluation.landmarks import FaceLandmarks, Landmarks
 
     frames = open_video(side_by_side).read_all()                      # (T, H, columns * W, 3)
     width = frames.shape[2] // columns
@@ -104,11 +104,12 @@ def run_face_demo(model_path: str, photo: str, video: str, out_dir: str, device_
     """Animate, write the files of the module docstring, print the summary; returns metrics.json's content."""
     import imageio.v3 as iio
 
-    from animate import animate_single
-    from logger import contact_sheet
-    from modules.outputs import results_folder
-    from modules.video_io import open_video
-    from run import choose_device
+    from modules.core.device import choose_device
+    from modules.core.outputs import results_folder
+    from modules.core.pictures import contact_sheet
+    from modules.data.video_io import open_video
+    from modules.inference.pipeline import AnimationOptions, animate_single
+    from modules.inference.results import write_results
     from scripts.demo import check_demo_folder
 
     for what, path in (("--model", model_path), ("--photo", photo), ("--video", video)):
@@ -119,16 +120,15 @@ def run_face_demo(model_path: str, photo: str, video: str, out_dir: str, device_
     with results_folder(out_dir) as partial:
         result = os.path.join(partial, "result.mp4")
         # fp32 eager PyTorch: the printed figures do not depend on this CPU's engine or precision choice
-        animate_single(model_path, photo, video, device=choose_device(device_name), result_video=result,
-                       visualize=True, engine="torch", precision="no")
+        options = AnimationOptions(result_video=result, visualize=True, engine="torch", precision="no")
+        animate_single(model_path, photo, video, options, device=choose_device(device_name))
         seconds = time.perf_counter() - started
         side = os.path.join(partial, "result-side-by-side.mp4")
         shown = open_video(side).read_all()
         iio.imwrite(os.path.join(partial, "contact-sheet.png"), contact_sheet(shown, 4))
         summary = {"model": model_path, "photo": photo, "video": video, "frames": len(shown),
                    "seconds": round(seconds, 1)} | score(side)
-        with open(os.path.join(partial, "metrics.json"), "w", encoding="utf-8") as stream:
-            json.dump(summary, stream, indent=2)
+        write_results(partial, summary)
     print_summary(summary, out_dir)
     return summary
 

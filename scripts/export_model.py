@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.errors import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
 
 
 def export(checkpoint_path: str, out: str, note: str = "", training_time: str = "",
@@ -25,12 +25,13 @@ def export(checkpoint_path: str, out: str, note: str = "", training_time: str = 
     """Write the model file of ``checkpoint_path`` (a checkpoint or run folder) to ``out``; returns its content.
     An existing ``out`` is refused unless ``overwrite``. The file is checked to load strictly into the networks
     of its config before anything is written, and written atomically."""
-    from modules.outputs import check_output_file
+    from modules.core.outputs import check_output_file
 
     check_output_file(out, what="--out", inputs=(checkpoint_path,), overwrite=overwrite)
-    from modules.checkpoint import ModelFileError, atomic_save, load_training_checkpoint, model_file
-    from modules.config import config_from_dict
-    from modules.models import model_from_checkpoint
+    from modules.config.formats import ModelFileError, load_training_checkpoint, model_file
+    from modules.config.loading import config_from_dict
+    from modules.core.files import atomic_save
+    from modules.families.build import model_from_checkpoint
 
     try:
         checkpoint = load_training_checkpoint(checkpoint_path)

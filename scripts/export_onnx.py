@@ -19,7 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.errors import UserError
 
 TOLERANCE = 1e-4
 
@@ -28,7 +29,7 @@ def _parity(graph: str, part, spec, size: tuple[int, int], meta: dict) -> float:
     """Largest |ONNX Runtime - PyTorch| over the part's outputs on its random example inputs."""
     import torch
 
-    from modules.engines import OnnxRuntimePart
+    from modules.inference.engines import OnnxRuntimePart
 
     arguments = spec.example(part, size)
     with torch.inference_mode():
@@ -44,9 +45,9 @@ def export_graphs(checkpoint_path: str, out: str, size: tuple[int, int] | None =
     """Write the graphs of ``checkpoint_path`` under ``out``; returns each part's parity error."""
     import torch
 
-    from modules.checkpoint import load_model
-    from modules.engines import import_engine
-    from modules.export import exported_graph, file_digest, submodule
+    from modules.inference.engines import import_engine
+    from modules.inference.export import exported_graph, file_digest, submodule
+    from modules.inference.loading import load_model
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out}: is a file; expected a folder")

@@ -7,12 +7,12 @@ For every video of DATA (``train/`` and ``test/``, or the root if it has no spli
 centres at 0 .. side - 1) and a visibility, 1 where the detector found the point and 0 where it did not
 (the point is then missing for training), beside ``DATA/<folder>/points.json`` (the P point names and the
 left/right pairs a horizontal flip swaps). That is the layout any annotated dataset can use
-(modules/keypoint_labels.py), and what ``family: detector`` configs train on (config/taichi-256-detector.yaml,
+(modules/data/keypoint_labels.py), and what ``family: detector`` configs train on (config/taichi-256-detector.yaml,
 config/vox-256-detector.yaml).
 
 It is resumable: a video whose label file is already complete is skipped, each file is written to a
 temporary name and renamed when whole, so an interrupted run loses at most the video it was on. The same
-detectors give the AKD/MKR metrics (modules/landmarks.py), so labels and metrics speak of the same points.
+detectors give the AKD/MKR metrics (modules/evaluation/landmarks.py), so labels and metrics speak of the same points.
 Pose landmarks are unreliable below 128 px (a person found in 9 of 40 real 64 px frames): label the videos
 at the size they were recorded, not after shrinking them.
 """
@@ -27,8 +27,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
-from modules.keypoint_labels import POINTS_FILE, write_points_file  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.errors import UserError
+from modules.data.keypoint_labels import POINTS_FILE, write_points_file  # noqa: E402
 
 # MediaPipe Pose's 33 landmarks, in its order. "left" is the person's left.
 BODY_POINTS = (
@@ -55,7 +56,7 @@ LAYOUTS = {"body": (BODY_POINTS, BODY_MIRROR), "face": (FACE_POINTS, FACE_MIRROR
 
 
 def _landmarker(kind: str):
-    from modules.landmarks import BodyLandmarks, FaceLandmarks, MetricsUnavailable
+    from modules.evaluation.landmarks import BodyLandmarks, FaceLandmarks, MetricsUnavailable
 
     try:
         return BodyLandmarks() if kind == "body" else FaceLandmarks()
@@ -65,7 +66,7 @@ def _landmarker(kind: str):
 
 def _videos(root: str) -> list[tuple[str, str]]:
     """(split folder relative to root, video path) of every video of the dataset, sorted."""
-    from frames_dataset import _candidates
+    from modules.data.dataset import _candidates
 
     splits = [name for name in ("train", "test") if os.path.isdir(os.path.join(root, name))]
     found = []
@@ -99,7 +100,7 @@ def label_dataset(root: str, kind: str, folder: str = "keypoints", overwrite: bo
     """Label every video of ``root`` with the ``kind`` detector; returns counts of what was done."""
     from tqdm import tqdm
 
-    from modules.video_io import open_video
+    from modules.data.video_io import open_video
 
     if kind not in LAYOUTS:
         raise UserError(f"--landmarks: expected body or face, got {kind!r}")

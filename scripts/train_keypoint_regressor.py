@@ -1,4 +1,4 @@
-"""Train the keypoint regressor of the synthetic dataset (modules/keypoint_regressor.py), the AKD estimator.
+"""Train the keypoint regressor of the synthetic dataset (modules/evaluation/keypoint_regressor.py), the AKD estimator.
 
     python scripts/train_keypoint_regressor.py [--data data/synthetic] [--out <data>/keypoint-regressor.pth]
         [--steps 1200] [--batch_size 64] [--lr 0.002] [--seed 0] [--render_identities 512]
@@ -39,11 +39,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from modules.augmentation import augment_batch  # noqa: E402
-from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
-from modules.keypoint_regressor import (JOINTS, KeypointRegressor, pixels_to_normalised, predict,  # noqa: E402
-                                        save_regressor)
-from modules.video_io import open_video  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.errors import UserError
+from modules.data.augmentation import augment_batch  # noqa: E402
+from modules.data.video_io import open_video  # noqa: E402
+from modules.evaluation.keypoint_regressor import (JOINTS, KeypointRegressor, pixels_to_normalised,  # noqa: E402
+                                                   predict, save_regressor)
 
 DEFAULT_DATA = os.path.join("data", "synthetic")
 OUT_NAME = "keypoint-regressor.pth"
@@ -127,7 +128,7 @@ def render_extra(num_identities: int, poses_per_identity: int, size: int, seed: 
     POSE_RANGES (independent frames cover the pose space better than smooth clips do).
     Returns uint8 frames (N, size, size, 3) and normalised keypoints (N, K, 2).
     """
-    from scripts.synthetic_dataset import POSE_PARAMS, POSE_RANGES, forward_kinematics, render, sample_identities
+    from modules.data.synthetic import POSE_PARAMS, POSE_RANGES, forward_kinematics, render, sample_identities
 
     if num_identities <= 0 or poses_per_identity <= 0:
         return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, len(JOINTS), 2), np.float32)

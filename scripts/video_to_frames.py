@@ -24,9 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from PIL import Image  # noqa: E402
 
-from modules.errors import OneLineArgumentParser, UserError, exit_status  # noqa: E402
-from modules.outputs import check_output_folder, results_folder  # noqa: E402
-from modules.video_io import VIDEO_EXTENSIONS, VideoError, open_video  # noqa: E402
+from modules.core.cli import OneLineArgumentParser, exit_status  # noqa: E402
+from modules.core.errors import UserError
+from modules.core.outputs import check_output_folder, results_folder  # noqa: E402
+from modules.data.video_io import VIDEO_EXTENSIONS, VideoError, open_video  # noqa: E402
 
 
 def find_videos(input_dir: str) -> list[str]:

@@ -17,7 +17,7 @@ os.environ.setdefault("KPMASK_ENGINE", "torch")
 os.environ.setdefault("KPMASK_PRECISION", "no")          # fp32 figures on every CPU (auto is tested on its own)
 os.environ.setdefault("KPMASK_CACHE", os.path.join(__import__("tempfile").mkdtemp(prefix="kpmask-tests-"), "cache"))
 
-from modules.config import load_config  # noqa: E402
+from modules.config.loading import load_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +96,7 @@ def paper_variant(config):
 @pytest.fixture(scope="session")
 def dataset_root(tmp_path_factory):
     """A small synthetic dataset of 64 px frames: 4 training identities, one 8-frame clip each, 2 test pairs."""
-    from scripts.synthetic_dataset import generate_dataset
+    from modules.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(str(root), seed=0, size=64, num_train_identities=4, num_test_identities=2,
@@ -138,7 +138,7 @@ class TinyFeatures(torch.nn.Module):
 
 @pytest.fixture
 def tiny_model(tiny_config):
-    from modules.models import build_model
+    from modules.families.build import build_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")       # the random detector warns

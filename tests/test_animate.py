@@ -11,19 +11,18 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import yaml
+from conftest import write_tiny
 from PIL import Image
 
-from conftest import write_tiny
-
 import run
-from animate import fit_frame
-from modules.video_io import has_audio, open_video
+from modules.data.video_io import has_audio, open_video
+from modules.inference.pipeline import fit_frame
 
 FRAME = 64
 
 
 def _train_tiny(root, config_name: str) -> str:
-    from scripts.synthetic_dataset import generate_dataset
+    from modules.data.synthetic import generate_dataset
 
     data = root / "data"
     if not data.exists():
@@ -174,7 +173,7 @@ def test_streaming_keeps_at_most_two_batches_of_frames_alive(tiny_model):
     import torch
     from tqdm import tqdm
 
-    from animate import stream_animation
+    from modules.inference.pipeline import stream_animation
 
     alive: list = []
     most = 0
@@ -208,7 +207,7 @@ def test_bf16_animation_stays_close_to_fp32(tiny_model):
     import torch
     from tqdm import tqdm
 
-    from animate import stream_animation
+    from modules.inference.pipeline import stream_animation
 
     class Collect:
         def __init__(self):
@@ -242,7 +241,7 @@ class BrightnessPose:
     min_size = 1
 
     def detect(self, frames):
-        from modules.landmarks import Landmarks
+        from modules.evaluation.landmarks import Landmarks
 
         shape = np.array([[0.3, 0.3], [0.7, 0.3], [0.7, 0.7], [0.3, 0.7]])
         shear = frames.reshape(len(frames), -1).mean(1) / 255                    # (T,)
@@ -256,11 +255,11 @@ def test_find_best_frame_measures_relative_motion_from_the_closest_pose_as_fomm_
     import torch
     from tqdm import tqdm
 
-    from modules.checkpoint import load_model
-    import modules.landmarks
-    from animate import stream_animation
+    import modules.evaluation.landmarks
+    from modules.inference.loading import load_model
+    from modules.inference.pipeline import stream_animation
 
-    monkeypatch.setattr(modules.landmarks, "make_landmarker", lambda config, size: BrightnessPose())
+    monkeypatch.setattr(modules.evaluation.landmarks, "make_landmarker", lambda config, size: BrightnessPose())
     rng = np.random.default_rng(1)
     levels = [20, 200, 90, 160, 60]                                          # frame 2 matches the source (90)
     frames = np.stack([np.clip(rng.normal(level, 8, (FRAME, FRAME, 3)), 0, 255).astype(np.uint8) for level in levels])

@@ -1,4 +1,4 @@
-"""The web page's work without a browser (modules/app.py, modules/app_files.py): uploads accepted or refused
+"""The web page's work without a browser (modules/app/page.py, modules/app/files.py): uploads accepted or refused
 with one-line errors, the animation itself (the command line's animate_single), per-session folders, the
 models offered (face models first) and the bundled examples (the one that suits the default model first)."""
 import filecmp
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import modules.app_files as app_files
-from modules.app import DEFAULT_MOTION, Animator, Request, bypass_proxy, build_page, motion_choices, write_examples
-from modules.app_files import (FACE_EXAMPLE, REAL_FACES, SYNTHETIC, Limits, Storage, check_driving, check_source,
+import modules.app.files as app_files
+from modules.app.files import (FACE_EXAMPLE, REAL_FACES, SYNTHETIC, Limits, Storage, check_driving, check_source,
                                describe_model, list_models, ordered_examples)
-from modules.errors import UserError
-from modules.video_io import VideoWriter, open_video
+from modules.app.page import DEFAULT_MOTION, Animator, Request, build_page, bypass_proxy, motion_choices, write_examples
+from modules.core.errors import UserError
+from modules.data.video_io import VideoWriter, open_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEATMAP = os.path.join(ROOT, "models", "tiny-heatmap.pth.tar")
@@ -34,7 +34,7 @@ def example(examples):
 @pytest.fixture(scope="module")
 def face_models(tmp_path_factory):
     """faces-heatmap and faces-circles model files: the tiny models with a face config (landmarks: face)."""
-    from modules.checkpoint import atomic_save, read_checkpoint
+    from modules.core.files import atomic_save, read_checkpoint
 
     folder, made = tmp_path_factory.mktemp("faces"), {}
     for name, tiny in (("faces-heatmap.pth.tar", HEATMAP), ("faces-circles.pth.tar", CIRCLES)):
@@ -79,11 +79,11 @@ def test_animating_the_example_gives_the_driving_frame_count_side_by_side_and_sh
 
 def test_the_page_runs_what_the_command_line_runs(animator, example, tmp_path):
     """Same model, inputs and options: the page's result is the command line's, frame for frame."""
-    from animate import animate_single
+    from modules.inference.pipeline import AnimationOptions, animate_single
 
     page = animator.animate("s1", Request(CIRCLES, *example, smooth=2.0))
-    line = animate_single(CIRCLES, *example, device=torch.device("cpu"), result_video=str(tmp_path / "cli.mp4"),
-                          smooth=2.0)
+    line = animate_single(CIRCLES, *example, AnimationOptions(result_video=str(tmp_path / "cli.mp4"), smooth=2.0),
+                          device=torch.device("cpu"))
     frames = list(range(48))
     assert np.array_equal(open_video(page.video).read(frames), open_video(line).read(frames))
 

@@ -17,9 +17,8 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ROOT, config_path, write_tiny
+from PIL import Image
 
 HEATMAP = os.path.join(ROOT, "models", "tiny-heatmap.pth.tar")
 CIRCLES = os.path.join(ROOT, "models", "tiny-circles.pth.tar")
@@ -216,7 +215,7 @@ def test_results_hold_one_video_stream_and_the_drivers_audio_once(tmp_path, medi
 
 
 def test_visualize_writes_the_side_by_side_beside_the_result(tmp_path, media):
-    from modules.video_io import open_video
+    from modules.data.video_io import open_video
 
     out = str(tmp_path / "out.mp4")
     done = animate("--source_image", media["source"], "--driving_video", media["driving"], "--result_video", out,
@@ -294,7 +293,7 @@ def test_a_signal_mid_video_removes_the_partial_file_and_keeps_the_earlier_resul
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 1-step heatmap run on a small synthetic dataset (60-frame test videos), with its data."""
-    from scripts.synthetic_dataset import generate_dataset
+    from modules.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("run")
     data = root / "data"
@@ -353,9 +352,9 @@ def test_bad_flags_are_one_line_without_the_usage_block():
     for args, fragment in ((["--mode", "dance"], "invalid choice: 'dance'"), (["--bogus"], "--bogus"),
                            (["--batch_size", "0"], "expected a positive integer")):
         assert_one_line_error(kpmask(*args), fragment)
-    for name, args in (("demo.py", ["--nope"]), ("export_model.py", []), ("results_table.py", ["--nope"]),
+    for name, args in (("demo.py", ["--nope"]), ("export_model.py", []), ("measure/results_table.py", ["--nope"]),
                        ("video_to_frames.py", []), ("label_keypoints.py", ["--landmarks", "feet"]),
-                       ("synthetic_dataset.py", ["--size", "x"]), ("keypoints_vs_joints.py", ["--nope"])):
+                       ("synthetic_dataset.py", ["--size", "x"]), ("measure/keypoints_vs_joints.py", ["--nope"])):
         assert_one_line_error(script(name, *args))
 
 

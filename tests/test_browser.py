@@ -84,7 +84,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from modules.app import write_example
+    from modules.app.page import write_example
 
     return write_example(str(tmp_path_factory.mktemp("clip")))
 
@@ -115,7 +115,7 @@ def played(page) -> dict:
 
 
 def test_uploaded_clip_animates_with_the_driving_frame_count_and_plays(server, browser, clip, tmp_path):
-    from modules.video_io import open_video
+    from modules.data.video_io import open_video
 
     address, root, _ = server
     page = open_page(browser, address)
@@ -151,8 +151,8 @@ SYNTHETIC_PAIR = ("synthetic-id032-00.png", "synthetic-id038-00")
 def default_pair() -> tuple[str, tuple[str, str], tuple[str, str], int]:
     """What the page shows first: its default model's label, the bundled example that suits it (real faces for
     a face model, the synthetic pair otherwise), the other example, and the model's frame width."""
-    from modules.app_files import list_models
-    from modules.checkpoint import read_checkpoint
+    from modules.app.files import list_models
+    from modules.core.files import read_checkpoint
 
     first = list_models(None)[0]
     width = read_checkpoint(first.path, lazy=True)["config"]["dataset_params"]["frame_shape"][1]

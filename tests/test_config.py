@@ -1,4 +1,4 @@
-"""modules/config.py: shipped configs, FOMM / keypoint-mask legacy YAML, one-line errors, resolution changes."""
+"""modules/config/sections.py: shipped configs, FOMM / keypoint-mask legacy YAML, one-line errors, resolution changes."""
 from __future__ import annotations
 
 import functools
@@ -9,10 +9,11 @@ import warnings
 
 import pytest
 import yaml
-
 from conftest import ROOT, config_path
-from modules.config import Config, config_from_dict, load_config
-from modules.errors import ConfigError, ConfigWarning
+
+from modules.config.loading import config_from_dict, load_config
+from modules.config.sections import Config
+from modules.core.errors import ConfigError, ConfigWarning
 
 SHIPPED = sorted(glob.glob(os.path.join(ROOT, "config", "*.yaml")))
 

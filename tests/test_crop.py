@@ -1,4 +1,4 @@
-"""Automatic crop and paste-back (modules/crop.py): boxes, finders on synthetic figures and on a real
+"""Automatic crop and paste-back (modules/inference/crop.py): boxes, finders on synthetic figures and on a real
 photograph (scikit-image's astronaut, public domain), paste-back, and the command line."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from modules.crop import (Box, SubjectFinder, check_box, feather_mask, fills_frame, landmark_bounds, parse_box,
-                          paste_back, square_box, steady_union)
-from modules.errors import UserError
+from modules.core.errors import UserError
+from modules.inference.crop import (Box, SubjectFinder, check_box, feather_mask, fills_frame, landmark_bounds,
+                                    parse_box, paste_back, square_box, steady_union)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGRESSOR = os.path.join(ROOT, "models", "synthetic-keypoint-regressor.pth")
@@ -100,13 +100,13 @@ class StubVideo:
 
 @pytest.mark.parametrize("shape, expected", [((512, 256, 3), Box(8, 16, 240)), ((256, 256, 3), None)])
 def test_a_box_found_in_a_portrait_is_used_and_one_filling_a_square_photo_is_not(monkeypatch, shape, expected):
-    import modules.crop
+    import modules.inference.crop
 
     # 256x512 portrait, the person's head and shoulders in the top half: the box spans 94% of the short side,
     # yet the model must see that box (--fit crop would take the middle square and cut the head off)
-    monkeypatch.setattr(modules.crop, "make_finder", lambda config: (StubFinder(Box(8, 16, 240)), ""))
+    monkeypatch.setattr(modules.inference.crop, "make_finder", lambda config: (StubFinder(Box(8, 16, 240)), ""))
     photo = np.zeros(shape, np.uint8)
-    plan = modules.crop.plan_crops(None, photo, "photo.png", StubVideo(), "clip.mp4", "auto", "none")
+    plan = modules.inference.crop.plan_crops(None, photo, "photo.png", StubVideo(), "clip.mp4", "auto", "none")
     assert plan.source == expected and plan.driving is None
     assert plan.lines[0] == ("--crop auto: 8,16,240,240 (x,y,w,h)" if expected else
                              "--crop auto: the subject fills photo.png; the whole frame")
@@ -123,7 +123,7 @@ def smooth_backdrop(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndar
 def synthetic_photo(offset: tuple[int, int], scale: int = 2, canvas: tuple[int, int] = (240, 320), seed: int = 3):
     """A 64-px synthetic frame (figure and its background) scaled ``scale``x into a smooth photo-like canvas
     at ``offset`` (x, y): the photo and the pasted square."""
-    from scripts.synthetic_dataset import render, sample_identity, sample_trajectory
+    from modules.data.synthetic import render, sample_identity, sample_trajectory
 
     rng = np.random.default_rng(seed)
     identity = sample_identity(rng)
@@ -137,7 +137,7 @@ def synthetic_photo(offset: tuple[int, int], scale: int = 2, canvas: tuple[int, 
 
 @pytest.mark.skipif(not os.path.isfile(REGRESSOR), reason="the shipped keypoint regressor is missing")
 def test_the_synthetic_finder_follows_a_figure_moved_across_a_large_frame():
-    from modules.landmarks import SyntheticLandmarks
+    from modules.evaluation.landmarks import SyntheticLandmarks
 
     finder = SubjectFinder("synthetic", SyntheticLandmarks(REGRESSOR))
     for offset in ((10, 20), (100, 60), (180, 100)):
@@ -155,7 +155,7 @@ def test_the_astronaut_is_found_by_the_body_and_face_finders(kind):
     pytest.importorskip("mediapipe" if kind == "body" else "dlib", reason="needs the metrics extra")
     from skimage.data import astronaut
 
-    from modules.landmarks import BodyLandmarks, FaceLandmarks
+    from modules.evaluation.landmarks import BodyLandmarks, FaceLandmarks
 
     photo = astronaut()                                                    # 512x512, her face near (255, 130)
     finder = SubjectFinder(kind, BodyLandmarks() if kind == "body" else FaceLandmarks())
@@ -182,7 +182,7 @@ def placed_clip(folder, frames: int = 6, offset=(20, 60), canvas=(200, 300), see
     """A driving clip of another synthetic figure, placed off-centre in large frames (a frame folder)."""
     from PIL import Image
 
-    from scripts.synthetic_dataset import render, sample_identity, sample_trajectory
+    from modules.data.synthetic import render, sample_identity, sample_trajectory
 
     rng = np.random.default_rng(seed)
     identity = sample_identity(rng)
@@ -201,7 +201,7 @@ def placed_clip(folder, frames: int = 6, offset=(20, 60), canvas=(200, 300), see
 def test_animating_an_off_centre_figure_writes_the_photo_size_with_the_crop_pasted_back(tmp_path, capsys):
     from PIL import Image
 
-    from modules.video_io import open_video
+    from modules.data.video_io import open_video
 
     photo, placed = synthetic_photo((150, 40), canvas=(200, 300))
     Image.fromarray(photo).save(tmp_path / "photo.png")
@@ -277,7 +277,7 @@ def test_crop_video_builds_a_resumable_dataset_of_square_clips(tmp_path, capsys)
 
 @pytest.mark.skipif(not os.path.isfile(REGRESSOR), reason="the shipped keypoint regressor is missing")
 def test_the_synthetic_finder_finds_nothing_where_there_is_no_figure():
-    from modules.landmarks import SyntheticLandmarks
+    from modules.evaluation.landmarks import SyntheticLandmarks
 
     finder = SubjectFinder("synthetic", SyntheticLandmarks(REGRESSOR))
     rng = np.random.default_rng(0)

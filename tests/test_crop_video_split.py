@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import scripts.crop_video as crop_video
-from modules.crop import Box
-from modules.errors import UserError
+from modules.core.errors import UserError
+from modules.inference.crop import Box
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,13 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, write_tiny
 
 import run
-from modules.checkpoint import (MODEL_FORMAT, MODEL_KEYS, latest_checkpoint, load_model, load_training_checkpoint,
-                               read_checkpoint)
-from modules.errors import CheckpointError, UserError
+from modules.config.formats import MODEL_FORMAT, MODEL_KEYS, load_training_checkpoint
+from modules.core.errors import CheckpointError, UserError
+from modules.core.files import latest_checkpoint, read_checkpoint
+from modules.inference.loading import load_model
 
 MODELS = os.path.join(ROOT, "models")
 SHIPPED_FOMM = os.path.join(MODELS, "tiny-fomm.pth.tar")
@@ -141,7 +141,7 @@ def test_the_shipping_commands_give_bit_identical_weights_from_the_same_seed(tmp
 @pytest.fixture(scope="module")
 def default_dataset(tmp_path_factory):
     """The default synthetic dataset (what `make demo` generates: seed 0, 64 px), about 10 s."""
-    from scripts.synthetic_dataset import generate_dataset
+    from modules.data.synthetic import generate_dataset
 
     root = str(tmp_path_factory.mktemp("default-synthetic"))
     generate_dataset(root, seed=0)
@@ -172,7 +172,7 @@ def test_the_demo_writes_its_files_and_prints_the_readme_figures(tmp_path, defau
     assert result["result"]["ssim"] == pytest.approx(ssim, abs=ssim_tolerance)
     assert f"L1 {result['result']['l1']:.4f}, SSIM {result['result']['ssim']:.4f}" in printed
     assert "--source_image" in printed                               # how to animate one's own image
-    from modules.video_io import open_video
+    from modules.data.video_io import open_video
 
     for name in ("result.mp4", "side-by-side.mp4"):
         video = open_video(str(tmp_path / "demo" / name))
@@ -189,8 +189,8 @@ def test_the_demo_writes_its_files_and_prints_the_readme_figures(tmp_path, defau
 def test_one_frame_of_the_demo_pair_is_closer_to_the_truth_than_the_readme_bound(default_dataset):
     """One animated frame, straight through the model: L1 against the ground truth below the README's figure
     for the whole pair plus its tolerance (the frame is the pair's first, its pose nearest the source's)."""
-    from frames_dataset import frames_to_tensor
-    from modules.video_io import open_video
+    from modules.data.dataset import frames_to_tensor
+    from modules.data.video_io import open_video
 
     pair, l1, _, l1_tolerance, _ = readme_demo_row()
     source_name, driving_name = pair.split("__")
@@ -204,7 +204,8 @@ def test_one_frame_of_the_demo_pair_is_closer_to_the_truth_than_the_readme_bound
 
 
 def test_the_demo_says_in_one_line_what_is_missing(tmp_path, default_dataset):
-    from scripts.demo import demo_pair, main as demo
+    from scripts.demo import demo_pair
+    from scripts.demo import main as demo
 
     with pytest.raises(UserError, match="test-pairs.csv: not found; generate the synthetic dataset"):
         demo_pair(str(tmp_path))

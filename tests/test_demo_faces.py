@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modules.landmarks import Landmarks
+from modules.evaluation.landmarks import Landmarks
 from scripts.demo_faces import face_measures, following, identity_distances
 
 
@@ -183,7 +183,7 @@ def test_the_face_demo_animates_the_shipped_photo_and_writes_its_summary(tmp_pat
     import os
 
     pytest.importorskip("dlib")
-    from modules.video_io import VideoWriter, open_video
+    from modules.data.video_io import VideoWriter, open_video
     from scripts.demo_faces import DEFAULT_PHOTO, DEFAULT_VIDEO, FILES, main
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,12 +5,12 @@ import os
 
 import pytest
 import torch
-
 from conftest import DATA, save_fomm_checkpoint
-from modules.blocks import AntiAliasDownsample, make_coordinate_grid
-from modules.checkpoint import atomic_save, read_checkpoint
-from modules.errors import CheckpointError
-from modules.keypoint_detector import KPDetector, infer_detector_params, load_fomm_detector
+
+from modules.core.errors import CheckpointError
+from modules.core.files import atomic_save, read_checkpoint
+from modules.nets.blocks import AntiAliasDownsample, make_coordinate_grid
+from modules.nets.keypoint_detector import KPDetector, infer_detector_params, load_fomm_detector
 
 TAICHI_256 = dict(block_expansion=32, num_kp=10, num_channels=3, max_features=1024, num_blocks=5,
                   temperature=0.1, estimate_jacobian=True, scale_factor=0.25)

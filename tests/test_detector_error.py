@@ -1,4 +1,4 @@
-"""scripts/detector_error.py: a labelled detector's error to the labels per video, beside the mean pose, on a
+"""scripts/measure/detector_error.py: a labelled detector's error to the labels per video, beside the mean pose, on a
 tiny labelled dataset made here (frame folders stored at 64 px and larger, labels with visibility)."""
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import config_path, save_fomm_checkpoint
 from PIL import Image
 
-from conftest import config_path, save_fomm_checkpoint
-
-from modules.checkpoint import atomic_save, model_file
-from modules.config import config_from_dict, load_config
-from modules.keypoint_detector import KPDetector
-from modules.keypoint_labels import write_points_file
-from scripts import detector_error
+from modules.config.formats import model_file
+from modules.config.loading import config_from_dict, load_config
+from modules.core.files import atomic_save
+from modules.data.keypoint_labels import write_points_file
+from modules.nets.keypoint_detector import KPDetector
+from scripts.measure import detector_error
 
 NAMES = ["head", "pelvis", "l_hand", "r_hand"]            # points.json: P = 4
 POINTS = ["r_hand", "head", "l_hand"]                     # the config's K = 3 keypoints, in another order
@@ -177,8 +177,8 @@ def test_evenly_spaced_frames_and_the_train_split(labelled, stubbed, capsys):
 def test_a_detector_answering_its_training_targets_scores_zero(labelled, monkeypatch):
     """The keypoints reach the labels' pixels by the inverse of the training targets' map: answering exactly
     the targets the loss compares with is no error, on frames stored larger and non-square too."""
-    from modules.keypoint_labels import label_layout, labels_to_normalized
-    from modules.config import LabelParams
+    from modules.config.sections import LabelParams
+    from modules.data.keypoint_labels import label_layout, labels_to_normalized
 
     root, model, _ = labelled
     layout = label_layout(root, LabelParams(points=list(POINTS)), needs_mirror=False)
@@ -196,7 +196,7 @@ def test_a_detector_answering_its_training_targets_scores_zero(labelled, monkeyp
 
 def test_the_real_detector_runs_on_the_frames(labelled, tmp_path):
     """No stub: the model file's network, compared with running it by hand on video c's 64-px frames."""
-    from modules.checkpoint import read_checkpoint
+    from modules.core.files import read_checkpoint
 
     root, model, data = labelled
     result = detector_error.measure(model, frames=2, progress=False)
@@ -214,7 +214,7 @@ def test_the_real_detector_runs_on_the_frames(labelled, tmp_path):
 def test_it_agrees_with_keypoints_vs_joints_on_the_synthetic_joints(dataset_root, tmp_path, capsys):
     """Where every label is visible and stored at frame_shape, its overall error is keypoints_vs_joints'
     "labelled joint" distance (the same detector through both loaders)."""
-    from scripts.keypoints_vs_joints import measure
+    from scripts.measure.keypoints_vs_joints import measure
 
     data = detector_config(dataset_root)
     data["model_params"]["common_params"]["num_kp"] = 15

@@ -12,18 +12,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, config_path
 from PIL import Image
 from torch import nn
 
-from conftest import ROOT, config_path
-
 import run
-from modules import engines
-from modules.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
-from modules.config import load_config
-from modules.errors import UserError
-from modules.models import build_model
-from modules.optimize import optimize_for_inference
+from modules.config.loading import load_config
+from modules.core.errors import UserError
+from modules.families.build import build_model
+from modules.inference import engines
+from modules.inference.optimize import optimize_for_inference
+from modules.nets.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
 
 onnxruntime = pytest.importorskip("onnxruntime")
 SHIPPED_CIRCLES = os.path.join(ROOT, "models", "tiny-circles.pth.tar")
@@ -165,7 +164,7 @@ def test_auto_measures_once_says_what_it_chose_and_caches_it(tmp_path, cache):
     assert engine_line(first.stdout).startswith(f"engine: {choice['engine']} (auto, ms/frame measured on this "
                                                 f"CPU: torch ")
     # the second run reads the choice instead of measuring
-    second = in_subprocess("from modules import engines\nengines._time_animation = None\n" + command, cache)
+    second = in_subprocess("from modules.inference import engines\nengines._time_animation = None\n" + command, cache)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "measuring" not in second.stdout
     assert engine_line(second.stdout).startswith(f"engine: {choice['engine']} (auto")
@@ -267,7 +266,7 @@ def test_export_script_writes_graphs_that_match_pytorch(tmp_path):
 @pytest.mark.parametrize("flags, expected", [("fpu avx2 amx_bf16 avx512f", "bf16"), ("fpu avx2 avx512_bf16", "bf16"),
                                              ("fpu sse4_2 avx2 fma", "no")])
 def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, monkeypatch, flags, expected):
-    from modules import precision
+    from modules.core import precision
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")

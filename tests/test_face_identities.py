@@ -1,4 +1,4 @@
-"""scripts/face_identities.py: grouping by descriptor distance, the files a PATH names, and the command end to
+"""scripts/measure/face_identities.py: grouping by descriptor distance, the files a PATH names, and the command end to
 end with a stand-in landmarker (a photo's 'descriptor' is its mean colour; a grey photo shows no face)."""
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import modules.landmarks
-from modules.errors import UserError
-from modules.landmarks import Landmarks
-from scripts import face_identities
-from scripts.face_identities import media_files, people
-
+import modules.evaluation.landmarks
+from modules.core.errors import UserError
+from modules.evaluation.landmarks import Landmarks
+from scripts.measure import face_identities
+from scripts.measure.face_identities import media_files, people
 
 # ---------------------------------------------------------------- people()
 
@@ -105,7 +104,7 @@ def _photo(path, colour) -> str:
 
 
 def test_main_groups_photos_by_person_and_writes_the_json(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(modules.landmarks, "FaceLandmarks", ColourLandmarks)
+    monkeypatch.setattr(modules.evaluation.landmarks, "FaceLandmarks", ColourLandmarks)
     ColourLandmarks.calls = []
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -145,7 +144,7 @@ def test_main_groups_photos_by_person_and_writes_the_json(tmp_path, monkeypatch,
 
 
 def test_main_with_a_tighter_threshold_splits_the_red_pair(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(modules.landmarks, "FaceLandmarks", ColourLandmarks)
+    monkeypatch.setattr(modules.evaluation.landmarks, "FaceLandmarks", ColourLandmarks)
     red1 = _photo(tmp_path / "red1.png", (200, 30, 30))
     red2 = _photo(tmp_path / "red2.png", (210, 40, 25))
     capsys.readouterr()
@@ -154,7 +153,7 @@ def test_main_with_a_tighter_threshold_splits_the_red_pair(tmp_path, monkeypatch
 
 
 def test_main_rejects_zero_frames_and_missing_paths_with_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(modules.landmarks, "FaceLandmarks", ColourLandmarks)
+    monkeypatch.setattr(modules.evaluation.landmarks, "FaceLandmarks", ColourLandmarks)
     photo = _photo(tmp_path / "red.png", (200, 30, 30))
     capsys.readouterr()
     assert face_identities.main([photo, "--frames", "0"]) == 2

@@ -12,14 +12,13 @@ import warnings
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, write_tiny
 
 import run
-from modules.checkpoint import read_checkpoint
-from modules.config import config_from_dict
-from modules.family import registered
-from modules.models import build_trainable, model_from_checkpoint
+from modules.config.family import registered
+from modules.config.loading import config_from_dict
+from modules.core.files import read_checkpoint
+from modules.families.build import build_trainable, model_from_checkpoint
 
 TINY_CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "config", "tiny-*.yaml")))
 

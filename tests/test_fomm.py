@@ -10,19 +10,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import TinyFeatures, config_path, train_ddp_on_two_gloo_processes, write_tiny
 from test_detector import fomm_keys
 
 import run
-from modules.blocks import make_coordinate_grid
-from modules.config import config_from_dict, load_config
-from modules.dense_motion import warp
-from modules.errors import ConfigError
-from modules.family import StepContext
-from modules.keypoint_detector import KPDetector
-from modules.keypoints import Keypoints
-from modules.transform import RandomTPS
+from modules.config.family import StepContext
+from modules.config.loading import config_from_dict, load_config
+from modules.core.errors import ConfigError
+from modules.nets.blocks import make_coordinate_grid
+from modules.nets.dense_motion import warp
+from modules.nets.keypoint_detector import KPDetector
+from modules.nets.keypoints import Keypoints
+from modules.training.transform import RandomTPS
 
 FRAME = 64
 
@@ -35,7 +34,7 @@ def tiny_fomm(**train_params):
 
 
 def build(config):
-    from modules.models import build_model
+    from modules.families.build import build_model
 
     return build_model(config)
 
@@ -146,7 +145,7 @@ def _official_format(model) -> dict:
 
 
 def test_an_official_format_checkpoint_loads_strictly_and_runs_with_its_config(tmp_path):
-    from modules.checkpoint import load_model
+    from modules.inference.loading import load_model
 
     torch.manual_seed(5)
     original = build(load_config(config_path("vox-256-fomm.yaml")))
@@ -174,7 +173,7 @@ def test_a_checkpoint_of_other_networks_is_a_one_line_error(tmp_path, capsys):
 # Training
 
 def test_generator_phase_leaves_the_discriminator_alone_and_vice_versa():
-    from modules.models import build_trainable
+    from modules.families.build import build_trainable
 
     config = tiny_fomm(loss_weights={"perceptual": [10, 10, 10], "l1": 10, "generator_gan": 1, "discriminator_gan": 1,
                                      "feature_matching": [10, 10, 10], "equivariance_value": 10,
@@ -202,7 +201,7 @@ def test_generator_phase_leaves_the_discriminator_alone_and_vice_versa():
 
 
 def test_without_generator_gan_the_discriminator_is_neither_used_nor_trained():
-    from modules.models import build_trainable
+    from modules.families.build import build_trainable
 
     config = tiny_fomm()
     trainable = build_trainable(config, build(config), feature_extractor=TinyFeatures()).train()
@@ -231,7 +230,7 @@ def _write(folder, name: str, dataset_root: str) -> str:
 
 
 def test_stage_one_then_stage_two_then_both_reconstruct_and_animate(tmp_path, dataset_root):
-    from modules.checkpoint import read_checkpoint
+    from modules.core.files import read_checkpoint
 
     def quiet(*args):
         with warnings.catch_warnings():
@@ -265,7 +264,7 @@ def test_stage_one_then_stage_two_then_both_reconstruct_and_animate(tmp_path, da
     for path in (stage_one, stage_two):
         assert quiet("--mode", "reconstruction", "--checkpoint", path) == 0
         assert quiet("--mode", "animate", "--checkpoint", path) == 0
-    from modules.video_io import open_video
+    from modules.data.video_io import open_video
 
     folder = os.path.dirname(stage_one)
     video = open_video(glob.glob(os.path.join(folder, "reconstruction", "*.mp4"))[0])
@@ -275,7 +274,7 @@ def test_stage_one_then_stage_two_then_both_reconstruct_and_animate(tmp_path, da
 
 
 def test_keypoints_vs_joints_tells_a_tracking_keypoint_from_a_still_one():
-    from scripts.keypoints_vs_joints import compare
+    from scripts.measure.keypoints_vs_joints import compare
 
     rng = np.random.default_rng(0)
     joints = [rng.uniform(10, 50, size=(20, 3, 2)) for _ in range(2)]
@@ -287,7 +286,7 @@ def test_keypoints_vs_joints_tells_a_tracking_keypoint_from_a_still_one():
 
 
 def test_pose_from_keypoints_needs_keypoints_that_carry_the_pose():
-    from scripts.keypoints_vs_joints import regress_joints
+    from scripts.measure.keypoints_vs_joints import regress_joints
 
     rng = np.random.default_rng(0)
     joints = rng.uniform(5, 60, size=(400, 3, 2))
@@ -305,7 +304,7 @@ def test_pose_from_keypoints_needs_keypoints_that_carry_the_pose():
 
 
 def test_keypoints_are_drawn_in_their_colours_and_nothing_else_changes():
-    from modules.drawing import draw_keypoints, keypoint_colours
+    from modules.core.pictures import draw_keypoints, keypoint_colours
 
     images = torch.zeros(1, 3, 21, 21)
     drawn = draw_keypoints(images, torch.tensor([[[0.0, 0.0], [1.0, 1.0]]]), radius=2)
@@ -318,7 +317,7 @@ def test_keypoints_are_drawn_in_their_colours_and_nothing_else_changes():
 def test_results_table_puts_models_and_baselines_in_rows(tmp_path):
     import json
 
-    from scripts.results_table import table
+    from scripts.measure.results_table import table
 
     for name, l1 in (("a", 0.05), ("b", 0.04)):
         for mode in ("reconstruction", "animation"):
@@ -348,7 +347,7 @@ def test_ddp_on_two_gloo_processes_trains_both_phases_with_identical_weights(tmp
     with open(config_file, "w") as stream:
         yaml.safe_dump(data, stream)
     run_dir = train_ddp_on_two_gloo_processes(config_file, tmp_path / "log")
-    from modules.checkpoint import read_checkpoint
+    from modules.core.files import read_checkpoint
 
     (checkpoint,) = glob.glob(os.path.join(run_dir, "*.pth.tar"))
     state = read_checkpoint(checkpoint)

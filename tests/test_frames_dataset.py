@@ -8,12 +8,12 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-
-from frames_dataset import DatasetRepeater, DatasetWarning, FramesDataset, PairedDataset, item_rng
-from modules.augmentation import Augmentation, AugmentationDraw
-from modules.config import AugmentationParams, DatasetParams, FlipParams, JitterParams
-from modules.errors import UserError
 from test_video_io import flat_frames, write_folder, write_strip, write_video
+
+from modules.config.sections import AugmentationParams, DatasetParams, FlipParams, JitterParams
+from modules.core.errors import UserError
+from modules.data.augmentation import Augmentation, AugmentationDraw
+from modules.data.dataset import DatasetRepeater, DatasetWarning, FramesDataset, PairedDataset, item_rng
 
 SHAPE = (32, 32)
 ALL_AUGMENTATIONS = AugmentationParams(FlipParams(horizontal_flip=True, time_flip=True),
@@ -159,7 +159,7 @@ def test_flips_and_jitter_ranges():
     torch.testing.assert_close(augmentation.apply(frames.clone(), identity._replace(time_flip=True)), frames.flip(0))
     bright = augmentation.apply(frames.clone(), identity._replace(brightness=1.25))
     torch.testing.assert_close(bright, (frames * 1.25).clamp(0, 1))
-    import torchvision.transforms.v2.functional as TF                   # torchvision's semantics
+    import torchvision.transforms.v2.functional as TF  # torchvision's semantics
     for key, function, value in [("contrast", TF.adjust_contrast, 0.7), ("saturation", TF.adjust_saturation, 1.3),
                                  ("hue", TF.adjust_hue, -0.15)]:
         torch.testing.assert_close(augmentation.apply(frames.clone(), identity._replace(**{key: value})),

@@ -5,12 +5,12 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import TinyFeatures, config_path
-from modules.config import load_config
+
+from modules.config.loading import load_config
+from modules.families.build import build_model
 from modules.families.keypoint_mask import build_loss
-from modules.models import build_model
-from modules.generator import build_frame_generator
+from modules.nets.generator import build_frame_generator
 
 
 def test_paper_parameter_counts():
@@ -123,8 +123,8 @@ def test_circles_model_runs_and_masks_are_circles(tiny_circles_config):
 def test_copy_source_init_starts_the_u_net_as_a_copy_of_the_source_with_the_same_keys(tmp_path):
     import yaml
 
-    from modules.config import ConfigError
-    from modules.generator import HighResGenerator
+    from modules.core.errors import ConfigError
+    from modules.nets.generator import HighResGenerator
 
     with open(config_path("tiny-heatmap.yaml")) as stream:
         data = yaml.safe_load(stream)

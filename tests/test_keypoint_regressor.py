@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from modules.errors import UserError
-from modules.keypoint_regressor import (FORMAT, JOINTS, KeypointRegressor, load_regressor, normalised_to_pixels,
-                                        pixels_to_normalised, predict, save_regressor, soft_argmax)
-from scripts import synthetic_dataset
+from modules.core.errors import UserError
+from modules.data import synthetic as synthetic_dataset
+from modules.evaluation.keypoint_regressor import (FORMAT, JOINTS, KeypointRegressor, load_regressor,
+                                                   normalised_to_pixels, pixels_to_normalised, predict, save_regressor,
+                                                   soft_argmax)
 from scripts.train_keypoint_regressor import evaluate, load_split, main, train_regressor
 
 SIZE = 64

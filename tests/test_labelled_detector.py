@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import config_path, train_ddp_on_two_gloo_processes, write_tiny
 
 import run
-from frames_dataset import FramesDataset
-from modules.augmentation import Augmentation, AugmentationDraw
-from modules.checkpoint import read_checkpoint
-from modules.config import AugmentationParams, FlipParams, LabelParams, load_config
-from modules.errors import UserError
-from modules.family import KeypointLabels, StepContext
-from modules.keypoint_detector import KPDetector, load_fomm_detector
-from modules.keypoint_labels import LabelLayout, labels_to_normalized
+from modules.config.family import KeypointLabels, StepContext
+from modules.config.loading import load_config
+from modules.config.sections import AugmentationParams, FlipParams, LabelParams
+from modules.core.errors import UserError
+from modules.core.files import read_checkpoint
+from modules.data.augmentation import Augmentation, AugmentationDraw
+from modules.data.dataset import FramesDataset
+from modules.data.keypoint_labels import LabelLayout, labels_to_normalized
 from modules.families.detector import heatmap_label_loss, keypoint_label_loss
+from modules.nets.keypoint_detector import KPDetector, load_fomm_detector
 
 JOINTS = ["head", "neck", "pelvis", "l_shoulder", "r_shoulder", "l_elbow", "r_elbow", "l_hand", "r_hand", "l_hip",
           "r_hip", "l_knee", "r_knee", "l_foot", "r_foot"]
@@ -136,7 +136,7 @@ def test_missing_labels_contribute_nothing():
 
 
 def test_heatmap_loss_is_zero_for_gaussians_at_the_labels():
-    from modules.keypoint_detector import draw_gaussians
+    from modules.nets.keypoint_detector import draw_gaussians
 
     label = torch.tensor([[[0.2, -0.3], [-0.5, 0.4]]])
     raw = draw_gaussians(label, (16, 16), 0.01)
@@ -155,7 +155,7 @@ def tiny_detector_config():
 def test_a_few_steps_move_the_keypoints_toward_the_labels(dataset_root, term):
     """Either label term alone pulls the detector toward the labels: the keypoint L1 moves the soft-argmax
     keypoints, the heatmap term the raw maps (and through them the keypoints, more slowly)."""
-    from modules.models import build_model, build_trainable
+    from modules.families.build import build_model, build_trainable
 
     config = tiny_detector_config()
     weights = config.train_params.loss_weights
@@ -207,7 +207,7 @@ def test_a_config_that_would_train_nothing_from_labels_is_refused(tmp_path):
     data["train_params"]["loss_weights"].update(keypoint=10)
     data["model_params"]["label_params"]["points"] = ["head"]
     path.write_text(yaml.safe_dump(data))
-    from modules.errors import ConfigError
+    from modules.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="label_params.points: expected one name per keypoint"):
         load_config(str(path))
@@ -248,7 +248,7 @@ def test_checkpoint_is_fomms_kp_detector_and_serves_checkpoint_with_kp(tmp_path,
 def test_the_256_configs_train_exactly_fomms_kp_detector(name):
     from test_detector import fomm_keys
 
-    from modules.models import build_model, build_trainable
+    from modules.families.build import build_model, build_trainable
 
     config = load_config(config_path(name))
     trainable = build_trainable(config, build_model(config))
@@ -268,8 +268,8 @@ def test_ddp_on_two_gloo_processes(tmp_path, dataset_root):
 
 def test_label_keypoints_moves_with_a_shifted_face(tmp_path):
     pytest.importorskip("dlib")
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     from scripts.label_keypoints import FACE_POINTS, label_dataset
 

@@ -1,4 +1,4 @@
-"""The bordered retry of the landmark detectors (modules/landmarks.py): a frame in which MediaPipe Pose or dlib
+"""The bordered retry of the landmark detectors (modules/evaluation/landmarks.py): a frame in which MediaPipe Pose or dlib
 finds no subject is looked at again inside a black border, and the points come back in the frame's own
 normalised coordinates. Fake detectors that only see a subject when the frame has a border check the mapping
 exactly; dlib, where installed, checks it on a real face cut by the frame's edge."""
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from modules.landmarks import BodyLandmarks, FaceLandmarks, with_border
+from modules.evaluation.landmarks import BodyLandmarks, FaceLandmarks, with_border
 
 RED_MARK = 255                                 # a landmark's pixel: red 255, green its index
 

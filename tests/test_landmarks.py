@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from modules.evaluation import FrameScorer, frame_mean
-from modules.landmarks import Landmarks, MetricsUnavailable, make_landmarker, normalised_pose
-from modules.metrics import aed, akd, mkr
+from modules.evaluation.landmarks import Landmarks, MetricsUnavailable, make_landmarker, normalised_pose
+from modules.evaluation.metrics import aed, akd, mkr
+from modules.evaluation.scorer import FrameScorer, frame_mean
 
 WINDOW = 384            # crop of the 512x512 astronaut, resized to SIZE
 SIZE = 256
@@ -112,7 +112,7 @@ def astronaut_crops(shift: tuple[int, int]) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["face", "body"])
 def test_landmarks_of_a_shifted_photograph_move_by_the_shift(kind):
     pytest.importorskip("mediapipe" if kind == "body" else "dlib", reason="needs the metrics extra")
-    from modules.landmarks import BodyLandmarks, FaceLandmarks
+    from modules.evaluation.landmarks import BodyLandmarks, FaceLandmarks
 
     detector = FaceLandmarks() if kind == "face" else BodyLandmarks()
     shift = (24, 12)                                              # photograph pixels: 16 and 8 px in the frame
@@ -137,7 +137,7 @@ def test_landmarks_of_a_shifted_photograph_move_by_the_shift(kind):
 
 def test_no_face_found_means_every_landmark_missing():
     pytest.importorskip("dlib", reason="needs the metrics extra")
-    from modules.landmarks import FaceLandmarks
+    from modules.evaluation.landmarks import FaceLandmarks
 
     blank = np.full((1, 256, 256, 3), 128, np.uint8)
     found = FaceLandmarks().detect(blank)

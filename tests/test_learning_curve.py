@@ -1,4 +1,4 @@
-"""scripts/learning_curve.py: the training time read from log.txt, the checkpoints picked, and the curve of a
+"""scripts/measure/learning_curve.py: the training time read from log.txt, the checkpoints picked, and the curve of a
 tiny two-checkpoint run written, drawn and grown without evaluating a checkpoint twice."""
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import os
 import warnings
 
 import pytest
-
 from conftest import write_tiny
 
 import run
-from modules.errors import UserError
-from scripts import learning_curve
-from scripts.learning_curve import checkpoints_of, hours_at
+from modules.core.errors import UserError
+from scripts.measure import learning_curve
+from scripts.measure.learning_curve import checkpoints_of, hours_at
 
 LOG = """\
 # data: 2 training videos, 2 test videos
@@ -92,7 +91,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def two_checkpoint_run(tmp_path_factory):
     """The tiny heatmap config trained 2 epochs of one step each, a checkpoint after each -> the run folder."""
-    from scripts.synthetic_dataset import generate_dataset
+    from modules.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("curve")
     generate_dataset(str(root / "data"), seed=0, size=64, num_train_identities=2, num_test_identities=2,
@@ -158,8 +157,8 @@ def test_real_frames_landmarks_are_found_once_per_process(monkeypatch):
     import numpy as np
     import torch
 
-    from modules import evaluation
-    from modules.landmarks import Landmarks
+    from modules.evaluation.landmarks import Landmarks
+    from modules.evaluation import scorer as evaluation
 
     calls = []
 

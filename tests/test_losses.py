@@ -5,11 +5,11 @@ import urllib.error
 
 import pytest
 import torch
-
 from conftest import IdentityFeatures
-from modules.blocks import AntiAliasDownsample
-from modules.errors import UserError
-from modules.losses import (PerceptualLoss, RandomWeightsWarning, VGG19Features, build_vgg19_features)
+
+from modules.core.errors import UserError
+from modules.nets.blocks import AntiAliasDownsample
+from modules.training.losses import PerceptualLoss, RandomWeightsWarning, VGG19Features, build_vgg19_features
 
 
 def test_identity_extractor_gives_the_hand_computed_value():

@@ -11,12 +11,12 @@ import warnings
 import pytest
 import torch
 import yaml
-
 from conftest import DATA
-from cpu_kind import cpu_kind
 
 import run
-from modules.checkpoint import load_model, read_checkpoint
+from cpu_kind import cpu_kind
+from modules.core.files import read_checkpoint
+from modules.inference.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_an_old_file_animates_to_the_same_bits(tmp_path, expected, name):
 
 
 def test_an_old_checkpoint_resumes_to_the_weights_the_old_code_reached(tmp_path, expected):
-    from scripts.synthetic_dataset import generate_dataset
+    from modules.data.synthetic import generate_dataset
 
     data = str(tmp_path / "data")            # the fixture's dataset, made again (same seed, same bytes)
     generate_dataset(data, seed=0, size=64, num_train_identities=2, num_test_identities=2, clips_per_identity=1,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.keypoint_detector import (KeypointMask, KPDetector, draw_circles_mask, draw_gaussians,
-                                       normalize_and_pad, spatial_softmax)
+from modules.nets.keypoint_detector import (KeypointMask, KPDetector, draw_circles_mask, draw_gaussians,
+                                            normalize_and_pad, spatial_softmax)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from modules.metrics import l1, psnr, ssim
+from modules.evaluation.metrics import l1, psnr, ssim
 
 
 def frames(n=3, size=32, seed=0):
@@ -60,8 +60,8 @@ def test_bad_shapes_are_refused():
 
 
 def test_motion_region_l1_counts_only_where_the_truth_left_the_source():
-    from modules.evaluation import FrameScorer
-    from modules.metrics import motion_region, region_l1
+    from modules.evaluation.metrics import motion_region, region_l1
+    from modules.evaluation.scorer import FrameScorer
 
     source = torch.zeros(1, 3, 16, 16)
     truth = torch.zeros(2, 3, 16, 16)

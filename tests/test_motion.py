@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import config_path
-from modules.motion import convex_hull_area, relative_keypoints
+
+from modules.nets.motion import convex_hull_area, relative_keypoints
 
 
 def square(side: float, centre=(0.0, 0.0)) -> torch.Tensor:
@@ -68,8 +68,8 @@ def test_relative_jacobian_composes_driving_change_with_the_source():
     ("tiny-heatmap.yaml", None, False, True, ("absolute", False)),    # no keypoints to scale: ignored
 ])
 def test_choose_motion_reads_adapt_movement_scale_from_the_config(name, motion, flag, in_config, expected):
-    from animate import choose_motion
-    from modules.config import load_config
+    from modules.config.loading import load_config
+    from modules.inference.pipeline import choose_motion
 
     config = load_config(config_path(name))
     config.animate_params.normalization_params.adapt_movement_scale = in_config
@@ -77,9 +77,9 @@ def test_choose_motion_reads_adapt_movement_scale_from_the_config(name, motion, 
 
 
 def test_adapt_scale_flag_with_absolute_motion_is_refused():
-    from animate import choose_motion
-    from modules.config import load_config
-    from modules.errors import UserError
+    from modules.config.loading import load_config
+    from modules.core.errors import UserError
+    from modules.inference.pipeline import choose_motion
 
     with pytest.raises(UserError, match="--adapt_scale scales relative motion"):
         choose_motion(load_config(config_path("tiny-heatmap.yaml")), None, True, "tiny-heatmap.yaml")

@@ -10,14 +10,13 @@ import warnings
 import pytest
 import torch
 import yaml
-
 from conftest import TinyFeatures, config_path, train_ddp_on_two_gloo_processes, write_tiny
 
 import run
-from modules.config import config_from_dict
-from modules.errors import ConfigError
-from modules.family import StepContext
-from modules.perturbations import colour_augment, deform, perturb_train, threshold
+from modules.config.family import StepContext
+from modules.config.loading import config_from_dict
+from modules.core.errors import ConfigError
+from modules.training.perturbations import colour_augment, deform, perturb_train, threshold
 
 SIDE = 64
 
@@ -42,7 +41,7 @@ def responsive(**model_params):
 def build(config, calibrated: bool = False):
     """The random-weight model in eval mode; ``calibrated``: its BatchNorm statistics set from one batch of
     random frames first (fresh statistics leave eval-mode activations near 0 and the masks near constant)."""
-    from modules.models import build_model
+    from modules.families.build import build_model
 
     model = build_model(config)
     if calibrated:
@@ -180,8 +179,8 @@ def _grads(loss: torch.Tensor, network: torch.nn.Module) -> float:
 
 
 def test_gradient_routing_mask_loss_trains_r_alone_and_the_loss_on_f_trains_h_alone():
-    from modules.losses import PerceptualLoss
     from modules.families.perturbed import PerturbedTraining
+    from modules.training.losses import PerceptualLoss
 
     model = build(tiny_perturbed()).train()
     trainable = PerturbedTraining(model, PerceptualLoss(TinyFeatures(), scales=[1, 0.5], weights=[10, 10, 10]),
@@ -312,7 +311,7 @@ def _write(folder, dataset_root: str, **train_params) -> str:
 
 
 def test_train_reconstruct_and_animate_round_trip(tmp_path, dataset_root):
-    from modules.checkpoint import read_checkpoint
+    from modules.core.files import read_checkpoint
 
     def quiet(*args):
         with warnings.catch_warnings():
@@ -363,7 +362,7 @@ def test_ddp_on_two_gloo_processes_keeps_the_four_networks_identical(tmp_path, d
 
 
 def test_bf16_autocast_trains_the_perturbed_model_on_cpu(tmp_path, dataset_root):
-    from modules.checkpoint import read_checkpoint
+    from modules.core.files import read_checkpoint
 
     config = _write(tmp_path, dataset_root, refinement_start_epoch=0, mixed_precision="bf16")
     with warnings.catch_warnings():

@@ -10,11 +10,10 @@ import warnings
 import imageio.v3 as iio
 import pytest
 import yaml
-
 from conftest import config_path
 
 import run
-from modules.video_io import open_video
+from modules.data.video_io import open_video
 
 FRAME, FRAMES = 64, 8
 
@@ -22,7 +21,7 @@ FRAME, FRAMES = 64, 8
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One training step of the tiny config on a small synthetic dataset -> the run folder."""
-    from scripts.synthetic_dataset import generate_dataset
+    from modules.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("reconstruction")
     generate_dataset(str(root / "data"), seed=0, size=FRAME, num_train_identities=2, num_test_identities=2,
@@ -92,9 +91,9 @@ def test_synthetic_akd_from_the_keypoint_regressor_in_reconstruction_and_animati
     import numpy as np
     import torch
 
-    from frames_dataset import FramesDataset
-    from modules.config import load_config
-    from modules.keypoint_regressor import KeypointRegressor, predict, save_regressor
+    from modules.config.loading import load_config
+    from modules.data.dataset import FramesDataset
+    from modules.evaluation.keypoint_regressor import KeypointRegressor, predict, save_regressor
 
     config = load_config(os.path.join(trained_run, "config.yaml"))
     root = config.dataset_params.root_dir

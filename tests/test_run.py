@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import ROOT, config_path, save_fomm_checkpoint
-from modules.config import load_config
-from modules.keypoint_detector import KPDetector
+
+from modules.config.loading import load_config
+from modules.nets.keypoint_detector import KPDetector
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -1,16 +1,16 @@
-"""Steady motion and its measures: the One-Euro filter (modules/smoothing.py), jitter and flicker
-(modules/metrics.py) and their streaming over batches (modules/evaluation.Track)."""
+"""Steady motion and its measures: the One-Euro filter (modules/inference/smoothing.py), jitter and flicker
+(modules/evaluation/metrics.py) and their streaming over batches (modules/evaluation.Track)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from modules.evaluation import Target, Track
-from modules.keypoints import Keypoints
-from modules.landmarks import Landmarks
-from modules.metrics import flicker, jitter
-from modules.smoothing import KeypointSmoother, OneEuroFilter, one_euro
+from modules.evaluation.landmarks import Landmarks
+from modules.evaluation.metrics import flicker, jitter
+from modules.evaluation.scorer import Target, Track
+from modules.inference.smoothing import KeypointSmoother, OneEuroFilter, one_euro
+from modules.nets.keypoints import Keypoints
 
 RATE = 25.0
 

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from scripts.synthetic_dataset import (JOINT_INDEX, JOINTS, LIMB_FIELDS, MIN_LIMB_LENGTH_RATIO, POSE_PARAMS,
-                                       POSE_RANGES, SEGMENTS, STANDING_HEIGHT_RANGE, forward_kinematics,
-                                       generate_dataset, identity_of, load_identities, load_pairs, load_splits, main,
-                                       read_video, render, sample_identities, sample_trajectory,
-                                       trajectory_keypoints)
+from modules.data.synthetic import (JOINT_INDEX, JOINTS, LIMB_FIELDS, MIN_LIMB_LENGTH_RATIO, POSE_PARAMS, POSE_RANGES,
+                                    SEGMENTS, STANDING_HEIGHT_RANGE, forward_kinematics, generate_dataset, identity_of,
+                                    load_identities, load_pairs, load_splits, read_video, render, sample_identities,
+                                    sample_trajectory, trajectory_keypoints)
+from scripts.synthetic_dataset import main
 
 SIZE = 64
 TINY = dict(size=SIZE, num_train_identities=3, num_test_identities=2, clips_per_identity=2, num_frames=16,

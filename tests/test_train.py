@@ -12,12 +12,11 @@ import warnings
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, config_path, save_fomm_checkpoint, write_tiny
 
 import run
-from modules.checkpoint import atomic_save, read_checkpoint
-from modules.keypoint_detector import KPDetector
+from modules.core.files import atomic_save, read_checkpoint
+from modules.nets.keypoint_detector import KPDetector
 
 FRAME = 64
 
@@ -25,7 +24,7 @@ FRAME = 64
 @pytest.fixture(scope="module")
 def kp_checkpoint(tmp_path_factory):
     """A seeded RANDOM detector saved in FOMM's checkpoint format (no pretrained one exists here)."""
-    from modules.config import load_config
+    from modules.config.loading import load_config
 
     config = load_config(config_path("tiny-heatmap.yaml"))
     torch.manual_seed(123)
@@ -97,8 +96,8 @@ def test_detector_is_bit_identical_after_training(tmp_path, dataset_root, kp_che
     trained = read_checkpoint(os.path.join(only_run_dir(tmp_path / "log"), "00000000-checkpoint.pth.tar"))
     assert_same_state(trained["kp_detector"], read_checkpoint(kp_checkpoint)["kp_detector"])   # BN buffers too
     # the optimizer holds exactly the generators' parameters, and they trained
-    from modules.config import load_config
-    from modules.generator import build_frame_generator
+    from modules.config.loading import load_config
+    from modules.nets.generator import build_frame_generator
 
     generator_parameters = list(build_frame_generator(load_config(config).model_params).parameters())
     assert trained["optimizer_generator"]["param_groups"][0]["params"] == list(range(len(generator_parameters)))
@@ -292,7 +291,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_0(tmp_path, dataset_root,
 KILLER = r"""
 import sys, torch
 sys.path.insert(0, sys.argv[2])
-from modules.checkpoint import atomic_save
+from modules.core.files import atomic_save
 state = {"weights": torch.randn(4_000_000), "step": 0}
 i = 0
 while True:
@@ -350,10 +349,10 @@ def test_sampler_ranks_together_make_the_single_process_batches():
 
 
 def test_ddp_two_gloo_processes_match_one_process_averaging_gradients(tmp_path, dataset_root, kp_checkpoint):
-    from frames_dataset import DatasetRepeater, FramesDataset
-    from modules.config import load_config
+    from modules.config.loading import load_config
+    from modules.data.dataset import DatasetRepeater, FramesDataset
+    from modules.families.build import build_model
     from modules.families.keypoint_mask import build_loss
-    from modules.models import build_model
     from train import Distributed, EpochBatchSampler
 
     config_file = write_config(tmp_path, dataset_root, batch_size=4, channels_last=False)   # as the reference below

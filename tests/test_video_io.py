@@ -1,4 +1,4 @@
-"""modules/video_io.py: every format reads the right frames, seeking is exact, modes and sizes are normalised."""
+"""modules/data/video_io.py: every format reads the right frames, seeking is exact, modes and sizes are normalised."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.video_io import (FfmpegVideo, VideoError, load_image, open_video, probe_video, resize_frame,
-                              to_rgb)
+from modules.data.video_io import FfmpegVideo, VideoError, load_image, open_video, probe_video, resize_frame, to_rgb
 
 BLOCK = 16      # index-encoded frames: one bit per 16x16 block of a 64x64 frame
 
@@ -267,7 +266,7 @@ def test_probe_counts_like_a_full_decode(tmp_path):
 # scripts/video_to_frames.py
 
 def test_video_to_frames_keeps_the_layout_and_resizes(tmp_path, capsys):
-    from modules.errors import UserError
+    from modules.core.errors import UserError
     from scripts.video_to_frames import main
 
     source, target = tmp_path / "videos", tmp_path / "frames"
@@ -304,7 +303,7 @@ def _clip_with_audio(path: str, size: int = 32, fps: int = 10, seconds: float = 
 
 
 def test_writer_streams_frames_keeps_fps_and_carries_audio(tmp_path):
-    from modules.video_io import VideoWriter, has_audio, open_video
+    from modules.data.video_io import VideoWriter, has_audio, open_video
 
     driving = _clip_with_audio(str(tmp_path / "driving.mp4"), fps=10)
     assert has_audio(driving)
@@ -322,7 +321,7 @@ def test_writer_streams_frames_keeps_fps_and_carries_audio(tmp_path):
 
 
 def test_writer_without_audio_source_writes_silent_video_and_odd_sizes(tmp_path):
-    from modules.video_io import VideoWriter, has_audio, open_video
+    from modules.data.video_io import VideoWriter, has_audio, open_video
 
     out = str(tmp_path / "odd.mp4")
     with VideoWriter(out, fps=25) as writer:
@@ -332,7 +331,7 @@ def test_writer_without_audio_source_writes_silent_video_and_odd_sizes(tmp_path)
 
 
 def test_writer_leaves_nothing_behind_on_error(tmp_path):
-    from modules.video_io import VideoError, VideoWriter
+    from modules.data.video_io import VideoError, VideoWriter
 
     out = tmp_path / "result.mp4"
     with pytest.raises(RuntimeError):
@@ -349,7 +348,7 @@ def test_writer_leaves_nothing_behind_on_error(tmp_path):
 
 
 def test_writer_writes_gif(tmp_path):
-    from modules.video_io import VideoWriter, open_video
+    from modules.data.video_io import VideoWriter, open_video
 
     out = str(tmp_path / "result.gif")
     with VideoWriter(out, fps=10, audio_from=None) as writer:

@@ -1,4 +1,5 @@
-"""The model families, one module each; importing this package registers them (modules/family.py), in the
+"""The model families, one module each; importing this package registers them (modules/config/family.py), in the
 order that error messages list them: the paper's model first."""
-from modules.families import keypoint_mask  # noqa: F401  (isort: skip: the registration order)
+# isort: skip_file
+from modules.families import keypoint_mask  # noqa: F401  (the registration order)
 from modules.families import fomm, perturbed, detector  # noqa: F401, I001

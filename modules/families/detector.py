@@ -24,19 +24,19 @@ from typing import Literal, NamedTuple, Optional
 import torch
 from torch import nn
 
-from modules.config import (CommonParams, Config, DetectorSettings, KPDetectorParams, LabelParams, LossWeights,
-                            TrainParams, TransformParams)
-from modules.augmentation import augment_batch
-from modules.config_checks import check_jacobian_weight, map_detector_scale_factor
-from modules.drawing import draw_keypoints
-from modules.errors import CheckpointError, ConfigError
-from modules.family import Family, KeypointLabels, StepContext, StepOutput, Trainable, register
-from modules.keypoint_detector import (KPDetector, draw_circles_mask, draw_gaussians,
-                                      load_detector_state, load_fomm_detector, normalize_and_pad)
-from modules.keypoints import Keypoints
-from modules.losses import equivariance_jacobian_loss, equivariance_value_loss
-from modules.schema import fail
-from modules.transform import RandomTPS
+from modules.config.checks import check_jacobian_weight, map_detector_scale_factor
+from modules.config.family import Family, KeypointLabels, StepContext, StepOutput, Trainable, register
+from modules.config.schema import fail
+from modules.config.sections import (CommonParams, Config, DetectorSettings, KPDetectorParams, LabelParams, LossWeights,
+                                     TrainParams, TransformParams)
+from modules.core.errors import CheckpointError, ConfigError
+from modules.core.pictures import draw_keypoints
+from modules.data.augmentation import augment_batch
+from modules.nets.keypoint_detector import (KPDetector, draw_circles_mask, draw_gaussians, load_detector_state,
+                                            load_fomm_detector, normalize_and_pad)
+from modules.nets.keypoints import Keypoints
+from modules.training.losses import equivariance_jacobian_loss, equivariance_value_loss
+from modules.training.transform import RandomTPS
 
 
 class DetectorLossTerms(NamedTuple):

@@ -13,25 +13,24 @@ from typing import Callable, Literal, NamedTuple, Optional
 import torch
 from torch import nn
 
-from modules.checkpoint import load_state_strict
-from modules.config import (CommonParams, Config, DetectorSettings, GeneratorTrainParams, KPDetectorParams,
-                            PerceptualLossWeights, TransformParams)
-from modules.config_checks import (check_generator_training, check_jacobian_weight, fomm_size_problem,
+from modules.config.checks import (check_generator_training, check_jacobian_weight, fomm_size_problem,
                                    map_detector_scale_factor)
-from modules.discriminator import MultiScaleDiscriminator
-from modules.drawing import draw_keypoints
-from modules.errors import CheckpointError, ConfigError
-from modules.export import ExportPart, random_frames
-from modules.family import Family, StepContext, StepOutput, Trainable, register
-from modules.fomm_generator import FommOutput, OcclusionAwareGenerator
-from modules.keypoint_detector import KPDetector, load_detector_state, load_fomm_detector
-from modules.keypoints import Keypoints
-from modules.losses import (ImagePyramid, PerceptualLoss, discriminate, equivariance_jacobian_loss,
-                            equivariance_value_loss, feature_matching_loss, frozen, lsgan_discriminator_loss,
-                            lsgan_generator_loss, pixel_l1)
-from modules.motion import relative_keypoints
-from modules.schema import check_positive, check_rules, check_widths, is_inverse_integer
-from modules.transform import RandomTPS
+from modules.config.family import ExportPart, Family, StepContext, StepOutput, Trainable, random_frames, register
+from modules.config.schema import check_positive, check_rules, check_widths, is_inverse_integer
+from modules.config.sections import (CommonParams, Config, DetectorSettings, GeneratorTrainParams, KPDetectorParams,
+                                     PerceptualLossWeights, TransformParams)
+from modules.core.errors import CheckpointError, ConfigError
+from modules.core.files import load_state_strict
+from modules.core.pictures import draw_keypoints
+from modules.nets.discriminator import MultiScaleDiscriminator
+from modules.nets.fomm_generator import FommOutput, OcclusionAwareGenerator
+from modules.nets.keypoint_detector import KPDetector, load_detector_state, load_fomm_detector
+from modules.nets.keypoints import Keypoints
+from modules.nets.motion import relative_keypoints
+from modules.training.losses import (ImagePyramid, PerceptualLoss, discriminate, equivariance_jacobian_loss,
+                                     equivariance_value_loss, feature_matching_loss, frozen, lsgan_discriminator_loss,
+                                     lsgan_generator_loss, pixel_l1)
+from modules.training.transform import RandomTPS
 
 
 class FommSource(NamedTuple):
@@ -77,7 +76,7 @@ class FommModel(nn.Module):
                 smooth: Optional[Callable[[Keypoints], Keypoints]] = None) -> FommAnimation:
         """driving (B, 3, H, W) -> the source moved like it: absolutely (the driver's keypoints as they are), or,
         given ``initial`` (the driver's reference keypoints, (1, K, 2)), relatively (FOMM's relative
-        animation); ``smooth`` (modules/smoothing.py) filters the detected keypoints and Jacobians first."""
+        animation); ``smooth`` (modules/inference/smoothing.py) filters the detected keypoints and Jacobians first."""
         batch = driving.shape[0]
         kp_source = state.keypoints.expand(batch)
         detected = self.keypoints(driving) if smooth is None else smooth(self.keypoints(driving))

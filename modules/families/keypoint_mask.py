@@ -10,20 +10,19 @@ from typing import Callable, Literal, NamedTuple, Optional
 import torch
 from torch import nn
 
-from modules.checkpoint import load_state_strict
-from modules.config import (CommonParams, Config, DetectorSettings, GeneratorParams, GeneratorTrainParams,
-                            KPDetectorParams)
-from modules.config_checks import check_generator_training, check_mask_generators, high_res_size_problem
-from modules.export import GENERATOR_INPUTS, ExportPart, generator_example, random_frames
-from modules.errors import ConfigError, ConfigWarning
-from modules.family import Family, StepContext, StepOutput, Trainable, register
-from modules.generator import GeneratorOutput, FrameGenerator, build_frame_generator
-from modules.keypoint_detector import KeypointMask, KPDetector, load_detector_state, load_fomm_detector
-from modules.keypoints import Keypoints
-from modules.losses import PerceptualLoss, pixel_l1
-from modules.motion import relative_keypoints
-from modules.schema import fail, pop_path, set_path
-
+from modules.config.checks import check_generator_training, check_mask_generators, high_res_size_problem
+from modules.config.family import (GENERATOR_INPUTS, ExportPart, Family, StepContext, StepOutput, Trainable,
+                                   generator_example, random_frames, register)
+from modules.config.schema import fail, pop_path, set_path
+from modules.config.sections import (CommonParams, Config, DetectorSettings, GeneratorParams, GeneratorTrainParams,
+                                     KPDetectorParams)
+from modules.core.errors import ConfigError, ConfigWarning
+from modules.core.files import load_state_strict
+from modules.nets.generator import FrameGenerator, GeneratorOutput, build_frame_generator
+from modules.nets.keypoint_detector import KeypointMask, KPDetector, load_detector_state, load_fomm_detector
+from modules.nets.keypoints import Keypoints
+from modules.nets.motion import relative_keypoints
+from modules.training.losses import PerceptualLoss, pixel_l1
 
 # ----------------------------------------------------------------------------------------------------------
 # Its model_params
@@ -104,7 +103,7 @@ class KeypointMaskModel(nn.Module):
         """driving (B, 3, H, W) -> predictions (B, 3, H, W). Absolute motion: the driving frames' own masks.
         Relative (circles only), given the driver's reference keypoints ``initial`` (1, K, 2): the circles of
         the source's keypoints moved by the driver's motion since the reference (keypoint-mask paper
-        sec. 2.2). ``smooth`` (circles only; modules/smoothing.py) filters the driving keypoints first."""
+        sec. 2.2). ``smooth`` (circles only; modules/inference/smoothing.py) filters the driving keypoints first."""
         batch = driving.shape[0]
         if (initial is not None or smooth is not None) and not self.relative_motion_possible:
             raise ValueError(f"a {self.mask.kind} mask has no keypoints to move or smooth: it animates absolutely")
@@ -230,9 +229,9 @@ def trainable(config: Config, model: KeypointMaskModel, perceptual) -> KeypointM
 
 def build_loss(config: Config, *, vgg_weights: Optional[str] = None, vgg_source: str = "train_params.vgg_weights",
                feature_extractor=None) -> KeypointMaskLoss:
-    """The loss of ``config`` (the arguments as modules.models.build_trainable's); only the VGG slices up to
+    """The loss of ``config`` (the arguments as modules.families.build.build_trainable's); only the VGG slices up to
     the deepest non-zero weight are built and run."""
-    from modules.models import build_perceptual
+    from modules.families.build import build_perceptual
     return KeypointMaskLoss(build_perceptual(config, vgg_weights, vgg_source, feature_extractor),
                             config.train_params.loss_weights.l1)
 

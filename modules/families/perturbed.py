@@ -1,5 +1,5 @@
 """The perturbed-masks family (Shalev & Wolf, sec. 3): a learned mask generator m, a mask refinement
-network r, and the keypoint-mask family's low-res and high-res generators l and h (modules/generator.py, the
+network r, and the keypoint-mask family's low-res and high-res generators l and h (modules/nets/generator.py, the
 same classes: the keypoint-mask paper copied them from this one).
 
 Animation (the test-time path)::
@@ -22,19 +22,19 @@ from typing import Literal, NamedTuple, Optional
 import torch
 from torch import nn
 
-from modules.blocks import AntiAliasDownsample
-from modules.checkpoint import load_state_strict
-from modules.config import Config, GeneratorParams, GeneratorTrainParams, JitterParams, PerceptualLossWeights
-from modules.config_checks import check_generator_training, check_mask_generators, perturbed_size_problem
-from modules.errors import CheckpointError, ConfigError
-from modules.export import GENERATOR_INPUTS, ExportPart, generator_example, random_frames
-from modules.family import Family, StepContext, StepOutput, Trainable, register
-from modules.generator import GeneratorOutput, FrameGenerator, build_frame_generator
-from modules.keypoints import Keypoints
-from modules.losses import PerceptualLoss, pixel_l1
-from modules.mask_network import MaskNetwork
-from modules.perturbations import Threshold, colour_augment, perturb_train, threshold
-from modules.schema import check_positive, check_widths, fail
+from modules.config.checks import check_generator_training, check_mask_generators, perturbed_size_problem
+from modules.config.family import (GENERATOR_INPUTS, ExportPart, Family, StepContext, StepOutput, Trainable,
+                                   generator_example, random_frames, register)
+from modules.config.schema import check_positive, check_widths, fail
+from modules.config.sections import Config, GeneratorParams, GeneratorTrainParams, JitterParams, PerceptualLossWeights
+from modules.core.errors import CheckpointError, ConfigError
+from modules.core.files import load_state_strict
+from modules.nets.blocks import AntiAliasDownsample
+from modules.nets.generator import FrameGenerator, GeneratorOutput, build_frame_generator
+from modules.nets.keypoints import Keypoints
+from modules.nets.mask_network import MaskNetwork
+from modules.training.losses import PerceptualLoss, pixel_l1
+from modules.training.perturbations import Threshold, colour_augment, perturb_train, threshold
 
 Ablation = Literal["none", "no_pert", "no_ref", "no_id"]
 

@@ -5,16 +5,25 @@ oneDNN picks different kernels on different instruction sets (AVX2, AVX-512, AMX
 last bits on another CPU kind. This runs the old code on the existing fixture files exactly as
 tests/test_main_era_fixtures.py runs the new code, and records its digests under this CPU's kind, plus its
 values (the test's fallback on a kind nobody recorded)."""
-import glob, hashlib, os, shutil, sys, tempfile, warnings
-import torch, yaml
+import glob
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+
+import torch
+import yaml
 
 REPO = os.getcwd()
 sys.path.insert(0, REPO)
 data_dir = os.path.abspath(sys.argv[1])
 sys.path.insert(0, os.path.join(os.path.dirname(data_dir)))
+import run
 from cpu_kind import cpu_kind
-import run, logger as run_log
-from scripts.synthetic_dataset import generate_dataset
+from modules.data.synthetic import generate_dataset
+from modules.inference.loading import load_model
 
 
 def digest(t):
@@ -24,7 +33,7 @@ def digest(t):
 work = tempfile.mkdtemp()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    _, model, _ = run_log.load_model(os.path.join(data_dir, "main-era-model.pth.tar"), torch.device("cpu"))
+    _, model, _ = load_model(os.path.join(data_dir, "main-era-model.pth.tar"), torch.device("cpu"))
 torch.manual_seed(7)
 source, driving = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 64)
 with torch.inference_mode():

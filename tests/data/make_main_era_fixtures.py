@@ -2,15 +2,22 @@
     cd <checkout of b0a2b31> && OMP_NUM_THREADS=1 python <this file> OUT_DIR
 A small circles run (stopped at step 3 of 4), its model file, what the model file computes on fixed inputs,
 and the weights the run ends with when resumed to step 4."""
-import glob, os, subprocess, sys, warnings
-import torch, yaml
+import glob
+import os
+import subprocess
+import sys
+import warnings
+
+import torch
+import yaml
 
 REPO = os.getcwd()
 sys.path.insert(0, REPO)
 out = os.path.abspath(sys.argv[1])
 work = os.path.join(out, "work")
 os.makedirs(work, exist_ok=True)
-from scripts.synthetic_dataset import generate_dataset
+from modules.data.synthetic import generate_dataset
+
 data = os.path.join(work, "data")
 generate_dataset(data, seed=0, size=64, num_train_identities=2, num_test_identities=2, clips_per_identity=1,
                  num_frames=6, num_pairs=2)
@@ -26,6 +33,8 @@ config["metrics_params"] = {"landmarks": "none"}
 config_file = os.path.join(work, "fixture-circles.yaml")
 yaml.safe_dump(config, open(config_file, "w"))
 import run
+
+
 def kpmask(*args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -35,14 +44,16 @@ kpmask("--mode", "train", "--config", config_file, "--max_steps", "3", "--log_di
 (run_dir,) = glob.glob(os.path.join(work, "log", "*"))
 (stopped,) = glob.glob(os.path.join(run_dir, "*-interrupted.pth.tar"))
 import shutil
+
 shutil.copy(stopped, os.path.join(out, "main-era-checkpoint.pth.tar"))
 subprocess.run([sys.executable, os.path.join(REPO, "scripts", "export_model.py"), stopped, "--out",
                 os.path.join(out, "main-era-model.pth.tar")], check=True)
 kpmask("--mode", "train", "--checkpoint", run_dir)       # resumed to the end (step 8)
-import logger as run_log
+from modules.inference.loading import load_model
+
 ckpts = sorted(glob.glob(os.path.join(run_dir, "*-checkpoint.pth.tar")))
 final = torch.load(ckpts[-1], weights_only=True)
-config_, model, _ = run_log.load_model(os.path.join(out, "main-era-model.pth.tar"), torch.device("cpu"))
+config_, model, _ = load_model(os.path.join(out, "main-era-model.pth.tar"), torch.device("cpu"))
 torch.manual_seed(7)
 source, driving = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 64)
 with torch.inference_mode():
@@ -52,6 +63,8 @@ with torch.inference_mode():
     relative = model.animate(state, driving, initial, adapt_scale=True).prediction
     keypoints = model.keypoints(driving).value
 import hashlib
+
+
 def digest(t):
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 torch.save({"inputs": "torch.manual_seed(7); source, driving = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 64)",
