@@ -39,7 +39,7 @@ from modules.core.pictures import write_strip
 from modules.data.dataset import FramesDataset, PairedDataset
 from modules.data.video_io import VideoWriter, open_video
 from modules.evaluation.scorer import FrameScorer, exact_joints, score_against_truth, table_lines
-from modules.inference.engines import dataset_frames
+from modules.inference.choice import dataset_frames
 from modules.inference.pipeline import (AnimationOptions, animate_single, choose_motion, prepare_model,  # noqa: F401
                                         steadier, stream_animation)
 from modules.inference.results import pooled, row_means, write_results

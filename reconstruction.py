@@ -32,7 +32,7 @@ from modules.core.pictures import side_by_side, to_uint8, write_strip
 from modules.core.precision import autocast, autocast_dtype
 from modules.data.video_io import VideoWriter
 from modules.evaluation.scorer import FrameScorer, Track, repeat_landmarks, table_lines
-from modules.inference.engines import dataset_frames
+from modules.inference.choice import dataset_frames
 from modules.inference.pipeline import prepare_model
 from modules.inference.results import row_means, write_results
 

@@ -79,7 +79,7 @@ def _config_of(checkpoint: str | None, size: int = 256):
 
 
 SETTINGS = ("torch", "torch-bf16", "torch-fp16", "torch-opt", "torch-opt-bf16", "torch-opt-fp16", "onnxruntime",
-            "openvino", "onnxruntime-int8", "openvino-int8")
+            "openvino", "openvino-bf16", "onnxruntime-int8", "openvino-int8")
 
 
 def engine_of(setting: str) -> str:
@@ -99,7 +99,8 @@ def on_setting(model, setting: str, source, calibration, checkpoint: str | None 
     parts = config.record.export_parts(config.model_params)
     int8 = engines.Int8Calibration.of(capture_inputs(model, parts, source, calibration)[0]) \
         if setting.endswith("-int8") else None
-    return engines.prepare(model, engine, parts, tuple(source.shape[-2:]), "0" * 64, int8)
+    precision = "bf16" if setting.endswith("-bf16") else None     # openvino: its bf16 hint; torch: autocast
+    return engines.prepare(model, engine, parts, tuple(source.shape[-2:]), "0" * 64, int8, precision)
 
 
 def measure(setting: str, batch: int, frames: int, checkpoint: str | None, size: int = 256,

@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from animate_run import cpu_line  # noqa: E402
 from animate_speed import SETTINGS, _model_and_frames, conv_rate, on_setting  # noqa: E402
 
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=[s for s in SETTINGS if "bf16" not in s and "fp16" not in s],
                         choices=[s for s in SETTINGS if "fp16" not in s])
     args = parser.parse_args()
+    print(cpu_line())
     os.environ["KPMASK_CACHE"] = tempfile.mkdtemp(prefix="engines-interleaved-")
     model, source, frames = _model_and_frames(None, args.frames + 4, args.size)
     driving, calibration = frames[:args.frames], frames[args.frames:]

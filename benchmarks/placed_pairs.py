@@ -129,7 +129,7 @@ def run_pair(model, config, args, rng, work: str, number: int, source_name: str,
 def main() -> None:
     import torch
 
-    from modules.inference.engines import load_for_inference
+    from modules.inference.choice import load_for_inference
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=os.path.join(ROOT, "models", "tiny-circles.pth.tar"))

@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import warnings
+from typing import NamedTuple, Optional
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ import run
 from modules.config.loading import load_config
 from modules.core.errors import UserError
 from modules.families.build import build_model
-from modules.inference import engines
+from modules.inference import choice, engines
 from modules.inference.optimize import optimize_for_inference
 from modules.nets.blocks import DownBlock2d, ResBlock2d, SameBlock2d, UpBlock2d
 
@@ -127,13 +129,13 @@ def test_every_engine_animates_within_1e_4_of_pytorch(cache, name, engine):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def still_pair(tmp_path) -> tuple[str, str]:
+def still_pair(tmp_path, count: int = 3) -> tuple[str, str]:
     rng = np.random.default_rng(0)
     source = tmp_path / "source.png"
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(source)
     frames = tmp_path / "driving"
     frames.mkdir()
-    for index in range(3):
+    for index in range(count):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(frames / f"{index:03d}.png")
     return str(source), str(frames)
 
@@ -149,40 +151,85 @@ def engine_line(output: str) -> str:
     return line[line.index("engine:"):]                        # after "precision: ...; "
 
 
-def test_auto_measures_once_says_what_it_chose_and_caches_it(tmp_path, cache):
-    source, driving = still_pair(tmp_path)
+def test_auto_races_on_the_first_frames_says_what_it_chose_and_caches_it(tmp_path, cache):
+    source, driving = still_pair(tmp_path, count=30)
     command = (f"import run; sys.exit(run.main(['--mode', 'animate', '--device', 'cpu', '--checkpoint', "
                f"{SHIPPED_CIRCLES!r}, '--source_image', {source!r}, '--driving_video', {driving!r}, '--engine', "
-               f"'auto', '--overwrite', '--result_video', {str(tmp_path / 'out.mp4')!r}]))")
-    first = in_subprocess(command, cache)
+               f"'{{engine}}', '--overwrite', '--result_video', {{out!r}}]))")
+    first = in_subprocess(command.format(engine="auto", out=str(tmp_path / "auto.mp4")), cache)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "engine: measuring torch, torch-opt, onnxruntime" in first.stdout
+    assert "engine: auto, racing torch, torch-opt, " in first.stdout and "onnxruntime on the first frames" in first.stdout
     with open(cache / "engine-choices.json") as stream:
         (choice,) = json.load(stream).values()
+    times = {tuple(candidate): seconds for candidate, seconds in choice["times"]}
     expected = {"torch", "torch-opt", "onnxruntime"} | ({"openvino"} if "openvino" in first.stdout else set())
-    assert set(choice["times"]) == expected and choice["engine"] == min(choice["times"], key=choice["times"].get)
-    assert engine_line(first.stdout).startswith(f"engine: {choice['engine']} (auto, ms/frame measured on this "
-                                                f"CPU: torch ")
-    # the second run reads the choice instead of measuring
-    second = in_subprocess("from modules.inference import engines\nengines._time_animation = None\n" + command, cache)
+    assert {engine for engine, _ in times} == expected and tuple(choice["chosen"]) == min(times, key=times.get)
+    chosen = choice["chosen"][0]
+    assert f"engine: {chosen} (auto, ms/frame measured on this run's first frames, 2 per turn: torch " in \
+        first.stdout + first.stderr
+    # every frame is there, in order: the race's frames are the result's, as close to eager fp32 as any engine
+    torch_run = in_subprocess(command.format(engine="torch", out=str(tmp_path / "torch.mp4")), cache)
+    assert torch_run.returncode == 0, torch_run.stderr[-2000:]
+    raced, eager = (np.stack(list(iio.imiter(tmp_path / name))).astype(float) for name in ("auto.mp4", "torch.mp4"))
+    assert raced.shape == eager.shape == (30, 64, 64, 3) and np.abs(raced - eager).mean() < 1.0
+    # the second run reads the choice and prepares the winner alone
+    second = in_subprocess(command.format(engine="auto", out=str(tmp_path / "again.mp4")), cache)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "measuring" not in second.stdout
-    assert engine_line(second.stdout).startswith(f"engine: {choice['engine']} (auto")
+    assert "racing" not in second.stdout
+    assert engine_line(second.stdout).startswith(f"engine: {chosen} (auto, ms/frame measured on this CPU before; "
+                                                 f"cached: ")
+
+
+def test_the_race_gives_every_frame_in_order_skips_the_clearly_slower_and_keeps_the_fastest(monkeypatch):
+    """Scripted candidates on a fake clock: each one's frames carry its number, each costs its seconds per
+    frame; the race's output is every frame in order, and after the race the fastest animates alone."""
+    from modules.inference import choice
+
+    clock = [0.0]
+    monkeypatch.setattr(choice.time, "perf_counter", lambda: clock[0])
+    cost = {"torch": 3.0, "torch-opt": 1.0, "openvino": 1.2}
+
+    class Scripted:
+        def __init__(self, name):
+            self.name = name
+
+        def animate(self, state, driving):
+            clock[0] += cost[self.name] * len(driving)
+            return Output(driving * 0 + list(cost).index(self.name), None)
+
+    class Output(NamedTuple):
+        prediction: torch.Tensor
+        unused: Optional[torch.Tensor]
+
+    entrants = [choice.Candidate(name, "no") for name in cost]
+    heard = {}
+    race = choice.EngineRace(entrants, lambda c: Scripted(c.engine), torch.device("cpu"),
+                             lambda times: heard.update(times) or "chosen")
+    frames = torch.arange(20, dtype=torch.float32).view(20, 1, 1, 1).expand(20, 1, 2, 2)
+    out = torch.cat([race.animate(None, frames[i:i + 8]).prediction for i in range(0, 20, 8)])
+    who = out[:, 0, 0, 0].tolist()
+    # torch: warm + one timed turn (3x the best so far is not "clearly slower" before anyone else ran), then
+    # a second; torch-opt three turns; openvino warm + timed, within 1.25x of the best: a second turn too
+    assert who[:6] == [0] * 6 and who[6:12] == [1] * 6 and who[12:18] == [2] * 6 and who[18:] == [1] * 2
+    assert heard == pytest.approx({entrants[0]: 3.0, entrants[1]: 1.0, entrants[2]: 1.2}) and race.winner == entrants[1]
+    assert list(race.models) == [entrants[1]]                                    # the others are freed
+    slow = choice.EngineRace([choice.Candidate("torch-opt", "no"), choice.Candidate("torch", "no")],
+                             lambda c: Scripted(c.engine), torch.device("cpu"), lambda times: "chosen")
+    slow.animate(None, frames[:10])
+    assert slow.winner == ("torch-opt", "no") and len(slow.times[("torch", "no")]) == 1   # no second turn
 
 
 def test_a_missing_engine_is_one_line_and_auto_leaves_it_out(tmp_path, cache, capsys, monkeypatch):
     source, driving = still_pair(tmp_path)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)          # import fails as if not installed
     monkeypatch.setitem(sys.modules, "openvino", None)
-    monkeypatch.setattr(engines, "_time_animation", lambda model, size: 0.5)
     args = ("--checkpoint", SHIPPED_CIRCLES, "--source_image", source, "--driving_video", driving, "--overwrite",
             "--result_video", str(tmp_path / "out.mp4"))
     assert animate(*args, "--engine", "onnxruntime") == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "onnxruntime is not installed (pip install onnxruntime==" in error
     assert animate(*args, "--engine", "auto") == 0
-    assert engine_line(capsys.readouterr().out).startswith("engine: torch (auto, ms/frame measured on this CPU: "
-                                                           "torch 500.0, torch-opt 500.0)")
+    assert engine_line(capsys.readouterr().out).startswith("engine: auto, racing torch, torch-opt on the first")
     assert animate(*args, "--engine", "auto", "--mixed_precision", "int8") == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "int8 needs onnxruntime or openvino" in error
@@ -190,16 +237,15 @@ def test_a_missing_engine_is_one_line_and_auto_leaves_it_out(tmp_path, cache, ca
 
 def test_a_family_that_exports_nothing_runs_on_pytorch(cache):
     model = random_model("tiny-heatmap.yaml")
-    _, name, line = engines.choose_engine(lambda: model, (), (64, 64), SHIPPED_CIRCLES, "torch",
-                                          torch.device("cpu"), None)
-    assert name == "torch" and line == "engine: torch (eager)"
-    assert engines.candidates("auto", (), torch.device("cpu"), None) == ["torch", "torch-opt"]
+    chosen = choice.choose_engine(lambda: model, (), (64, 64), SHIPPED_CIRCLES, "torch", torch.device("cpu"), "no")
+    assert chosen.candidate == ("torch", "no") and chosen.line == "engine: torch (eager)"
+    assert choice.candidates("auto", (), torch.device("cpu"), "no") == [("torch", "no"), ("torch-opt", "no")]
     with pytest.raises(UserError, match="--engine onnxruntime: this model family exports no parts"):
-        engines.choose_engine(lambda: model, (), (64, 64), SHIPPED_CIRCLES, "onnxruntime", torch.device("cpu"), None)
-    with pytest.raises(UserError, match="autocast"):
-        engines.candidates("openvino", ("part",), torch.device("cpu"), "bf16")
+        choice.choose_engine(lambda: model, (), (64, 64), SHIPPED_CIRCLES, "onnxruntime", torch.device("cpu"), "no")
+    with pytest.raises(UserError, match="--engine onnxruntime with --mixed_precision bf16: it runs fp32 or int8"):
+        choice.candidates("onnxruntime", ("part",), torch.device("cpu"), "bf16")
     with pytest.raises(UserError, match="int8 runs on the exported engines"):
-        engines.candidates("torch-opt", ("part",), torch.device("cpu"), "int8")
+        choice.candidates("torch-opt", ("part",), torch.device("cpu"), "int8")
 
 
 def test_a_damaged_cached_graph_is_exported_again(cache):
@@ -273,10 +319,13 @@ def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, mo
     monkeypatch.setattr(precision, "CPUINFO", str(cpuinfo))
     monkeypatch.delenv("KPMASK_PRECISION", raising=False)
     chosen, line = precision.inference_precision(None, torch.device("cpu"))
-    assert chosen == expected
-    assert line.startswith("precision: bf16 (auto: this CPU has") if expected == "bf16" else \
-        "precision: fp32 (auto: no native bf16" in line
+    assert chosen == "auto"                                     # chosen with the engine, among what is native
+    assert line.startswith("precision: auto (fp32 or bf16, with the engine: this CPU has") if expected == "bf16" \
+        else "precision: fp32 (auto: no native bf16" in line
     assert precision.inference_precision("no", torch.device("cpu"))[0] == "no"       # an explicit choice stays
+    labels = [c.label for c in choice.candidates("auto", ("part",), torch.device("cpu"), "auto")]
+    assert ("torch-opt bf16" in labels) == (expected == "bf16") and "onnxruntime bf16" not in labels
+    assert labels[:2] == ["torch", "torch-opt"] and "torch int8" not in labels      # int8 only when asked
 
 
 def test_auto_precision_is_refused_for_training(capsys):
@@ -287,3 +336,27 @@ def test_auto_precision_is_refused_for_training(capsys):
     assert run.main(["--mode", "train", "--config", config_path("tiny-heatmap.yaml"), "--mixed_precision",
                      "int8"]) == 2
     assert "--mixed_precision int8 is for reconstruction and animate" in capsys.readouterr().err
+
+
+def test_prepare_engine_races_ahead_of_time_so_the_first_run_starts_on_the_winner(tmp_path, cache):
+    prepare = [sys.executable, os.path.join(ROOT, "scripts", "prepare_engine.py"), SHIPPED_CIRCLES]
+    env = dict(os.environ, KPMASK_CACHE=str(cache), PYTHONWARNINGS="ignore")
+    done = subprocess.run(prepare, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "engine: auto, racing torch, torch-opt" in done.stdout
+    (choice,) = json.loads((cache / "engine-choices.json").read_text()).values()
+    winner = choice["chosen"][0]
+    assert f"engine: {winner} (auto, ms/frame measured on this run's first frames" in done.stdout + done.stderr
+    source, driving = still_pair(tmp_path)
+    command = (f"import run; sys.exit(run.main(['--mode', 'animate', '--device', 'cpu', '--checkpoint', "
+               f"{SHIPPED_CIRCLES!r}, '--source_image', {source!r}, '--driving_video', {driving!r}, '--overwrite', "
+               f"'--engine', 'auto', '--mixed_precision', 'auto', '--result_video', {str(tmp_path / 'out.mp4')!r}]))")
+    run_after = in_subprocess(command, cache)
+    assert run_after.returncode == 0, run_after.stderr[-2000:]
+    assert "racing" not in run_after.stdout and f"engine: {winner} (auto, ms/frame measured on this CPU before" \
+        in run_after.stdout
+    missing = subprocess.run([*prepare, "--video", str(tmp_path / "nowhere.mp4")], capture_output=True, text=True,
+                             env=env)
+    error = missing.stderr.strip()
+    assert missing.returncode == 2 and len(error.splitlines()) == 1 and error.startswith("error: --video ") \
+        and error.endswith("nowhere.mp4: file not found")

@@ -157,8 +157,8 @@ def test_real_frames_landmarks_are_found_once_per_process(monkeypatch):
     import numpy as np
     import torch
 
-    from modules.evaluation.landmarks import Landmarks
     from modules.evaluation import scorer as evaluation
+    from modules.evaluation.landmarks import Landmarks
 
     calls = []
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from modules.data.synthetic import (JOINT_INDEX, JOINTS, LIMB_FIELDS, MIN_LIMB_LENGTH_RATIO, POSE_PARAMS, POSE_RANGES,
                                     SEGMENTS, STANDING_HEIGHT_RANGE, forward_kinematics, generate_dataset, identity_of,
                                     load_identities, load_pairs, load_splits, read_video, render, sample_identities,

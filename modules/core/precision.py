@@ -41,14 +41,15 @@ def native_bf16(device: torch.device) -> Optional[str]:
     return None
 
 
-def inference_precision(precision: Optional[str], device: torch.device) -> tuple[Optional[str], str]:
-    """Animation and reconstruction: ``auto`` (the default, None too) becomes bf16 where the hardware runs it
-    natively and fp32 elsewhere; an explicit choice stays. Returns (precision, the line that says so)."""
+def inference_precision(precision: Optional[str], device: torch.device) -> tuple[str, str]:
+    """Animation and reconstruction: ``auto`` (the default, None too) stays auto, chosen together with the
+    engine (modules/inference/choice.py) among fp32 and, where the hardware runs it natively, bf16; an explicit
+    choice stays. Returns (precision, the line that says so)."""
     if precision is None:
         precision = os.environ.get("KPMASK_PRECISION", "auto")      # the tests pin fp32 with "no"
     if precision != "auto":
         return precision, f"precision: {'fp32' if precision == 'no' else precision} (as asked)"
     reason = native_bf16(device)
     if reason:
-        return "bf16", f"precision: bf16 (auto: {reason}; --mixed_precision no for fp32)"
-    return "no", "precision: fp32 (auto: no native bf16 here, where bf16 autocast would be slower)"
+        return "auto", f"precision: auto (fp32 or bf16, with the engine: {reason})"
+    return "auto", "precision: fp32 (auto: no native bf16 here, where bf16 autocast would be slower)"

@@ -29,12 +29,11 @@ from modules.core.pictures import side_by_side, to_uint8
 from modules.core.precision import autocast, autocast_dtype, inference_precision
 from modules.data.dataset import frames_to_tensor
 from modules.data.video_io import WRITABLE_EXTENSIONS, VideoWriter, load_image, open_video, resize_frame
+from modules.inference.choice import CALIBRATION_FRAMES, load_for_inference
 from modules.inference.crop import CropPlan, crop_to, parse_box, plan_crops
-from modules.inference.engines import load_for_inference
 from modules.inference.smoothing import KeypointSmoother
 
 FITS = ("crop", "resize")
-CALIBRATION_FRAMES = 8                 # --mixed_precision int8: the driving frames it calibrates on
 
 
 def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str) -> np.ndarray:
@@ -211,17 +210,17 @@ class Prepared:
 def prepare_model(checkpoint_path: str, device: torch.device, *, precision: Optional[str] = None,
                   engine: Optional[str] = None, config_path: Optional[str] = None, ablation: Optional[str] = None,
                   calibrate: Optional[Callable] = None, channels_last: bool = True) -> Prepared:
-    """The inference preamble of every mode: choose the precision (``None``: this device's default), load the
-    model on the engine (``None``: the default; modules/inference/engines.py), print one line saying both.
+    """The inference preamble of every mode: load the model on the engine and precision asked for (``None``: the
+    defaults, auto, which choose both together; modules/inference/choice.py) and print one line saying which.
     ``channels_last``: NHWC weights, as animation feeds its frames (reconstruction keeps the stored layout)."""
     precision, precision_line = inference_precision(precision, device)
-    config, model, checkpoint, engine_line = load_for_inference(
+    config, model, checkpoint, chosen = load_for_inference(
         checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision,
         calibrate=calibrate)
-    print(precision_line + "; " + engine_line)
+    print(precision_line + "; " + chosen.line)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return Prepared(config, model, checkpoint, precision)
+    return Prepared(config, model, checkpoint, chosen.precision)
 
 
 def animate_single(checkpoint_path: str, source_image: str, driving_video: str,

@@ -1,0 +1,335 @@
+"""Choosing the engine and the precision together: ``--engine auto`` with ``--mixed_precision auto`` (the defaults).
+
+The rule (docs/inference.md, "How auto chooses"):
+
+- the candidates are the (engine, precision) pairs that are installed and exact enough on this device: torch
+  and torch-opt in fp32; onnxruntime and openvino in fp32 where the family exports parts and the run is on the
+  CPU; and where the hardware runs bf16 natively (AMX, AVX512-BF16, a GPU that supports it) also torch and
+  torch-opt under bf16 autocast and openvino with its bf16 hint. int8 is never a candidate unless asked
+  (``--mixed_precision int8``: then the candidates are the exported engines, quantised); an explicit engine or
+  precision narrows the candidates to it;
+- they race on the run's own first frames (``EngineRace``): each candidate animates PROBE frames to warm up
+  (compiling, allocating), then PROBE frames timed, and PROBE more only if it is not already clearly slower
+  (SLOWER) than the best so far. Every frame of the race is a frame of the result, so a first run pays only for
+  preparing the candidates (the rewrite, one ONNX export shared by both exported engines, a session or a
+  compile), not for timing them;
+- the fastest animates the rest, and the choice is cached under ``$KPMASK_CACHE`` keyed by the model file's
+  hash, the frame size, the precision asked, the package versions, the CPU and the thread count: a later run
+  prepares the winner alone. ``scripts/prepare_engine.py`` runs the race ahead of time.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from modules.config.family import ExportPart
+from modules.core.errors import UserError
+from modules.core.outputs import write_json
+from modules.core.precision import autocast, autocast_dtype, native_bf16
+from modules.inference.engines import (ENGINES, EXPORTED, PINS, Int8Calibration, cache_dir, cpu_name, default_engine,
+                                       engine_versions, graph_folder, import_engine, installed, prepare)
+from modules.inference.export import capture_inputs, file_digest, samples_digest
+
+PROBE = 2               # frames a candidate animates per turn of the race
+SLOWER = 1.25           # a candidate this much slower than the best after its first timed turn gets no second
+# int8 calibrates on the source and this many driving frames: 4 gave what 8 gave (taichi-256 networks, random
+# weights, AVX2 EPYC: 62.8 dB on the calibration frames, 49.3 dB over a 48-frame clip against eager fp32), with
+# half the frames in the fp32 pass and in ONNX Runtime's calibration.
+CALIBRATION_FRAMES = 4
+
+
+class Candidate(NamedTuple):
+    engine: str
+    precision: str      # 'no' (fp32), 'bf16' or 'int8'
+
+    @property
+    def label(self) -> str:
+        return self.engine if self.precision == "no" else f"{self.engine} {self.precision}"
+
+
+def candidates(engine: str, parts: Sequence[ExportPart], device: torch.device,
+               precision: Optional[str]) -> list[Candidate]:
+    """The (engine, precision) pairs ``engine`` and ``precision`` ('auto' or None: this device's choice) allow
+    here; a one-line error when the asked pair cannot run this model, device or precision."""
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    precision = precision or "auto"
+    problem = ("this model family exports no parts" if not parts else
+               f"the exported engines run on the CPU; this run uses {device}" if device.type != "cpu" else None)
+    # OpenVINO first: the faster of the two on every CPU kind met so far, so that ONNX Runtime's second timed
+    # turn is skipped when it is clearly slower
+    exported = [name for name in ("openvino", "onnxruntime") if not problem and installed(name)]
+    if precision == "int8":
+        if engine == "auto":
+            if problem:
+                raise UserError(f"--mixed_precision int8 runs on the exported engines: {problem}")
+            if not exported:
+                raise UserError(f"--mixed_precision int8 needs onnxruntime or openvino (pip install "
+                                f"{PINS['onnxruntime']})")
+            return [Candidate(name, "int8") for name in exported]
+        if engine not in EXPORTED:
+            raise UserError(f"--engine {engine} with --mixed_precision int8: int8 runs on the exported engines "
+                            f"(--engine auto, onnxruntime or openvino)")
+    if engine in EXPORTED:
+        if problem:
+            raise UserError(f"--engine {engine}: {problem}; use --engine torch")
+        import_engine(engine)
+        if precision == "fp16" or (precision == "bf16" and engine == "onnxruntime"):
+            raise UserError(f"--engine {engine} with --mixed_precision {precision}: it runs fp32"
+                            f"{', bf16' if engine == 'openvino' else ''} or int8 (use --engine torch for "
+                            f"{precision} autocast)")
+    precisions = [precision] if precision != "auto" else ["no"] + (["bf16"] if native_bf16(device) else [])
+    engines = [engine] if engine != "auto" else ["torch", "torch-opt"] + exported
+    return [Candidate(name, chosen) for chosen in precisions for name in engines
+            if not (chosen == "bf16" and name == "onnxruntime") and not (chosen == "fp16" and name in EXPORTED)]
+
+
+def _joined(pieces: list) -> Any:
+    """Outputs of consecutive chunks of one batch as one output: tensors concatenated along the batch,
+    NamedTuples field by field, None kept."""
+    first = pieces[0]
+    if len(pieces) == 1 or first is None:
+        return first
+    if torch.is_tensor(first):
+        return torch.cat(pieces)
+    return type(first)(*(_joined([piece[i] for piece in pieces]) for i in range(len(first))))
+
+
+class EngineRace:
+    """Stands for the model while the candidates race on a run's first frames, then for the winner. Each
+    candidate's model is prepared when its first turn comes (``make``); ``finish(times)`` hears each
+    candidate's best seconds per frame and returns the line that says what was chosen."""
+
+    def __init__(self, entrants: Sequence[Candidate], make: Callable[[Candidate], nn.Module], device: torch.device,
+                 finish: Callable[[dict[Candidate, float]], str]):
+        self.make, self.device, self.finish = make, device, finish
+        self.turns = [(candidate, turn) for candidate in entrants for turn in ("warm", "timed", "again")]
+        self.times: dict[Candidate, list[float]] = {candidate: [] for candidate in entrants}
+        self.models: dict[Candidate, nn.Module] = {}
+        self.layout: dict[str, Any] = {}
+        self.first, self.winner, self.line = entrants[0], None, None
+        self._model(self.first)
+
+    # what the pipeline calls
+    def encode_source(self, *args, **kwargs):
+        return self._call(self.winner or self.first, "encode_source", *args, **kwargs)
+
+    def keypoints(self, *args, **kwargs):
+        return self._call(self.winner or self.first, "keypoints", *args, **kwargs)
+
+    def visual_columns(self, *args, **kwargs):
+        return self._call(self.winner or self.first, "visual_columns", *args, **kwargs)
+
+    def to(self, *args, **kwargs) -> "EngineRace":
+        self.layout = {"args": args, "kwargs": kwargs}
+        for model in self.models.values():
+            model.to(*args, **kwargs)
+        return self
+
+    def animate(self, state, driving: torch.Tensor, *args, **kwargs):
+        pieces, done = [], 0
+        while self.winner is None and done < len(driving):
+            candidate, turn = self.turns.pop(0)
+            chunk = driving[done:done + PROBE]
+            started = time.perf_counter()
+            pieces.append(self._call(candidate, "animate", state, chunk, *args, **kwargs))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            if turn != "warm":
+                self.times[candidate].append((time.perf_counter() - started) / len(chunk))
+            done += len(chunk)
+            self._skip_clearly_slower()
+        if done < len(driving):
+            pieces.append(self._call(self.winner, "animate", state, driving[done:], *args, **kwargs))
+        return _joined(pieces)
+
+    # the race
+    def _model(self, candidate: Candidate) -> nn.Module:
+        if candidate not in self.models:
+            self.models[candidate] = self.make(candidate)
+            if self.layout:
+                self.models[candidate].to(*self.layout["args"], **self.layout["kwargs"])
+        return self.models[candidate]
+
+    def _call(self, candidate: Candidate, method: str, *args, **kwargs):
+        with autocast(self.device, autocast_dtype(candidate.precision, self.device)):
+            return getattr(self._model(candidate), method)(*args, **kwargs)
+
+    def _skip_clearly_slower(self) -> None:
+        best = {c: min(t) for c, t in self.times.items() if t}
+        while self.turns and self.turns[0][1] == "again":
+            candidate = self.turns[0][0]
+            others = [seconds for c, seconds in best.items() if c != candidate]
+            if not others or best[candidate] <= SLOWER * min(others):
+                break
+            self.turns.pop(0)                       # already clearly slower: no second timed turn
+        if not self.turns:
+            self.winner = min(best, key=best.get)
+            self.line = self.finish(best)
+            self.models = {self.winner: self.models[self.winner]}       # the others are freed
+            tqdm.write(self.line)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# int8's calibration and its PSNR against fp32
+
+def _read_json(path: str) -> dict:
+    """A cached JSON table (engine choices, int8 PSNRs), or {} when there is none or it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError):
+        return {}                             # measured again
+
+
+def _psnr(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    mse = (reference.float() - candidate.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def _int8_calibration(load: Callable[[], nn.Module], parts: Sequence[ExportPart], size: tuple[int, int],
+                      calibrate: Optional[Callable[[tuple[int, int]], tuple]],
+                      model_sha256: str) -> tuple[Int8Calibration, Callable[[nn.Module, str], str]]:
+    """(the calibration set, a function giving an int8 model's PSNR line against fp32). ``calibrate(size)``
+    gives the frames: source (1, 3, H, W), driving (n, 3, H, W); without it, random frames. The PSNR is
+    measured once per calibration set and engine and cached beside the quantised graphs.
+
+    A model quantised before (on another clip's frames) is reused: its static int8 ranges carry over between
+    clips of one model, and a new clip would otherwise pay an fp32 pass and a calibration on every first run.
+    Delete ``int8-*`` in the model's cache folder to calibrate again."""
+    if calibrate is None:
+        frames = torch.rand(1 + CALIBRATION_FRAMES, 3, *size, generator=torch.Generator().manual_seed(0))
+        source, driving = frames[:1], frames[1:]
+    else:
+        source, driving = calibrate(size)
+    folder = graph_folder(model_sha256, size)
+    digest = samples_digest({"frames": [(source, driving)]})
+    earlier = sorted(glob.glob(os.path.join(folder, "int8-*.json")), key=os.path.getmtime)
+    reused = bool(earlier) and not os.path.isfile(os.path.join(folder, f"int8-{digest}.json"))
+    if reused:
+        digest = os.path.basename(earlier[-1])[len("int8-"):-len(".json")]
+    captured = {}                             # the fp32 pass: the parts' inputs and the reference predictions
+
+    def samples() -> dict:
+        captured["samples"], captured["reference"] = capture_inputs(load(), parts, source, driving)
+        return captured["samples"]
+
+    calibration = Int8Calibration(digest, samples)            # runs samples() once, when first asked
+    psnr_file = os.path.join(folder, f"int8-{digest}.json")
+
+    def psnr_line(model: nn.Module, engine: str) -> str:
+        stored = _read_json(psnr_file)
+        where = "random frames" if calibrate is None else f"the {len(driving)} calibration frames"
+        if engine not in stored:
+            calibration.samples()
+            with torch.inference_mode():
+                prediction = model.animate(model.encode_source(source), driving).prediction
+            stored[engine] = _psnr(captured["reference"], prediction)
+            write_json(psnr_file, stored)
+            where = where if not reused else f"this run's first {len(driving)} frames (calibrated by an earlier run)"
+        elif reused:
+            where = "the frames an earlier run calibrated it on (reused)"
+        return f"int8: PSNR {stored[engine]:.1f} dB against fp32 on {where}"
+    return calibration, psnr_line
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Choosing
+
+class Chosen(NamedTuple):
+    model: Any              # the model on its engine, or an EngineRace that becomes the winner
+    candidate: Optional[Candidate]   # None while a race decides
+    line: str               # what runs and why (printed before the first frame)
+    precision: str          # the autocast the caller wraps the model's calls in ('no' during a race: it does)
+
+
+def _times_line(times: dict, chosen: Candidate, where: str) -> str:
+    measured = ", ".join(f"{Candidate(*c).label} {seconds * 1000:.1f}" for c, seconds in times)
+    return f"engine: {chosen.label} (auto, ms/frame measured on {where}: {measured})"
+
+
+def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], size: tuple[int, int],
+                  model_path: str, engine: str, device: torch.device, precision: Optional[str],
+                  calibrate: Optional[Callable[[tuple[int, int]], tuple]] = None) -> Chosen:
+    """The model on the engine and precision ``engine``/``precision`` allow (the module doc's rule). ``load()``
+    gives a fresh model (candidates must not share a rewritten part)."""
+    entrants = candidates(engine, parts, device, precision)
+    digest = file_digest(model_path)
+    int8, psnr_line = _int8_calibration(load, parts, size, calibrate, digest) if precision == "int8" else (None, None)
+
+    def make(candidate: Candidate) -> nn.Module:
+        return prepare(load(), candidate.engine, parts, size, digest, int8, candidate.precision)
+
+    def with_psnr(model: nn.Module, candidate: Candidate, line: str) -> str:
+        return line + (f"; {psnr_line(model, candidate.engine)}" if int8 else "")
+
+    if len(entrants) == 1:
+        (only,) = entrants
+        model = make(only)
+        how = "eager" if only.engine == "torch" and engine != "auto" else \
+            "auto: the one that can run this" if engine == "auto" else "as asked"
+        return Chosen(model, only, with_psnr(model, only, f"engine: {only.label} ({how})"), only.precision)
+    choice_file = os.path.join(cache_dir(), "engine-choices.json")
+    choice_key = (f"{digest[:24]}-{size[0]}x{size[1]} | {precision or 'auto'} | {engine_versions()} | {cpu_name()} | "
+                  f"{torch.get_num_threads()} threads | {', '.join(c.label for c in entrants)}")
+    cached = _read_json(choice_file).get(choice_key)
+    if cached is not None:
+        winner = Candidate(*cached["chosen"])
+        model = make(winner)
+        line = _times_line(cached["times"], winner, "this CPU before; cached")
+        return Chosen(model, winner, with_psnr(model, winner, line), winner.precision)
+
+    def finish(times: dict[Candidate, float]) -> str:
+        winner = min(times, key=times.get)
+        table = [(list(c), seconds) for c, seconds in times.items()]
+        choices = _read_json(choice_file)
+        choices[choice_key] = {"times": table, "chosen": list(winner)}
+        try:
+            write_json(choice_file, choices)
+        except OSError:                       # an unwritable cache: the choice holds for this run only
+            pass
+        line = _times_line(table, winner, f"this run's first frames, {PROBE} per turn")
+        return with_psnr(race.models[winner], winner, line)
+
+    race = EngineRace(entrants, make, device, finish)
+    line = (f"engine: auto, racing {', '.join(c.label for c in entrants)} on the first frames (once per model "
+            f"file, size and CPU; cached in {choice_file})")
+    return Chosen(race, None, line, "no")
+
+
+def dataset_frames(config, count: int = CALIBRATION_FRAMES) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8's calibration frames in the dataset modes: the first test video's frame 0 and first ``count``
+    frames."""
+    from modules.data.dataset import FramesDataset, frames_to_tensor
+
+    video = FramesDataset.from_config(config.dataset_params, is_train=False).video(0)
+    frames = video.read(list(range(min(count, len(video)))))
+    return frames_to_tensor(frames[:1]), frames_to_tensor(frames)
+
+
+def load_for_inference(path: str, device: torch.device, *, config_path: Optional[str] = None,
+                       ablation: Optional[str] = None, engine: Optional[str] = None,
+                       precision: Optional[str] = None,
+                       calibrate: Optional[Callable[[Any], tuple]] = None) -> tuple[Any, Any, dict, Chosen]:
+    """``modules.inference.loading.load_model`` on the engine and precision asked for (None: ``default_engine()``
+    and auto): (config, model, checkpoint, what was chosen). ``calibrate(config)`` gives int8's calibration
+    frames (source (1, 3, H, W), driving (n, 3, H, W)); without it int8 calibrates on random frames."""
+    from modules.inference.loading import load_model
+
+    config, model, checkpoint = load_model(path, device, config_path, ablation)
+    first = [model]
+
+    def load() -> nn.Module:
+        return first.pop() if first else load_model(path, device, config_path, ablation)[1]
+
+    parts = config.record.export_parts(config.model_params)
+    chosen = choose_engine(load, parts, config.dataset_params.size, checkpoint["path"], engine or default_engine(),
+                           device, precision, (lambda size: calibrate(config)) if calibrate else None)
+    return config, chosen.model, checkpoint, chosen
