@@ -1,5 +1,6 @@
 # `make demo`: set up .venv on a fresh machine and run the main job (the demo animation) with the shipped model.
-# `make test`: set up .venv if needed and run the test suite (its browser tests need Debian's chromium).
+# `make test`: set up .venv if needed and run the test suite (its browser tests need Debian's chromium; without it
+# they are skipped with one loud line, unless KPMASK_REQUIRE_BROWSER is set, as .ci/run does).
 # `make app`: serve the web page on http://127.0.0.1:7860 (the shipped models; Ctrl-C stops it).
 PYTHON ?= python3
 VENV := .venv

@@ -159,3 +159,13 @@ def save_fomm_checkpoint(path: str, kp_detector_state: dict, prefix: str = "") -
                 "optimizer_generator": {}, "optimizer_discriminator": {}, "optimizer_kp_detector": {},
                 "epoch": 3}, path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One loud line when the browser tests were skipped for lack of a browser (tests/test_browser.py)."""
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "the browser tests need " in reason:
+            reason = reason[reason.index("the browser tests need "):]
+            terminalreporter.write_line(f"BROWSER TESTS SKIPPED: {reason}", yellow=True, bold=True)
+            return
