@@ -360,3 +360,45 @@ def test_prepare_engine_races_ahead_of_time_so_the_first_run_starts_on_the_winne
     error = missing.stderr.strip()
     assert missing.returncode == 2 and len(error.splitlines()) == 1 and error.startswith("error: --video ") \
         and error.endswith("nowhere.mp4: file not found")
+
+
+def test_a_cached_graph_of_another_model_is_never_run_but_exported_again(cache):
+    """The JSON beside a graph can be copied with it: the graph's own stamp (the model file's hash and frame
+    size in its metadata) decides, and a graph that lacks this model's stamp is exported again."""
+    from modules.inference.export import STAMP, graph_stamp
+
+    config = load_config(config_path("tiny-heatmap.yaml"))
+    parts = config.record.export_parts(config.model_params)
+    other = random_model("tiny-heatmap.yaml")
+    with torch.no_grad():
+        for parameter in other.generator.parameters():
+            parameter.add_(0.1)
+    engines.use_exported(other, parts, (64, 64), "e" * 64, "onnxruntime")            # another model's graphs
+    mine = random_model("tiny-heatmap.yaml")
+    engines.use_exported(random_model("tiny-heatmap.yaml"), parts, (64, 64), "d" * 64, "onnxruntime")
+    (foreign,) = (cache / "onnx").glob("eeee*/generator.onnx")
+    (placed,) = (cache / "onnx").glob("dddd*/generator.onnx")
+    placed.write_bytes(foreign.read_bytes())                     # put in this model's place, its JSON kept
+    assert graph_stamp(str(placed)).startswith("e" * 64)
+    with pytest.warns(UserWarning, match="not stamped with this model file.s hash"):
+        engines.use_exported(mine, parts, (64, 64), "d" * 64, "onnxruntime")
+    assert graph_stamp(str(placed)) == f"{'d' * 64} 64x64" and STAMP == "kpmask.model"
+    reference = random_model("tiny-heatmap.yaml")
+    source, driving = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    for got, expected in zip(_animate(mine, source, driving), _animate(reference, source, driving)):
+        assert (got - expected).abs().max() < 1e-4                 # this model's frames, not the other's
+
+
+def test_an_unwritable_cache_works_in_a_temporary_folder_with_one_warning(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    source, driving = still_pair(tmp_path)
+    out = tmp_path / "out.mp4"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "--mode", "animate", "--device", "cpu",
+                           "--checkpoint", SHIPPED_CIRCLES, "--source_image", source, "--driving_video", driving,
+                           "--result_video", str(out), "--engine", "onnxruntime"], capture_output=True, text=True,
+                          env=dict(os.environ, KPMASK_CACHE=str(blocker / "cache")))    # below a file: impossible
+    assert done.returncode == 0, done.stderr[-1500:]
+    warned = [line for line in done.stderr.splitlines() if "the engine cache cannot be written" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARNING: ") and "Traceback" not in done.stderr
+    assert out.is_file() and not (blocker / "cache").exists()

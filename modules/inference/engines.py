@@ -27,7 +27,8 @@ from torch import nn
 
 from modules.config.family import ExportPart
 from modules.core.errors import UserError
-from modules.inference.export import cache_dir, exported_graph, named_type, quantize_graph, samples_digest, submodule
+from modules.inference.export import (cache_dir, exported_graph, graph_stamp, named_type, quantize_graph,
+                                      samples_digest, stamp_of, submodule)
 from modules.inference.optimize import rewrite_blocks
 
 ENGINES = ("auto", "torch", "torch-opt", "onnxruntime", "openvino")
@@ -182,13 +183,14 @@ def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int,
     ``int8``'s calibration (once per calibration set), and run it on ``engine`` from now on."""
     import_engine(engine)
     folder = graph_folder(model_sha256, size)
+    stamp = stamp_of(model_sha256, size)
     for spec in parts:
         graph, meta = exported_graph(model, spec, size, folder, model_sha256)
         quantized = int8 is not None and spec.quantize
         if quantized:
             quantized_path = os.path.join(folder, f"{spec.path}.int8-{int8.digest}.onnx")
-            if not os.path.isfile(quantized_path):
-                quantize_graph(graph, int8.samples()[spec.path], quantized_path)
+            if not os.path.isfile(quantized_path) or graph_stamp(quantized_path) != stamp:
+                quantize_graph(graph, int8.samples()[spec.path], quantized_path, stamp)
             graph = quantized_path
         try:
             runner = RUNNERS[engine](graph, meta, spec, bf16)
@@ -198,7 +200,7 @@ def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int,
             os.remove(graph)
             graph, meta = exported_graph(model, spec, size, folder, model_sha256, fresh=not quantized)
             if quantized:
-                graph = quantize_graph(graph, int8.samples()[spec.path], quantized_path)
+                graph = quantize_graph(graph, int8.samples()[spec.path], quantized_path, stamp)
             runner = RUNNERS[engine](graph, meta, spec, bf16)
         submodule(model, spec.path).forward = runner
 

@@ -10,11 +10,14 @@ and the frame size, so a model file exports once per size; a damaged graph is ex
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
@@ -29,8 +32,28 @@ from modules.inference.optimize import optimize_for_inference
 OPSET = 17
 
 
+_WRITABLE: dict[str, str] = {}              # the cache folder asked for -> the one this process uses
+
+
 def cache_dir() -> str:
-    return os.environ.get("KPMASK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kpmask")
+    """``$KPMASK_CACHE`` or ``~/.cache/kpmask``. Where it cannot be written (a read-only folder, a full disk), a
+    temporary folder for this process instead, with one warning: the run works, and only the next one pays for
+    exporting and choosing again."""
+    wanted = os.environ.get("KPMASK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kpmask")
+    if wanted not in _WRITABLE:
+        try:
+            os.makedirs(wanted, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=wanted):
+                pass
+            _WRITABLE[wanted] = wanted
+        except OSError as error:
+            folder = tempfile.mkdtemp(prefix="kpmask-cache-")
+            atexit.register(shutil.rmtree, folder, True)
+            warnings.warn(f"{wanted}: the engine cache cannot be written ({error.strerror or error}); this run "
+                          f"works in a temporary folder instead (set KPMASK_CACHE to a writable folder to keep "
+                          f"exported graphs and engine choices)", UserWarning)
+            _WRITABLE[wanted] = folder
+    return _WRITABLE[wanted]
 
 
 def submodule(model: nn.Module, path: str) -> nn.Module:
@@ -119,6 +142,36 @@ def export_part(part: nn.Module, spec: ExportPart, size: tuple[int, int], path: 
     return {"type": kind, "fields": all_fields, "tensors": fields, "inputs": list(input_names)}
 
 
+STAMP = "kpmask.model"                     # the graph's own metadata: the model file's sha256 and the frame size
+
+
+def stamp_of(model_sha256: str, size: tuple[int, int]) -> str:
+    return f"{model_sha256} {size[0]}x{size[1]}"
+
+
+def stamp_graph(path: str, stamp: str) -> None:
+    """Write ``stamp`` into the graph's own metadata (atomically): the graph itself then proves which model
+    file and frame size it was made from, whatever the JSON beside it says."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False)
+    del graph.metadata_props[:]
+    graph.metadata_props.add(key=STAMP, value=stamp)
+    with atomic_file(path) as partial:
+        onnx.save(graph, partial)
+
+
+def graph_stamp(path: str) -> Optional[str]:
+    """The stamp inside a cached graph (None: none, or not a readable graph)."""
+    import onnx
+
+    try:
+        graph = onnx.load(path, load_external_data=False)
+    except Exception:                        # damaged: the callers export it again
+        return None
+    return next((entry.value for entry in graph.metadata_props if entry.key == STAMP), None)
+
+
 def exported_graph(model: nn.Module, spec: ExportPart, size: tuple[int, int], folder: str, model_sha256: str,
                    fresh: bool = False) -> tuple[str, dict[str, Any]]:
     """(graph path, metadata) of ``spec``'s part of ``model`` (whose file has hash ``model_sha256``) under
@@ -127,6 +180,7 @@ def exported_graph(model: nn.Module, spec: ExportPart, size: tuple[int, int], fo
     graph, meta_path = os.path.join(folder, spec.path + ".onnx"), os.path.join(folder, spec.path + ".json")
     if fresh or not (os.path.isfile(graph) and os.path.isfile(meta_path)):
         meta = export_part(submodule(model, spec.path), spec, size, graph)
+        stamp_graph(graph, stamp_of(model_sha256, size))
         write_json(meta_path, meta | {"model_sha256": model_sha256, "size": list(size)})
     try:
         with open(meta_path, encoding="utf-8") as stream:
@@ -142,6 +196,14 @@ def exported_graph(model: nn.Module, spec: ExportPart, size: tuple[int, int], fo
     except LookupError:                     # written by an older layout of the code: its output type moved
         if fresh:
             raise
+        return exported_graph(model, spec, size, folder, model_sha256, fresh=True)
+    if graph_stamp(graph) != stamp_of(model_sha256, size):
+        if fresh:
+            raise UserError(f"{graph}: cannot stamp the exported graph with its model file's hash")
+        # the JSON beside it says this model, the graph itself does not (another model's graph put in its place,
+        # or one exported before graphs carried a stamp): never run it, export it again
+        warnings.warn(f"{graph}: not stamped with this model file's hash (another model's graph, or damaged); "
+                      f"exported again", UserWarning)
         return exported_graph(model, spec, size, folder, model_sha256, fresh=True)
     return graph, meta
 
@@ -197,7 +259,7 @@ def samples_digest(samples: dict[str, list[tuple[torch.Tensor, ...]]]) -> str:
 
 
 def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
-                   path: str) -> str:
+                   path: str, stamp: Optional[str] = None) -> str:
     """Post-training static int8 quantisation of ``graph`` into ``path``, calibrated on ``samples``: QDQ
     format, per-channel int8 weights, uint8 activations with a 7-bit range (on CPUs without VNNI, the AVX2
     u8 x s8 multiply saturates at full range), min-max calibration. (The caller caches: engines.use_exported
@@ -236,4 +298,6 @@ def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
             logging.disable(logging.NOTSET)
             if os.path.exists(prepared):
                 os.remove(prepared)
+    if stamp is not None:
+        stamp_graph(path, stamp)
     return path
