@@ -453,3 +453,26 @@ def test_export_and_demo_never_replace_what_they_did_not_write(tmp_path, tiny_ru
     (mine / "thesis.tex").write_text("years of work")
     assert_one_line_error(script("demo.py", "--model", str(out), "--out", str(mine)), "thesis.tex")
     assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_degenerate_media_animate_whole_with_a_warning_under_crop_auto(tmp_path):
+    """A 1x1 photo and a 1-pixel-wide driving video hold no subject to crop: ``--crop auto`` (the default)
+    animates them whole, saying so, instead of failing inside the crop search."""
+    from PIL import Image
+
+    photo = tmp_path / "one.png"
+    Image.fromarray(np.full((1, 1, 3), 128, dtype=np.uint8)).save(photo)
+    thin = tmp_path / "thin"
+    thin.mkdir()
+    for index in range(4):
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (64, 1, 3), dtype=np.uint8)).save(
+            thin / f"{index:03d}.png")
+    out = tmp_path / "out.mp4"
+    env = dict(ENV, PYTHONWARNINGS="default")
+    for model in (HEATMAP, CIRCLES):
+        done = kpmask("--mode", "animate", "--checkpoint", model, "--source_image", str(photo), "--driving_video",
+                      str(thin), "--result_video", str(out), "--overwrite", env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-1500:]
+        assert "no synthetic found in" in done.stderr and "--crop auto: the whole frame; --driving_crop auto: the " \
+            "whole frame" in done.stdout
+        assert "4 frames at" in done.stdout and out.is_file()

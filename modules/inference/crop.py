@@ -179,6 +179,8 @@ class SyntheticFinder:
             stride = max(1, side // 4)
             windows += [Box(x, y, side) for y in range(0, height - side + 1, stride)
                         for x in range(0, width - side + 1, stride)]
+        if not windows:                      # a frame smaller than the smallest window (a 1x1 photo) holds no figure
+            return None
         implied, confidence = [], []
         for start_index in range(0, len(windows), 256):                    # bounded memory on large photos
             boxes, sure = self._read(frame, windows[start_index:start_index + 256])
