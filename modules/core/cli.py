@@ -8,7 +8,8 @@ from typing import Callable, Optional
 from modules.core.errors import UserError
 from modules.core.outputs import Terminated, handle_termination
 
-MAX_LINE = 250          # an error line longer than this is cut (the start names the file and the problem)
+MAX_LINE = 400          # an error line longer than this is cut (the start names the file and the problem);
+                        # 400 keeps the longest hints whole (a terminal wraps a long line; a cut hint is lost)
 
 
 

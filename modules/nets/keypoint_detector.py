@@ -237,7 +237,7 @@ def load_detector_state(detector: KPDetector, state_dict: Mapping[str, torch.Ten
                    "num_kp": detector.num_kp, "scale_factor": detector.scale_factor}
         inferred = infer_detector_params(state_dict)
         hint = ", ".join(f"{k}={v}" for k, v in inferred.items())
-        # The settings to use come first: the error line is cut at 250 characters.
+        # The settings to use come first: the error line is cut at 400 characters (modules/core/cli.py).
         changes = ", ".join(f"{k}={inferred[k]}" for k in current if k in inferred and inferred[k] != current[k]) \
             or hint
         raise CheckpointError(f"{source}: kp_detector does not fit the configured detector: it was built with "
