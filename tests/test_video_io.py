@@ -354,3 +354,28 @@ def test_writer_writes_gif(tmp_path):
     with VideoWriter(out, fps=10, audio_from=None) as writer:
         writer.write(np.zeros((5, 32, 32, 3), dtype=np.uint8))
     assert open_video(out).num_frames == 5
+
+
+def test_images_come_upright_by_their_exif_orientation_and_float_images_keep_their_brightness(tmp_path):
+    """A phone's portrait JPEG is stored on its side with an EXIF orientation; a float TIFF holds [0, 1]."""
+    import warnings
+
+    from PIL import Image
+
+    from modules.data.video_io import load_image
+
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)          # wide as stored, its left half bright
+    stored[:, :20] = 250
+    exif = Image.Exif()
+    exif[0x0112] = 6                                         # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    upright = load_image(str(tmp_path / "portrait.jpg"))
+    assert upright.shape == (40, 20, 3)                      # tall, as it is shown
+    assert upright[:20].mean() > 200 and upright[20:].mean() < 50   # the bright half on top after the turn
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), mode="F").save(tmp_path / "half.tif")
+    assert abs(int(load_image(str(tmp_path / "half.tif"))[0, 0, 0]) - 128) <= 1
+    Image.fromarray(np.linspace(-1, 3, 64, dtype=np.float32).reshape(8, 8), mode="F").save(tmp_path / "wide.tif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wide = load_image(str(tmp_path / "wide.tif"))
+    assert wide.min() == 0 and wide.max() == 255 and any("stretched to 0-255" in str(w.message) for w in caught)

@@ -13,6 +13,8 @@ Every frame comes out as RGB uint8 (H, W, 3), whatever the file holds:
   * alpha is DROPPED, not composited: the stored colour is kept, as FOMM does (``image[..., :3]``), so a
     checkpoint sees the colours it was trained on;
   * 16-bit samples keep their high byte (what Pillow itself does with 16-bit RGB PNGs);
+  * float samples in [0, 1] are scaled by 255 (other ranges stretched, with a warning);
+  * images are turned upright as their EXIF orientation says;
   * with a frame_shape, frames of another size are resized with Pillow's bilinear filter, which Pillow widens
     by the shrink factor (antialiased), close to FOMM's ``skimage.transform.resize`` (order 1, anti_aliasing).
 
@@ -32,10 +34,11 @@ import dataclasses
 import os
 import re
 import subprocess
+import warnings
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from modules.core.errors import UserError
 
@@ -67,8 +70,27 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
+    """A float image -> uint8: values in [0, 1] (the usual float convention) scaled by 255, values in [0, 255]
+    kept; any other range stretched to 0-255 with a warning (Pillow's own conversion clips it to near black)."""
+    values = np.nan_to_num(values.astype(np.float64))
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if low >= 0 and high <= 1:
+        values = values * 255
+    elif low < 0 or high > 255:
+        warnings.warn(f"a float image with values in [{low:g}, {high:g}]: stretched to 0-255", UserWarning)
+        values = (values - low) * (255 / (high - low))
+    return np.clip(values + 0.5, 0, 255).astype(np.uint8)
+
+
 def _image_to_rgb(image: Image.Image) -> np.ndarray:
-    """A loaded Pillow image of any mode -> RGB uint8 (H, W, 3) (rules in the module docstring)."""
+    """A loaded Pillow image of any mode -> RGB uint8 (H, W, 3) (rules in the module docstring), turned upright
+    as its EXIF orientation says (a phone's portrait photo is stored on its side)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit greyscale (Pillow reads 16-bit RGB as 8-bit RGB already, keeping the high byte: do the same).
@@ -76,7 +98,7 @@ def _image_to_rgb(image: Image.Image) -> np.ndarray:
     elif mode in ("L", "LA", "RGB", "RGBA"):
         array = np.asarray(image)
     elif mode == "F":
-        array = np.asarray(image.convert("L"))
+        array = _float_to_uint8(np.asarray(image))
     else:  # P, PA, 1, CMYK, YCbCr, ...: Pillow's own conversion (transparency is dropped like alpha)
         array = np.asarray(image.convert("RGB"))
     return to_rgb(array)
