@@ -158,7 +158,8 @@ def test_auto_races_on_the_first_frames_says_what_it_chose_and_caches_it(tmp_pat
                f"'{{engine}}', '--overwrite', '--result_video', {{out!r}}]))")
     first = in_subprocess(command.format(engine="auto", out=str(tmp_path / "auto.mp4")), cache)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "engine: auto, racing torch, torch-opt, " in first.stdout and "onnxruntime on the first frames" in first.stdout
+    assert "engine: auto, racing torch, torch-opt, " in first.stdout
+    assert "onnxruntime on the first frames" in first.stdout
     with open(cache / "engine-choices.json") as stream:
         (choice,) = json.load(stream).values()
     times = {tuple(candidate): seconds for candidate, seconds in choice["times"]}
@@ -204,7 +205,7 @@ def test_the_race_gives_every_frame_in_order_skips_the_clearly_slower_and_keeps_
     entrants = [choice.Candidate(name, "no") for name in cost]
     heard = {}
     race = choice.EngineRace(entrants, lambda c: Scripted(c.engine), torch.device("cpu"),
-                             lambda times: heard.update(times) or "chosen")
+                             lambda times, winner, model: heard.update(times) or "chosen")
     frames = torch.arange(20, dtype=torch.float32).view(20, 1, 1, 1).expand(20, 1, 2, 2)
     out = torch.cat([race.animate(None, frames[i:i + 8]).prediction for i in range(0, 20, 8)])
     who = out[:, 0, 0, 0].tolist()
@@ -214,7 +215,8 @@ def test_the_race_gives_every_frame_in_order_skips_the_clearly_slower_and_keeps_
     assert heard == pytest.approx({entrants[0]: 3.0, entrants[1]: 1.0, entrants[2]: 1.2}) and race.winner == entrants[1]
     assert list(race.models) == [entrants[1]]                                    # the others are freed
     slow = choice.EngineRace([choice.Candidate("torch-opt", "no"), choice.Candidate("torch", "no")],
-                             lambda c: Scripted(c.engine), torch.device("cpu"), lambda times: "chosen")
+                             lambda c: Scripted(c.engine), torch.device("cpu"),
+                             lambda times, winner, model: "chosen")
     slow.animate(None, frames[:10])
     assert slow.winner == ("torch-opt", "no") and len(slow.times[("torch", "no")]) == 1   # no second turn
 

@@ -104,11 +104,12 @@ def _joined(pieces: list) -> Any:
 
 class EngineRace:
     """Stands for the model while the candidates race on a run's first frames, then for the winner. Each
-    candidate's model is prepared when its first turn comes (``make``); ``finish(times)`` hears each
-    candidate's best seconds per frame and returns the line that says what was chosen."""
+    candidate's model is prepared when its first turn comes (``make``); ``finish(times, winner, model)`` hears
+    each candidate's best seconds per frame and the winner with its model, and returns the line that says what
+    was chosen."""
 
     def __init__(self, entrants: Sequence[Candidate], make: Callable[[Candidate], nn.Module], device: torch.device,
-                 finish: Callable[[dict[Candidate, float]], str]):
+                 finish: Callable[[dict[Candidate, float], Candidate, nn.Module], str]):
         self.make, self.device, self.finish = make, device, finish
         self.turns = [(candidate, turn) for candidate in entrants for turn in ("warm", "timed", "again")]
         self.times: dict[Candidate, list[float]] = {candidate: [] for candidate in entrants}
@@ -145,7 +146,7 @@ class EngineRace:
             if turn != "warm":
                 self.times[candidate].append((time.perf_counter() - started) / len(chunk))
             done += len(chunk)
-            self._skip_clearly_slower()
+            self._after_turn()
         if done < len(driving):
             pieces.append(self._call(self.winner, "animate", state, driving[done:], *args, **kwargs))
         return _joined(pieces)
@@ -162,7 +163,8 @@ class EngineRace:
         with autocast(self.device, autocast_dtype(candidate.precision, self.device)):
             return getattr(self._model(candidate), method)(*args, **kwargs)
 
-    def _skip_clearly_slower(self) -> None:
+    def _after_turn(self) -> None:
+        """Drop the second timed turn of a candidate already clearly slower; with no turn left, crown the winner."""
         best = {c: min(t) for c, t in self.times.items() if t}
         while self.turns and self.turns[0][1] == "again":
             candidate = self.turns[0][0]
@@ -172,7 +174,7 @@ class EngineRace:
             self.turns.pop(0)                       # already clearly slower: no second timed turn
         if not self.turns:
             self.winner = min(best, key=best.get)
-            self.line = self.finish(best)
+            self.line = self.finish(best, self.winner, self.models[self.winner])
             self.models = {self.winner: self.models[self.winner]}       # the others are freed
             tqdm.write(self.line)
 
@@ -286,8 +288,7 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
         line = _times_line(cached["times"], winner, "this CPU before; cached")
         return Chosen(model, winner, with_psnr(model, winner, line), winner.precision)
 
-    def finish(times: dict[Candidate, float]) -> str:
-        winner = min(times, key=times.get)
+    def finish(times: dict[Candidate, float], winner: Candidate, model: nn.Module) -> str:
         table = [(list(c), seconds) for c, seconds in times.items()]
         choices = _read_json(choice_file)
         choices[choice_key] = {"times": table, "chosen": list(winner)}
@@ -296,7 +297,7 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
         except OSError:                       # an unwritable cache: the choice holds for this run only
             pass
         line = _times_line(table, winner, f"this run's first frames, {PROBE} per turn")
-        return with_psnr(race.models[winner], winner, line)
+        return with_psnr(model, winner, line)
 
     race = EngineRace(entrants, make, device, finish)
     line = (f"engine: auto, racing {', '.join(c.label for c in entrants)} on the first frames (once per model "
