@@ -10,10 +10,13 @@ A run folder is ``<log_dir>/<config-name>-<timestamp>/`` and holds
     %08d-checkpoint.pth.tar      FOMM's checkpoint names (the epoch); ``%08d-interrupted.pth.tar`` on Ctrl-C
 
 Checkpoint files are modules/core/files.py's, their formats modules/config/formats.py's, the pictures
-modules/core/pictures.py's.
+modules/core/pictures.py's. A write that fails (a full disk) is a ``RunFolderError``: one line naming the file;
+files are replaced through a temporary file, so none is left half written (log.txt and the events file are
+appended to: at worst their last line or record is cut).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import importlib.metadata
@@ -22,7 +25,8 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Any, Mapping, Optional, Sequence
+import threading
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import imageio.v3 as iio
 import yaml
@@ -36,6 +40,25 @@ PACKAGES = ("torch", "torchvision", "numpy", "pyyaml", "imageio", "imageio-ffmpe
 
 # ----------------------------------------------------------------------------------------------------------
 # Run folder
+
+class RunFolderError(UserError):
+    """A file of the run folder could not be written (a full disk, a quota, a size limit)."""
+
+
+def write_error(path: str, error: OSError) -> RunFolderError:
+    """The one line for a failed write of ``path``: the file, the system's reason, what was kept."""
+    return RunFolderError(f"{path}: cannot write ({error.strerror or error}); training stopped, the checkpoints "
+                          f"written before are intact")
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn an OSError of the writes inside into a RunFolderError naming ``path``."""
+    try:
+        yield
+    except OSError as error:
+        raise write_error(path, error) from None
+
 
 def make_run_dir(log_dir: str, config_path: str) -> str:
     """A new ``<log_dir>/<config-name>-<YYYYmmdd-HHMMSS>/`` (a suffix is added if that name is taken)."""
@@ -96,16 +119,30 @@ def write_run_info(run_dir: str, config_dict: Mapping[str, Any], *, argv: Sequen
     _write_text(info_path, json.dumps({"sessions": sessions}, indent=2))
 
 
+def _replace_file(path: str, write: Callable[[str], Any]) -> None:
+    """``write(temporary)`` then rename it to ``path``: a crash never leaves half a file, a failed write (a
+    RunFolderError) leaves none and the previous file as it was."""
+    temporary = path + ".tmp"
+    try:
+        with writing(path):
+            write(temporary)
+            os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def _write_text(path: str, text: str) -> None:
-    """Write through ``<path>.tmp`` and rename: a crash never leaves half a file."""
-    with open(path + ".tmp", "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(path + ".tmp", path)
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as stream:
+            stream.write(text)
+
+    _replace_file(path, write)
 
 
 def remove_stale_temporaries(run_dir: str) -> list[str]:
-    """Delete ``*.tmp`` files a killed process left behind while writing a checkpoint."""
-    stale = glob.glob(os.path.join(run_dir, "*.tmp"))
+    """Delete ``*.tmp`` files a killed process left behind while writing a checkpoint or a picture."""
+    stale = glob.glob(os.path.join(run_dir, "*.tmp")) + glob.glob(os.path.join(run_dir, "train-vis", "*.tmp"))
     for path in stale:
         os.remove(path)
     return stale
@@ -119,8 +156,31 @@ def short_loss_name(loss_name: str) -> str:
     return loss_name.replace("perceptual_", "").replace("equivariance_", "eq_").replace("feature_matching", "fm")
 
 
+def _quiet_board_thread_errors() -> None:
+    """TensorBoard's writer thread dies on a failed write and Python prints its traceback; the same OSError
+    reaches the main thread at the next write or at close, where it becomes one line, so the thread's own
+    report is left out (other threads' errors are printed as before)."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_board", False):
+        return
+
+    def hook(args: Any) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook.quiet_board = True
+    threading.excepthook = hook
+
+
+def _newest_events_file(run_dir: str) -> str:
+    """The TensorBoard events file being written in ``run_dir`` (the newest), or their pattern if none."""
+    found = glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
+    return max(found, key=os.path.getmtime) if found else os.path.join(run_dir, "events.out.tfevents.*")
+
+
 class RunLogger:
-    """log.txt, TensorBoard and train-vis images of one run. Create it on rank 0 only."""
+    """log.txt, TensorBoard and train-vis images of one run. Create it on rank 0 only. Every failed write is a
+    RunFolderError naming the file."""
 
     def __init__(self, run_dir: str, purge_step: Optional[int] = None):
         """purge_step: on resume, the first step to come; TensorBoard drops the events of the abandoned
@@ -128,27 +188,40 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter  # slow import: only where a run logs
 
         self.run_dir = run_dir
-        os.makedirs(os.path.join(run_dir, "train-vis"), exist_ok=True)
-        self.text = open(os.path.join(run_dir, "log.txt"), "a", encoding="utf-8")
-        self.board = SummaryWriter(run_dir, purge_step=purge_step)
+        self.text_path = os.path.join(run_dir, "log.txt")
+        with writing(os.path.join(run_dir, "train-vis")):
+            os.makedirs(os.path.join(run_dir, "train-vis"), exist_ok=True)
+        with writing(self.text_path):
+            self.text = open(self.text_path, "a", encoding="utf-8")
+        _quiet_board_thread_errors()
+        try:
+            self.board = SummaryWriter(run_dir, purge_step=purge_step)
+        except OSError as error:                    # it writes its first event at once
+            raise write_error(_newest_events_file(run_dir), error) from None
+        self.board_path = getattr(getattr(self.board.file_writer, "event_writer", None), "_file_name",
+                                  _newest_events_file(run_dir))
+
+    def _write_line(self, line: str) -> None:
+        with writing(self.text_path):
+            self.text.write(line)
+            self.text.flush()
 
     def note(self, message: str, echo: bool = True) -> None:
         """A line for log.txt (and the terminal): data splits, resumes, DDP caveats."""
-        self.text.write(f"# {message}\n")
-        self.text.flush()
+        self._write_line(f"# {message}\n")
         if echo:
             print(message, flush=True)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        for name, value in values.items():
-            self.board.add_scalar(name, value, step)
+        with writing(self.board_path):
+            for name, value in values.items():
+                self.board.add_scalar(name, value, step)
 
     def epoch(self, epoch: int, step: int, losses: Mapping[str, float], lr: float, seconds: float,
               samples: int) -> None:
         terms = "; ".join(f"{name} - {value:.5f}" for name, value in losses.items())
-        self.text.write(f"{epoch:08d}) step {step}; lr {lr:.3g}; {terms}; {seconds:.1f} s, "
-                        f"{samples / max(seconds, 1e-9):.1f} samples/s\n")
-        self.text.flush()
+        self._write_line(f"{epoch:08d}) step {step}; lr {lr:.3g}; {terms}; {seconds:.1f} s, "
+                         f"{samples / max(seconds, 1e-9):.1f} samples/s\n")
         self.scalars(step, {f"epoch/{name}": value for name, value in losses.items()})
 
     def images(self, epoch: int, step: int, columns: tuple) -> str:
@@ -156,10 +229,24 @@ class RunLogger:
         tensors): ``train-vis/<epoch>-train.png`` and TensorBoard's ``train/<its field names>``."""
         grid = training_grid([column.detach() for column in columns])
         path = os.path.join(self.run_dir, "train-vis", f"{epoch:08d}-train.png")
-        iio.imwrite(path, grid)
-        self.board.add_image("train/" + "|".join(columns._fields), grid, step, dataformats="HWC")
+        _replace_file(path, lambda temporary: iio.imwrite(temporary, grid, extension=".png"))
+        with writing(self.board_path):
+            self.board.add_image("train/" + "|".join(columns._fields), grid, step, dataformats="HWC")
         return path
 
-    def close(self) -> None:
-        self.board.close()
-        self.text.close()
+    def close(self, error: Optional[BaseException] = None) -> None:
+        """Note the ``error`` that ended training, if any, then flush and close the events file and log.txt (both,
+        whatever fails). A failed write raises its RunFolderError, but not after an error: that one says more."""
+        if error is not None and not self.text.closed:
+            with contextlib.suppress(RunFolderError):
+                self.note(f"error: {error}" if isinstance(error, UserError) else
+                          f"stopped by {type(error).__name__}: {error}", echo=False)
+        failures = []
+        for path, close in ((self.board_path, self.board.close), (self.text_path, self.text.close)):
+            try:
+                with writing(path):
+                    close()
+            except RunFolderError as failure:
+                failures.append(failure)
+        if failures and error is None:
+            raise failures[0]

@@ -51,7 +51,7 @@ def reconstruct(checkpoint_path: str, device: torch.device, *, batch_size: int =
         check_data_folder(data)                  # before the model loads (the API's callers skip run.py's check)
 
     prepared = prepare_model(checkpoint_path, device, precision=precision, engine=engine, config_path=config_path,
-                             ablation=ablation, calibrate=dataset_frames, channels_last=False)
+                             ablation=ablation, calibrate=dataset_frames, channels_last=False, batch_size=batch_size)
     config, model, checkpoint, precision = prepared.config, prepared.model, prepared.checkpoint, prepared.precision
     params = config.reconstruction_params
     if exclude_first_frame is None:

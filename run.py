@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-MODES = ("train", "reconstruction", "animate", "inspect", "app")
+MODES = ("train", "reconstruction", "animate", "inspect", "app", "live")
 
 
 def positive_int(text: str) -> int:
@@ -49,8 +49,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         prog="kpmask", description="Image animation with keypoint masks (Toledano, Marmor, Gertz).")
     parser.add_argument("--config", default=None,
                         help="YAML config, e.g. config/taichi-256-heatmap.yaml or config/tiny-fomm.yaml (optional "
-                             "with a --checkpoint of this project: it holds its config; needed beside an official FOMM "
-                             "checkpoint such as vox-cpk.pth.tar: config/vox-256-fomm.yaml)")
+                             "with a --checkpoint of this project: it holds its config, and a --config beside it changes "
+                             "only metrics_params, reconstruction_params, animate_params and visualizer_params; "
+                             "needed beside an official FOMM checkpoint such as vox-cpk.pth.tar: "
+                             "config/vox-256-fomm.yaml)")
     parser.add_argument("--mode", default="train", choices=MODES,
                         help="train: train the config's model (keypoint-mask generators, or FOMM itself = stage "
                              "one; a new run folder in --log_dir, or resume "
@@ -58,7 +60,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "with --checkpoint and report L1/PSNR/SSIM; animate: move --source_image like "
                              "--driving_video with --checkpoint; inspect: build the networks, run one "
                              "forward and one forward+backward on generated images, print parameters, shapes, "
-                             "time and memory; app: serve the web page (--host, --port, --models)")
+                             "time and memory; app: serve the web page (--host, --port, --models); live: move "
+                             "--source_image like a camera or a stream of frames (--driving_video /dev/video0, or - "
+                             "with --size), newest frame first, until it ends or Ctrl-C")
     parser.add_argument("--checkpoint_with_kp", default=None,
                         help="FOMM checkpoint (vox-cpk.pth.tar, taichi-cpk.pth.tar, ...) holding the "
                              "pretrained kp_detector")
@@ -89,6 +93,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     _add_animate_arguments(parser.add_argument_group("animate"))
     _add_train_arguments(parser.add_argument_group("train"))
     _add_app_arguments(parser.add_argument_group("app"))
+    _add_live_arguments(parser.add_argument_group("live"))
     return parser.parse_args(argv)
 
 
@@ -159,6 +164,32 @@ def _add_app_arguments(app: argparse._ArgumentGroup) -> None:
                      help="largest source image or driving video accepted, in MB (default 50)")
     app.add_argument("--max_frames", type=positive_int, default=1000,
                      help="longest driving video accepted, in frames (default 1000)")
+
+
+def _add_live_arguments(live: argparse._ArgumentGroup) -> None:
+    live.add_argument("--size", default=None, metavar="WxH",
+                      help="live: the size of the raw rgb24 frames of --driving_video - (needed), or the camera's "
+                           "capture size (default 640x480)")
+    live.add_argument("--fps", type=float, default=25.0,
+                      help="live: the frame rate of raw frames on standard input or of the camera (default 25): "
+                           "the result video's rate and --smooth's time base; a video file plays at its own")
+
+
+def live(args: argparse.Namespace) -> None:
+    """Animate one image by a camera or a stream of frames as they come (see modules/inference/live_run.py)."""
+    from modules.core.device import choose_device
+    from modules.core.errors import UserError
+    from modules.inference.live_run import LiveOptions, animate_live, parse_size
+
+    if args.checkpoint is None or args.source_image is None or args.driving_video is None:
+        raise UserError("--mode live needs --checkpoint, --source_image and --driving_video (a camera such as "
+                        "/dev/video0, - for raw rgb24 frames on standard input with --size, or a video file)")
+    options = LiveOptions(
+        motion=args.motion, adapt_scale=args.adapt_scale, fit=args.fit, crop=args.crop,
+        driving_crop=args.driving_crop, paste=not args.no_paste_back, smooth=args.smooth, rate=args.fps,
+        result=args.result_video, size=parse_size(args.size) if args.size else None, overwrite=args.overwrite,
+        precision=args.mixed_precision, engine=args.engine, config_path=args.config)
+    animate_live(args.checkpoint, args.source_image, args.driving_video, options, device=choose_device(args.device))
 
 
 def app(args: argparse.Namespace) -> None:
@@ -339,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def command() -> None:
         check_paths(args)
         {"train": train, "reconstruction": reconstruction, "animate": animate,
-         "inspect": inspect, "app": app}[args.mode](args)
+         "inspect": inspect, "app": app, "live": live}[args.mode](args)
 
     return exit_status(command)
 

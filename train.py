@@ -33,6 +33,7 @@ from modules.config.loading import config_from_dict, load_config, resolve_data_p
 from modules.config.sections import Config
 from modules.core.errors import CheckpointError, ConfigError, TrainingDiverged, UserError
 from modules.core.precision import autocast, autocast_dtype
+from modules.data.training_loader import SampleFaults, stop_workers, training_loader
 from modules.families.build import build_model, build_trainable, model_from_checkpoint
 from modules.training.distributed import Distributed, EpochBatchSampler, init_distributed, parameter_checksum
 from modules.training.resume import apply_schedule_changes, check_same_model, resume_position, rng_state, set_rng_state
@@ -167,8 +168,9 @@ class Trainer:
         """The family's networks (new, or with a checkpoint's weights) and its trainable (losses, steps)."""
         options, train = self.options, self.train
         torch.manual_seed(train.seed)
-        self.model = build_model(self.config, checkpoint_with_kp=options.checkpoint_with_kp) if weights is None \
-            else model_from_checkpoint(self.config, weights, weights["path"])
+        share = dict(device=self.device, batch=max(1, train.batch_size // self.dist.world_size))  # memory check
+        self.model = build_model(self.config, checkpoint_with_kp=options.checkpoint_with_kp, **share) \
+            if weights is None else model_from_checkpoint(self.config, weights, weights["path"], training=True, **share)
         self.trainable: Trainable = build_trainable(
             self.config, self.model, vgg_weights=options.vgg_weights,
             vgg_source="--vgg_weights" if options.vgg_weights else "train_params.vgg_weights")
@@ -185,7 +187,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         """Dataset, sampler and loader: every random choice is a function of (seed, epoch, index), so workers
-        and ranks agree and a resume draws what an uninterrupted run draws."""
+        and ranks agree and a resume draws what an uninterrupted run draws; an unreadable sample is skipped."""
         from modules.data.dataset import DatasetRepeater, FramesDataset
 
         config, train = self.config, self.train
@@ -199,13 +201,9 @@ class Trainer:
             raise ConfigError(f"{config.path}: train_params.batch_size {train.batch_size} is larger than an epoch "
                               f"({len(self.dataset)} training items in {config.dataset_params.root_dir}; raise "
                               f"num_repeats or lower batch_size)")
-        # Persistent workers: restarting them each epoch costs about a second, a lot for short epochs (the
-        # dataset's epoch lives in shared memory, so set_epoch() still reaches them). The loader's own
-        # generator keeps it from drawing on the global RNG, which a resume restores.
-        self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.sampler, num_workers=train.num_workers,
-            persistent_workers=train.num_workers > 0, pin_memory=self.device.type == "cuda",
-            worker_init_fn=quiet_worker, generator=torch.Generator().manual_seed(train.seed % 2 ** 63))
+        self.loader = training_loader(self.dataset, self.sampler, seed=train.seed, num_workers=train.num_workers,
+                                      pin_memory=self.device.type == "cuda", worker_init_fn=quiet_worker)
+        self.faults = SampleFaults(dataset.folder)
 
     def _setup_position(self, resume: Optional[dict], init: Optional[dict]) -> None:
         """Where the run starts: step 0, or the resumed checkpoint's step, epoch and batch."""
@@ -287,11 +285,8 @@ class Trainer:
             dataset_size=len(self.dataset), world_size=self.dist.world_size, seed=self.train.seed,
             rng=rng_state(self.device), config=self.config.to_dict())
         path = checkpoint_path(self.run_dir, epoch, interrupted=not complete)
-        try:
+        with run_log.writing(path):            # a full disk: one line; the previous checkpoints are intact
             save_checkpoint(path, state)
-        except OSError as error:
-            raise CheckpointError(f"{path}: cannot write the checkpoint ({error.strerror or error}); the "
-                                  f"previous checkpoints are intact") from None
         self.log.note(f"checkpoint {path} (epoch {epoch}, step {self.step})", echo=False)
 
     def train_step(self, batch: dict, stop_requested: bool) -> tuple[dict[str, float], bool, Any]:
@@ -362,6 +357,9 @@ class Trainer:
         limit, stopping, log = self.options.max_steps, False, self.log
         self.trainable.train()
         for batch in self.loader:
+            for warning in self.faults.check(batch):     # warned on the terminal; log.txt keeps them too
+                if log:
+                    log.note(warning, echo=False)
             losses, stopping, tensors = self.train_step(batch, stop.requested)
             self.step, batch_index, batches = self.step + 1, batch_index + 1, batches + 1
             sums = {k: sums[k] + v for k, v in losses.items()}
@@ -369,7 +367,8 @@ class Trainer:
                 shown = tensors()
             if log:
                 self.progress.update(1)
-                self.progress.set_description(f"epoch {epoch + 1}/{self.train.num_epochs}")
+                # counted from 0, as log.txt and the checkpoint names count it (FOMM's convention)
+                self.progress.set_description(f"epoch {epoch} [0..{self.train.num_epochs - 1}]")
                 self.progress.set_postfix({run_log.short_loss_name(k): f"{v:.3f}" for k, v in losses.items() if v},
                                           refresh=False)
                 if self.step % self.train.log_freq == 0:
@@ -390,11 +389,9 @@ class Trainer:
         return batch_index, stopping
 
     def close(self, error: Optional[BaseException] = None) -> None:
-        """Flush and close the bar and the logs, also after an error (which goes into log.txt too)."""
+        """Stop the data workers, close the bar and the logs, also after an error (which log.txt notes)."""
+        stop_workers(self.loader)                # they ignore signals: left running, they hang the exit
         if self.progress is not None:
             self.progress.close()
         if self.log is not None:
-            if error is not None:
-                self.log.note(f"error: {error}" if isinstance(error, UserError) else
-                              f"stopped by {type(error).__name__}: {error}", echo=False)
-            self.log.close()
+            self.log.close(error)

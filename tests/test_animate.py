@@ -160,6 +160,23 @@ def test_dataset_mode_animates_the_pairs_list_and_runs_twice(checkpoints):
     assert metrics["baselines"]["copy_driving"]["l1"] == pytest.approx(total / (6 * len(names)), rel=1e-6)
 
 
+def test_dataset_mode_without_ground_truth_says_why_it_prints_no_metrics(checkpoints, capsys):
+    """Real data has no ground-truth animation of its cross-identity pairs: no metrics.json, and a line saying
+    why and where the metrics are (reconstruction), instead of silence."""
+    run_dir = checkpoints["circles"]
+    root = yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["dataset_params"]["root_dir"]
+    truth = os.path.join(root, "animation-gt")
+    os.rename(truth, truth + "-aside")
+    try:
+        capsys.readouterr()
+        assert animate("--checkpoint", run_dir, "--batch_size", "4") == 0
+        out = capsys.readouterr().out
+    finally:
+        os.rename(truth + "-aside", truth)
+    assert "no metrics: no pair has a ground-truth animation" in out and "--mode reconstruction" in out
+    assert not os.path.exists(os.path.join(run_dir, "animation", "metrics.json"))
+
+
 def test_animate_needs_both_image_and_video_or_neither(checkpoints, capsys):
     capsys.readouterr()
     assert animate("--checkpoint", checkpoints["heatmap"], "--source_image", "x.png") == 2

@@ -54,6 +54,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_app(probe, process: subprocess.Popen, log, seconds: float = 120) -> None:
+    """Until ``probe()`` stops raising OSError (the server answers); a failure with its log if it exits first
+    or takes longer than ``seconds``."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            probe()
+            return
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail(f"the app did not start: {log.read_text()[-2000:]}", pytrace=False)
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app on a free port: (its address, its temporary root, its log file)."""
@@ -64,16 +79,7 @@ def server(tmp_path_factory):
                                     str(port), "--device", "cpu"], stdout=stream, stderr=subprocess.STDOUT,
                                    cwd=str(tmp_path_factory.mktemp("cwd")))
     address = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        try:
-            NO_PROXY.open(address, timeout=5).read()
-            break
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail(f"the app did not start: {log.read_text()[-2000:]}", pytrace=False)
-            time.sleep(0.5)
+    wait_for_app(lambda: NO_PROXY.open(address, timeout=5).read(), process, log)
     text = log.read_text()
     root = text.split("files under ", 1)[1].split(")", 1)[0]
     yield address, root, log

@@ -364,3 +364,48 @@ def test_tiny_with_fewer_high_res_blocks_round_trips():
 def test_saved_heatmap_config_reloads_without_warnings():
     # A run folder saves to_dict(); reading it back must not warn about keys the user never wrote.
     load_quietly(tiny_with_two_high_res_blocks().to_dict(), load=config_from_dict)
+
+
+COMMAND = re.compile(r"--config config/(?P<config>[\w.-]+)\.yaml .*--checkpoint_with_kp log/(?P<stage_one>[\w.-]+)-<ts>")
+
+
+def _detector_settings(config: Config) -> dict:
+    import dataclasses
+
+    params = config.model_params
+    common = dataclasses.asdict(params.common_params)
+    return {"common_params": {key: common[key] for key in ("num_kp", "scale_factor", "estimate_jacobian")},
+            "kp_detector_params": dataclasses.asdict(params.kp_detector_params)}
+
+
+def test_every_stage_one_a_config_header_names_fits_that_config():
+    """A header's command line 'python run.py --config config/A.yaml ... --checkpoint_with_kp log/B-<ts>' claims
+    that B's checkpoint is a stage one for A: B's detector settings must then be A's (a claim that was false
+    once: tiny-fomm.yaml's 4 keypoints at scale 0.25 offered to tiny-heatmap.yaml's 15 at 0.5)."""
+    claims = []
+    for path in SHIPPED:
+        name = os.path.basename(path)[:-len(".yaml")]
+        header = "".join(line for line in open(path) if line.startswith("#"))
+        for match in COMMAND.finditer(header):
+            target = name if match["config"] == "THIS" else match["config"]
+            claims.append((path, target, match["stage_one"]))
+    assert len(claims) >= 5                              # the parser still finds the shipped claims
+    for path, target, stage_one in claims:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConfigWarning)
+            wanted, given = (_detector_settings(load_config(config_path(f"{n}.yaml"))) for n in (target, stage_one))
+        assert given == wanted, f"{path}: log/{stage_one}-<ts> is offered as the stage one of {target}.yaml"
+
+
+def test_a_body_or_face_config_too_small_for_its_landmarks_warns_before_training():
+    """64-px body frames get no AKD (the pose estimator needs 128 px): said when the config loads, not after a
+    training run; the synthetic landmarks (any size) and 128-px faces stay quiet."""
+    data = yaml.safe_load(open(config_path("tiny-heatmap.yaml")))
+    data["metrics_params"] = {"landmarks": "body"}
+    with pytest.warns(ConfigWarning, match=r"frames of 64 px are smaller than metrics_params.min_landmark_size "
+                                           r"\(128\): this body model will get no AKD, MKR or AED"):
+        config_from_dict(data, "small-body.yaml")
+    for path in (config_path("tiny-heatmap.yaml"), config_path("faces-128-heatmap.yaml")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConfigWarning)
+            load_config(path)

@@ -67,7 +67,9 @@ def test_normalised_pose_ignores_position_and_size():
 def test_landmark_metrics_are_skipped_with_the_reason(tiny_config, tmp_path, monkeypatch):
     tiny_config.metrics_params.keypoint_regressor = str(tmp_path / "keypoint-regressor.pth")   # none trained
     scorer = FrameScorer(tiny_config, (64, 64))
-    assert set(scorer.skipped) == {"akd", "mkr", "aed"} and scorer.metrics == ["l1", "psnr", "ssim", "motion_l1", "flicker"]
+    assert set(scorer.skipped) == {"akd", "mkr", "aed", "jitter"}
+    assert scorer.metrics == ["l1", "psnr", "ssim", "motion_l1", "flicker"]
+    assert scorer.skipped["akd"] in scorer.skipped["jitter"]          # jitter's reason carries the landmarks'
     assert str(tmp_path) in scorer.skipped["akd"] and "train_keypoint_regressor.py" in scorer.skipped["akd"]
 
     tiny_config.metrics_params.landmarks = "body"

@@ -58,7 +58,9 @@ def test_reconstruction_writes_videos_strips_and_sane_metrics_and_runs_twice(tra
     mean, copy = metrics["mean"], metrics["baselines"]["copy_source"]
     assert 0 < mean["l1"] < 1 and -1 < mean["ssim"] < 1 and mean["psnr"] > 0
     assert 0 < copy["l1"] < 1 and copy["ssim"] < 1                  # the source differs from later frames
-    assert set(metrics["skipped"]) == {"akd", "mkr", "aed"}
+    # jitter (the landmarks' wobble) goes with the landmarks, and says so
+    assert set(metrics["skipped"]) == {"akd", "mkr", "aed", "jitter"}
+    assert metrics["skipped"]["jitter"].startswith("it follows the landmarks") and "jitter" not in mean
     for name, row in metrics["videos"].items():
         video = open_video(os.path.join(out, name + ".mp4"))
         assert video.num_frames == FRAMES and video.read([0]).shape == (1, FRAME, 5 * FRAME, 3)
@@ -129,6 +131,32 @@ def test_synthetic_akd_from_the_keypoint_regressor_in_reconstruction_and_animati
         assert animation["baselines"]["copy_source"]["flicker"] == 0
     finally:
         os.remove(path)
+
+
+def test_config_beside_a_checkpoint_changes_its_evaluation_sections_only(trained_run, tmp_path, capsys):
+    """--config beside a checkpoint that holds its config: its metrics_params and reconstruction_params (the
+    evaluation sections) apply, key by key; its networks and data stay the checkpoint's; a config without those
+    sections is ignored with a warning that says so; a broken value is a one-line error naming the key."""
+    settings = tmp_path / "evaluation.yaml"
+    settings.write_text("metrics_params:\n  landmarks: none\nreconstruction_params:\n  num_videos: 1\n"
+                        "model_params:\n  common_params:\n    num_kp: 99\n")            # networks: not applied
+    with pytest.warns(UserWarning, match="its reconstruction_params, metrics_params used"):
+        assert run.main(["--mode", "reconstruction", "--device", "cpu", "--checkpoint", trained_run,
+                         "--config", str(settings)]) == 0
+    metrics = json.load(open(os.path.join(trained_run, "reconstruction", "metrics.json")))
+    assert len(metrics["videos"]) == 1 and metrics["skipped"]["akd"] == "metrics_params.landmarks is none"
+    unrelated = tmp_path / "unrelated.yaml"
+    unrelated.write_text("train_params:\n  num_epochs: 3\n")
+    with pytest.warns(UserWarning, match="ignored .*only its reconstruction_params"):
+        assert run.main(["--mode", "reconstruction", "--device", "cpu", "--checkpoint", trained_run,
+                         "--config", str(unrelated)]) == 0
+    assert len(json.load(open(os.path.join(trained_run, "reconstruction", "metrics.json")))["videos"]) == 2
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("metrics_params:\n  landmarks: elbows\n")
+    capsys.readouterr()
+    assert reconstruct("--checkpoint", trained_run, "--config", str(broken)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "metrics_params.landmarks" in err and "elbows" in err and len(err.splitlines()) == 1
 
 
 def test_data_flag_evaluates_another_dataset_without_editing_the_checkpoint(trained_run, tmp_path, capsys):

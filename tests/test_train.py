@@ -283,6 +283,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_0(tmp_path, dataset_root,
         glob.glob(os.path.join(run_dir, "0000000[1-9]-checkpoint.pth.tar"))
     assert interrupted, output
     assert "resume with --checkpoint" in open(os.path.join(run_dir, "log.txt")).read()
+    # the progress bar counts epochs as log.txt and the checkpoint names do, from 0
+    assert "epoch 0 [0..999]" in output and "00000000) step" in open(os.path.join(run_dir, "log.txt")).read()
     stopped_at = read_checkpoint(interrupted[0])["step"]
     assert train("--checkpoint", interrupted[0], "--max_steps", str(stopped_at + 1)) == 0
     assert f"resumed from {interrupted[0]} (step {stopped_at})" in open(os.path.join(run_dir, "log.txt")).read()

@@ -9,10 +9,13 @@ Everything the app writes lives under one temporary root, removed when the serve
                                   synthetic dataset's demo pair (rendered)
 
 A session's files carry its id in their names (``<session>-source.png``, ``<session>-result-1.mp4``), so that
-when its tab closes its copies in Gradio's cache are found and removed too.
+when its tab closes its copies in Gradio's cache are found and removed too. A session opened through the raw
+API never sends the tab-close event, so session folders are also bounded: when a new session starts, those
+unused for SESSION_IDLE_S are removed, then the least recently used beyond MAX_SESSIONS.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -35,6 +38,8 @@ REAL_FACES, SYNTHETIC = "real faces", "synthetic"       # the bundled examples' 
 MODEL_PATTERNS = ("*.pth.tar", "*.pth", "*.pt")
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")   # Gradio's session hashes; nothing that could leave the folder
 MAX_PIXELS = 40_000_000          # a source image larger than this is refused (Pillow's bomb limit is 89 M)
+SESSION_IDLE_S = 3600            # a session folder unused this long goes when another session starts
+MAX_SESSIONS = 64                # session folders kept at most (the least recently used go first)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +150,33 @@ class Storage:
             os.makedirs(folder, exist_ok=True)
 
     def session(self, session_id: str) -> str:
-        """The folder of one browser session (made on first use)."""
+        """The folder of one browser session (made on first use, its time of use renewed on every call)."""
         if not SESSION_ID.fullmatch(session_id or ""):
             raise UserError(f"session {session_id!r}: not a session id")
         folder = os.path.join(self.sessions, session_id)
-        os.makedirs(folder, exist_ok=True)
+        if os.path.isdir(folder):
+            os.utime(folder)                             # the age of a session counts from its last use
+        else:
+            self.prune(keep=MAX_SESSIONS - 1)
+            os.makedirs(folder, exist_ok=True)
         return folder
+
+    def prune(self, keep: int = MAX_SESSIONS, idle_s: float = SESSION_IDLE_S) -> list[str]:
+        """End the sessions unused for ``idle_s`` seconds, then the least recently used beyond ``keep``;
+        returns their ids."""
+        import time
+
+        used = {}
+        for name in os.listdir(self.sessions):
+            with contextlib.suppress(OSError):           # a session ending at the same moment
+                used[name] = os.path.getmtime(os.path.join(self.sessions, name))
+        by_age = sorted(used, key=used.get)              # least recently used first
+        idle = [name for name in by_age if time.time() - used[name] > idle_s]
+        rest = [name for name in by_age if name not in idle]
+        ended = idle + rest[:max(0, len(rest) - keep)]
+        for name in ended:
+            self.end_session(name)
+        return ended
 
     def end_session(self, session_id: str) -> None:
         """Remove the session's folder and its files' copies in Gradio's cache."""

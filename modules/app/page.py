@@ -23,6 +23,7 @@ from typing import Optional
 
 from modules.app.files import (REAL_FACES, SYNTHETIC, Limits, ModelInfo, Storage, accept_upload, check_driving,
                                check_source, copy_face_example, describe_model, list_models, ordered_examples)
+from modules.app.live import LiveSessions, build_live_tab
 from modules.core.errors import UserError
 from modules.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -141,42 +142,49 @@ def motion_choices(info: ModelInfo) -> list[str]:
     return [DEFAULT_MOTION, "relative", "absolute"] if info.relative else [DEFAULT_MOTION, "absolute"]
 
 
-def build_page(animator: Animator, models: list[ModelInfo], examples: dict[str, tuple[str, str]]):
-    """The Gradio Blocks of the page (not launched); ``examples`` by name (write_examples), shown with the one
-    that suits the default model first."""
+def build_page(animator: Animator, models: list[ModelInfo], examples: dict[str, tuple[str, str]],
+               live: Optional[LiveSessions] = None):
+    """The Gradio Blocks of the page (not launched): the "Animate a video" tab and the "Live" tab (modules/app/
+    live.py); ``examples`` by name (write_examples), shown with the one that suits the default model first."""
     import gradio as gr
 
+    live = live or LiveSessions(animator.storage, animator.limits, animator.device)
     choices = [(info.label + ("  (does not load)" if info.problem else ""), info.path) for info in models]
     first = models[0] if models else None
     with gr.Blocks(title="kpmask: image animation with keypoint masks", analytics_enabled=False,
                    delete_cache=(600, 3600)) as page:
         gr.Markdown("# Image animation with keypoint masks\nOne source image, moved like a driving video "
                     "(Toledano, Marmor, Gertz).\n\n" + NOTICE)
-        with gr.Row():
-            model = gr.Dropdown(choices, value=first.path if first else None, label="Model", scale=2)
-            about = gr.Markdown(first.describe() if first else "No model: start with --models FOLDER.")
-        with gr.Row():
-            source = gr.File(label="Source image", file_types=list(IMAGE_EXTENSIONS), elem_id="source")
-            driving = gr.File(label="Driving video", file_types=list(VIDEO_EXTENSIONS), elem_id="driving")
-        shown = ordered_examples(examples, first)
-        if shown:
-            gr.Examples([list(pair) for _, pair in shown], [source, driving], elem_id="example",
-                        label="Bundled examples: " + "; then ".join(EXAMPLE_NOTES[name] for name, _ in shown))
-        with gr.Accordion("Options", open=False):
-            options = _option_controls(gr, first)           # Request's fields from motion to precision
-        run = gr.Button("Animate", variant="primary", elem_id="animate")
-        with gr.Row():
-            result = gr.Video(label="Result", elem_id="result", autoplay=True, loop=True, height=360)
-            side = gr.Video(label="Side by side: source | driving | mask or keypoints | result",
-                            elem_id="side", loop=True, height=360)
-        sheet = gr.Image(label="Contact sheet (the side-by-side's columns, 8 frames across)", elem_id="sheet")
-        log = gr.Textbox(label="What ran", lines=4, elem_id="log")
+        with gr.Tab("Animate a video", id="animate-tab"):
+            with gr.Row():
+                model = gr.Dropdown(choices, value=first.path if first else None, label="Model", scale=2)
+                about = gr.Markdown(first.describe() if first else "No model: start with --models FOLDER.")
+            with gr.Row():
+                source = gr.File(label="Source image", file_types=list(IMAGE_EXTENSIONS), elem_id="source")
+                driving = gr.File(label="Driving video", file_types=list(VIDEO_EXTENSIONS), elem_id="driving")
+            shown = ordered_examples(examples, first)
+            if shown:
+                gr.Examples([list(pair) for _, pair in shown], [source, driving], elem_id="example",
+                            label="Bundled examples: " + "; then ".join(EXAMPLE_NOTES[name] for name, _ in shown))
+            with gr.Accordion("Options", open=False):
+                options = _option_controls(gr, first)           # Request's fields from motion to precision
+            run = gr.Button("Animate", variant="primary", elem_id="animate")
+            with gr.Row():
+                result = gr.Video(label="Result", elem_id="result", autoplay=True, loop=True, height=360)
+                side = gr.Video(label="Side by side: source | driving | mask or keypoints | result",
+                                elem_id="side", loop=True, height=360)
+            sheet = gr.Image(label="Contact sheet (the side-by-side's columns, 8 frames across)", elem_id="sheet")
+            log = gr.Textbox(label="What ran", lines=4, elem_id="log")
+
+        with gr.Tab("Live", id="live-tab", elem_id="live-tab"):
+            build_live_tab(gr, live, choices, first.path if first else None, _live_photo(examples, first))
 
         def chosen(path):
             info = describe_model(path)
             return info.describe(), gr.update(choices=motion_choices(info), value=DEFAULT_MOTION)
 
         def ended(request: gr.Request):
+            live.end(request.session_hash)
             animator.end(request.session_hash)
 
         model.change(chosen, model, [about, options[0]])
@@ -184,6 +192,12 @@ def build_page(animator: Animator, models: list[ModelInfo], examples: dict[str, 
                   concurrency_limit=1)
         page.unload(ended)
     return page
+
+
+def _live_photo(examples: dict[str, tuple[str, str]], model: Optional[ModelInfo]) -> Optional[str]:
+    """The Live tab's first photo: the source image of the bundled example that suits the default model."""
+    shown = ordered_examples(examples, model)
+    return shown[0][1][0] if shown else None
 
 
 def _option_controls(gr, first: Optional[ModelInfo]) -> list:
@@ -287,9 +301,10 @@ def serve(options: AppOptions) -> None:
     storage = Storage()
     os.environ["GRADIO_TEMP_DIR"] = storage.gradio           # Gradio's cache inside the app's root
     bypass_proxy(options.host)
+    live = LiveSessions(storage, options.limits, options.device)
     try:
         examples = write_examples(os.path.join(storage.root, "examples"))
-        page = build_page(Animator(storage, options.limits, options.device), models, examples)
+        page = build_page(Animator(storage, options.limits, options.device), models, examples, live)
         page.queue(default_concurrency_limit=1)
         print(f"serving on http://{options.host}:{options.port} (Ctrl-C stops; files under {storage.root})",
               file=sys.stderr)
@@ -302,4 +317,5 @@ def serve(options: AppOptions) -> None:
             raise UserError(f"--host {options.host} --port {options.port}: cannot serve there "
                             f"({str(error).splitlines()[0]})") from None
     finally:
+        live.end_all()
         storage.remove()

@@ -4,12 +4,14 @@ Each failure is a ``ConfigError`` whose one line names the file, the key and wha
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
+from modules.config.bounds import check_bounds
 from modules.config.family import family_of
 from modules.config.schema import check_positive, check_widths, fail, is_inverse_integer, pop_path, set_path
 from modules.config.sections import Config, DetectorSettings, GeneratorParams, GeneratorTrainParams
-from modules.core.errors import ConfigError
+from modules.core.errors import ConfigError, ConfigWarning
 
 
 def frame_size_problem(size: int, model: Any) -> Optional[str]:
@@ -149,12 +151,26 @@ def _check_vgg_levels(config: Config, file: str) -> None:
 
 
 def check_config(config: Config, file: str) -> None:
-    """Every cross-field check of a built config: the shared ones, then its family's."""
+    """Every cross-field check of a built config: the bounds on its sizes first (modules/config/bounds.py: the
+    checks below compute with them, 2 ** num_blocks among others), then the shared ones, then its family's."""
+    check_bounds(config, file)
     _check_common(config, file)
     config.record.check(config, file)
     _check_frame_shape(config, file)
     if isinstance(config.train_params, GeneratorTrainParams):
         _check_vgg_levels(config, file)
+    _warn_small_for_landmarks(config, file)
+
+
+def _warn_small_for_landmarks(config: Config, file: str) -> None:
+    """Say before training, not after it, that a pose or face model too small for its landmark detector will be
+    measured without AKD, MKR and AED (the detectors miss people in small frames, perturbed-masks paper sec. 4)."""
+    params, side = config.metrics_params, min(config.dataset_params.frame_shape[:2])
+    if config.record.animates and params.landmarks in ("body", "face") and side < params.min_landmark_size:
+        warnings.warn(f"{file}: frames of {side} px are smaller than metrics_params.min_landmark_size "
+                      f"({params.min_landmark_size}): this {params.landmarks} model will get no AKD, MKR or AED, "
+                      f"only L1, PSNR, SSIM and flicker (train at {params.min_landmark_size} px or more for them)",
+                      ConfigWarning, stacklevel=3)
 
 
 def _check_frame_shape(config: Config, file: str) -> None:

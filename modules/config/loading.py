@@ -90,6 +90,44 @@ def resolve_data_paths(config: "Config", anchor: Optional[str]) -> None:
     metrics.keypoint_regressor, _ = find(metrics.keypoint_regressor)
 
 
+# What a config says about evaluating and showing a trained model, as opposed to what its networks and data are.
+# These sections of a --config given beside a checkpoint that holds its own config replace the checkpoint's, so
+# that metric settings (metrics_params.landmarks, say) can change after training without editing a checkpoint.
+EVALUATION_SECTIONS = ("reconstruction_params", "animate_params", "metrics_params", "visualizer_params")
+
+
+def with_evaluation_sections(data: dict, config_path: str) -> tuple[dict, list[str]]:
+    """``data`` (a checkpoint's config) with the EVALUATION_SECTIONS keys of the YAML file ``config_path`` laid
+    over it, key by key; returns (the new data, the sections the file changed)."""
+    override = read_yaml(config_path)
+    if not isinstance(override, dict):
+        raise ConfigError(f"{config_path}: expected a YAML mapping at the top level, got {type(override).__name__}")
+    merged, changed = _deep_copy(data), []
+    for section in EVALUATION_SECTIONS:
+        given = override.get(section)
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            raise ConfigError(f"{config_path}: {section}: expected a mapping, got {type(given).__name__}")
+        before = merged.get(section) or {}
+        after = _laid_over(before, given)
+        if after != before:
+            merged[section] = after
+            changed.append(section)
+    return merged, changed
+
+
+def _laid_over(base: dict, top: dict) -> dict:
+    """``base`` with ``top``'s keys replacing its own, nested mappings merged the same way."""
+    result = _deep_copy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _laid_over(result[key], value)
+        else:
+            result[key] = _deep_copy(value)
+    return result
+
+
 def load_config(path: str | os.PathLike) -> Config:
     """Read a YAML config (``read_yaml``: safe loading, no duplicate keys, bounded aliases) and validate it."""
     path = os.fspath(path)

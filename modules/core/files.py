@@ -56,7 +56,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` with torch.save to a temporary file beside ``path``, then rename it into place.
 
     The file being written is ``<path>.<random>.tmp``. A crash or ``kill -9`` mid-write leaves the previous
-    file intact (the rename is atomic on POSIX and Windows) and at worst a stale ``.tmp`` file.
+    file intact (the rename is atomic on POSIX and Windows) and at worst a stale ``.tmp`` file. A failed write
+    (a full disk: ENOSPC, a size limit: EFBIG) raises its OSError, removes the ``.tmp`` file and leaves the
+    previous file as it was.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -69,7 +71,15 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
+            recording = _RecordingStream(stream)
+            try:
+                torch.save(obj, recording)
+            except RuntimeError:
+                # torch's writer turns a failed write into "unexpected pos ..."; the OSError it swallowed
+                # (ENOSPC, EFBIG) says what happened and to which file.
+                if recording.error is None:
+                    raise
+                raise recording.error from None
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -77,6 +87,25 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+class _RecordingStream:
+    """A binary file for torch.save that keeps the first OSError of a write (torch reports it as a RuntimeError
+    without the errno)."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.error: Optional[OSError] = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:

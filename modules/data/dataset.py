@@ -259,7 +259,7 @@ class FramesDataset(Dataset):
         group = self._groups[index]
         chosen = group[int(rng.integers(len(group)))]
         frame_indices = np.sort(rng.choice(self.num_frames(chosen), 2, replace=False))
-        frames = frames_to_tensor(self.video(chosen).read(frame_indices))     # (2, 3, H, W)
+        frames = frames_to_tensor(self._read_frames(chosen, frame_indices))     # (2, 3, H, W)
         draw = self.transform.draw(rng) if self.transform is not None else None
         if draw is not None:
             frames = self.transform.apply(frames, draw)
@@ -273,6 +273,17 @@ class FramesDataset(Dataset):
                 keypoints[1]), "source_visible": torch.from_numpy(visible[0]),
                 "driving_visible": torch.from_numpy(visible[1])}
         return item
+
+    def _read_frames(self, index: int, frame_indices: np.ndarray) -> np.ndarray:
+        """Frames ``frame_indices`` of video ``index``; whatever fails while decoding them is a VideoError naming
+        the file, so that training can skip the sample (modules/data/training_loader.py)."""
+        try:
+            return self.video(index).read(frame_indices)
+        except (VideoError, MemoryError):
+            raise
+        except Exception as error:   # a decoder's own exception (PIL, numpy) on a damaged or changed file
+            raise VideoError(self.videos[index], f"cannot read frames {frame_indices.tolist()} "
+                                                 f"({type(error).__name__}: {error})") from None
 
     def _stored_size(self, index: int) -> tuple[int, int]:
         """(H, W) of video ``index`` as stored (labels are in its pixels), read once per process."""

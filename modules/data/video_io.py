@@ -20,7 +20,9 @@ Every frame comes out as RGB uint8 (H, W, 3), whatever the file holds:
 
 mp4/mov without decoding what is not needed:
   * probing copies the stream instead of decoding it (``ffmpeg -c copy -f framecrc``): one line per packet
-    gives the frame count, each frame's timestamp and the keyframes. imageio_ffmpeg.count_frames_and_secs
+    gives the frame count, each frame's timestamp and the keyframes; ``fps`` is the count over the span the
+    timestamps cover, so a variable-frame-rate video keeps its duration (``timed_rate``), and decoding passes
+    each stored frame through once (``every_stored_frame``). imageio_ffmpeg.count_frames_and_secs
     DECODES the whole file (``-vf null``): 50-80 ms against 14-18 ms for a 300-frame 256x256 h264 file;
   * ``read(indices)`` seeks with ffmpeg's input ``-ss`` to halfway between the wanted frame's timestamp and
     the previous one (ffmpeg then decodes from the keyframe before it and drops the earlier frames, so the
@@ -31,6 +33,7 @@ mp4/mov without decoding what is not needed:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import subprocess
@@ -164,6 +167,7 @@ def _frame_size(frame_shape: Optional[Sequence[int]]) -> Optional[tuple[int, int
 class VideoInfo:
     """What probing learnt; ``open_video(path, info=...)`` reuses it instead of probing again."""
     num_frames: int
+    # frames per second of real time (``timed_rate``: count over the timestamps' span, not the nominal rate)
     fps: Optional[float] = None
     timestamps: Optional[np.ndarray] = None   # mp4/mov: (num_frames,) seconds from the file's start, display order
     keyframes: Optional[np.ndarray] = None    # mp4/mov: sorted frame indices that decoding can start at
@@ -206,6 +210,22 @@ def _ffmpeg(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
 
 
+@functools.lru_cache(maxsize=None)
+def every_stored_frame() -> tuple[str, ...]:
+    """ffmpeg's output option that passes each stored frame through once. Without it, raw and image-pipe
+    outputs are constant-rate: ffmpeg repeats frames of a variable-frame-rate video to fill its nominal rate
+    (22 stored frames came out as 37), so frame i of a stream would not be the probe's frame i. ffmpeg 5.1
+    renamed ``-vsync`` to ``-fps_mode`` and 7 dropped the old name; a build whose version does not parse is
+    taken as recent (a git build)."""
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-version"], stdin=subprocess.DEVNULL,
+                            capture_output=True)
+    match = re.search(r"version n?(\d+)\.(\d+)", result.stdout.decode(errors="replace"))
+    old = match is not None and (int(match.group(1)), int(match.group(2))) < (5, 1)
+    return ("-vsync", "passthrough") if old else ("-fps_mode", "passthrough")
+
+
 # ffmpeg's words -> plain ones (the first that matches); its option names mean nothing to a user.
 _FFMPEG_REASONS = (
     (("matches no streams", "Failed to set value '0:v:0'", "does not contain any stream"),
@@ -236,7 +256,7 @@ def _probe_ffmpeg(path: str) -> VideoInfo:
     result = _ffmpeg(["-i", path, "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"])
     if result.returncode != 0:
         raise VideoError(path, f"cannot read the video ({_ffmpeg_problem(result.stderr)})")
-    numerator, denominator, pts, keys = 1, 1, [], []
+    numerator, denominator, pts, durations, keys = 1, 1, [], [], []
     for line in result.stdout.decode(errors="replace").splitlines():
         if line.startswith("#tb 0:"):
             numerator, denominator = (int(v) for v in line.split(":", 1)[1].strip().split("/"))
@@ -247,23 +267,36 @@ def _probe_ffmpeg(path: str) -> VideoInfo:
             if flags & 4:          # AV_PKT_FLAG_DISCARD: the decoder drops it, no frame comes out
                 continue
             pts.append(int(fields[2]))
+            durations.append(int(fields[3]))
             keys.append(bool(flags & 1))
     if not pts:
         raise VideoError(path, "no video frames")
     order = np.argsort(pts, kind="stable")           # packets come in decoding order; frames in display order
-    timestamps = np.asarray(pts, dtype=np.float64)[order] * numerator / denominator
+    tick = numerator / denominator
+    timestamps = np.asarray(pts, dtype=np.float64)[order] * tick
     keyframes = np.flatnonzero(np.asarray(keys)[order])
     if len(keyframes) == 0 or keyframes[0] != 0:
         keyframes = np.concatenate([[0], keyframes])
-    header = result.stderr.decode(errors="replace")
-    match = re.search(r"Video:.*?, ([\d.]+) fps", header)
-    if match:
-        fps = float(match.group(1))
-    elif len(timestamps) > 1 and timestamps[-1] > timestamps[0]:
-        fps = (len(timestamps) - 1) / (timestamps[-1] - timestamps[0])
-    else:
-        fps = None
+    last_duration = durations[order[-1]] * tick
+    fps = timed_rate(timestamps, last_duration)
+    if fps is None:              # one frame: only the header's nominal rate says anything
+        match = re.search(r"Video:.*?, ([\d.]+) fps", result.stderr.decode(errors="replace"))
+        fps = float(match.group(1)) if match else None
     return VideoInfo(len(timestamps), fps, timestamps, keyframes.astype(np.int64))
+
+
+def timed_rate(timestamps: np.ndarray, last_duration: float = 0.0) -> Optional[float]:
+    """Frames per second of real time: the frame count over the span the timestamps cover (first frame's
+    start to last frame's end), not the container's nominal rate. A variable-frame-rate video (a phone's) has
+    no single rate; this one keeps its duration when its frames are written one for one at a constant rate
+    (docs/inference.md, "Frame timing"). ``last_duration`` is how long the last frame shows; 0 or less: the
+    median interval. None for fewer than two distinct timestamps."""
+    intervals = np.diff(timestamps)
+    if len(timestamps) < 2 or timestamps[-1] <= timestamps[0]:
+        return None
+    if last_duration <= 0:
+        last_duration = float(np.median(intervals[intervals > 0]))
+    return len(timestamps) / float(timestamps[-1] - timestamps[0] + last_duration)
 
 
 def probe_video(path: str, frame_shape: Optional[Sequence[int]] = None) -> VideoInfo:
@@ -314,6 +347,7 @@ class Video:
 
     path: str
     num_frames: int
+    # frames per second of real time (``timed_rate``: count over the timestamps' span, not the nominal rate)
     fps: Optional[float] = None
 
     def __init__(self, path: str, frame_shape: Optional[Sequence[int]]):
@@ -453,10 +487,18 @@ class GifVideo(Video):
         try:
             with Image.open(path) as image:
                 self.num_frames = int(getattr(image, "n_frames", 1))
-                duration = image.info.get("duration") or 0
+                # each frame's own delay (ms): a GIF's frames need not show equally long
+                delays = []
+                for index in range(self.num_frames):
+                    image.seek(index)
+                    delays.append(float(image.info.get("duration") or 0))
         except (OSError, SyntaxError, ValueError, EOFError) as error:
             raise VideoError(path, f"cannot decode the GIF ({_first_line(error)})") from None
-        self.fps = 1000.0 / duration if duration else None
+        if all(delays):
+            starts = np.concatenate([[0.0], np.cumsum(delays[:-1])]) / 1000
+            self.fps = timed_rate(starts, delays[-1] / 1000) if len(delays) > 1 else 1000.0 / delays[0]
+        else:                            # a frame without a delay: the GIF says nothing about time
+            self.fps = None
 
     def _decode(self, wanted: Optional[set[int]]) -> Iterator[tuple[int, np.ndarray]]:
         try:
@@ -502,8 +544,8 @@ class FfmpegVideo(Video):
             seek = ["-ss", f"{(stamps[start] + stamps[start - 1]) / 2:.6f}"]
         # One decoder thread: these runs are short, where frame threading costs more than it gives (a 2-frame
         # read of a 256x256 clip: 46 ms instead of 63), and DataLoader workers are the parallelism.
-        result = _ffmpeg(["-threads", "1", *seek, "-i", self.path, "-map", "0:v:0", "-frames:v", str(count),
-                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        result = _ffmpeg(["-threads", "1", *seek, "-i", self.path, "-map", "0:v:0", *every_stored_frame(),
+                          "-frames:v", str(count), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
         if result.returncode != 0:
             raise VideoError(self.path, f"cannot decode the video ({_ffmpeg_problem(result.stderr)})")
         output = result.stderr.decode(errors="replace").split("Output #0", 1)[-1]
@@ -538,7 +580,7 @@ class FfmpegVideo(Video):
     def _frames(self) -> Iterator[np.ndarray]:
         import imageio_ffmpeg
 
-        reader = imageio_ffmpeg.read_frames(self.path, output_params=["-map", "0:v:0"])
+        reader = imageio_ffmpeg.read_frames(self.path, output_params=["-map", "0:v:0", *every_stored_frame()])
         try:
             try:
                 meta = next(reader)

@@ -54,6 +54,9 @@ class FrameScorer:
             self.skipped = {name: str(reason) for name in LANDMARK_METRICS}
         self.landmark_metrics = {name: metric for name, metric in LANDMARK_METRICS.items()
                                  if name not in self.skipped}
+        if not self.landmark_metrics:        # jitter is the landmarks' frame-to-frame wobble: say why it is gone
+            reasons = sorted(set(self.skipped.values()))
+            self.skipped["jitter"] = "it follows the landmarks, which are not measured here: " + "; ".join(reasons)
 
     @property
     def metrics(self) -> list[str]:

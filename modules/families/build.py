@@ -7,21 +7,30 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import nn
 
 from modules.config.family import Trainable
 from modules.config.sections import Config
+from modules.families.memory import check_memory
 from modules.training.losses import FeatureExtractor, PerceptualLoss, build_vgg19_features
 
 
-def model_from_checkpoint(config: Config, checkpoint: dict, source: str) -> nn.Module:
-    """The networks of ``config`` with a checkpoint's weights (FOMM's keys), loaded strictly."""
+def model_from_checkpoint(config: Config, checkpoint: dict, source: str, *, device: Optional[torch.device] = None,
+                          batch: int = 1, training: bool = False) -> nn.Module:
+    """The networks of ``config`` with a checkpoint's weights (FOMM's keys), loaded strictly; first the memory
+    check (modules/families/memory.py) for a run of ``batch`` frames on ``device`` (None: the host)."""
+    check_memory(config, source, device=device, batch=batch, training=training)
     return config.record.load(config, checkpoint, source)
 
 
-def build_model(config: Config, *, checkpoint_with_kp: Optional[str] = None) -> nn.Module:
+def build_model(config: Config, *, checkpoint_with_kp: Optional[str] = None, device: Optional[torch.device] = None,
+                batch: int = 1, training: bool = True) -> nn.Module:
     """The networks for ``config`` with fresh weights; ``checkpoint_with_kp`` gives the families that hold FOMM's
-    detector its weights (frozen for the keypoint-mask family, a starting point for the stage ones)."""
+    detector its weights (frozen for the keypoint-mask family, a starting point for the stage ones). First the
+    memory check for ``batch`` frame pairs on ``device`` (None: the host), as training (fresh weights are
+    trained) unless ``training`` is False."""
+    check_memory(config, config.path, device=device, batch=batch, training=training)
     return config.record.build(config, checkpoint_with_kp)
 
 

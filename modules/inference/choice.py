@@ -318,17 +318,19 @@ def dataset_frames(config, count: int = CALIBRATION_FRAMES) -> tuple[torch.Tenso
 def load_for_inference(path: str, device: torch.device, *, config_path: Optional[str] = None,
                        ablation: Optional[str] = None, engine: Optional[str] = None,
                        precision: Optional[str] = None,
-                       calibrate: Optional[Callable[[Any], tuple]] = None) -> tuple[Any, Any, dict, Chosen]:
+                       calibrate: Optional[Callable[[Any], tuple]] = None,
+                       batch_size: int = 8) -> tuple[Any, Any, dict, Chosen]:
     """``modules.inference.loading.load_model`` on the engine and precision asked for (None: ``default_engine()``
     and auto): (config, model, checkpoint, what was chosen). ``calibrate(config)`` gives int8's calibration
-    frames (source (1, 3, H, W), driving (n, 3, H, W)); without it int8 calibrates on random frames."""
+    frames (source (1, 3, H, W), driving (n, 3, H, W)); without it int8 calibrates on random frames.
+    ``batch_size``: the driving frames animated at once, for load_model's memory check."""
     from modules.inference.loading import load_model
 
-    config, model, checkpoint = load_model(path, device, config_path, ablation)
+    config, model, checkpoint = load_model(path, device, config_path, ablation, batch_size=batch_size)
     first = [model]
 
     def load() -> nn.Module:
-        return first.pop() if first else load_model(path, device, config_path, ablation)[1]
+        return first.pop() if first else load_model(path, device, config_path, ablation, batch_size=batch_size)[1]
 
     parts = config.record.export_parts(config.model_params)
     chosen = choose_engine(load, parts, config.dataset_params.size, checkpoint["path"], engine or default_engine(),

@@ -9,20 +9,24 @@ from typing import Any, Optional
 import torch
 
 from modules.config.formats import MODEL_FORMAT, MODEL_KEYS, load_training_checkpoint, missing_entries, validated
-from modules.config.loading import config_from_dict, load_config, resolve_data_paths
+from modules.config.loading import (EVALUATION_SECTIONS, config_from_dict, load_config, resolve_data_paths,
+                                    with_evaluation_sections)
 from modules.core.errors import CheckpointError, UserError
 from modules.core.files import read_checkpoint
 from modules.families.build import model_from_checkpoint
 
 
 def load_model(path: str, device: torch.device, config_path: Optional[str] = None,
-               ablation: Optional[str] = None) -> tuple[Any, Any, dict[str, Any]]:
+               ablation: Optional[str] = None, batch_size: int = 8) -> tuple[Any, Any, dict[str, Any]]:
     """(config, model in eval mode on ``device``, checkpoint) from a training checkpoint of this project or its run
     folder, or a model file (MODEL_FORMAT), both holding their config, or from a FOMM-format checkpoint (an
     official ``vox-cpk.pth.tar``: networks only) together with ``config_path``, the config of its networks.
 
     ``ablation`` (perturbed masks only: none, no_pert, no_ref, no_id) replaces the config's; results then go
-    to ``<mode>-<ablation>/``. One checkpoint serves all four: r's loss never reaches m, l or h in training."""
+    to ``<mode>-<ablation>/``. One checkpoint serves all four: r's loss never reaches m, l or h in training.
+
+    ``batch_size``: the driving frames a run animates at once, for the memory check that comes before the
+    weights are built (modules/families/memory.py: the estimate against what ``device`` has available)."""
     checkpoint = read_checkpoint(path) if os.path.isfile(path) else None     # a folder: its latest, below
     if checkpoint is not None and not ("format" in checkpoint and "config" in checkpoint):
         if not {"generator", "kp_detector"} <= set(checkpoint):
@@ -44,10 +48,16 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
             checkpoint = dict(checkpoint, path=path, results_root=_results_root(path))
         else:
             checkpoint = load_training_checkpoint(path) if checkpoint is None else validated(checkpoint, path)
+        data = checkpoint["config"]
         if config_path is not None:
-            warnings.warn(f"--config {config_path} ignored: {checkpoint['path']} holds the config it was trained with",
-                          UserWarning, stacklevel=2)
-        config = config_from_dict(checkpoint["config"], f"{checkpoint['path']}:config")
+            data, changed = with_evaluation_sections(data, config_path)
+            kept = f"{checkpoint['path']} holds the networks and data it was trained with"
+            used = f"; its {', '.join(changed)} used" if changed else \
+                f" ignored ({kept}; only its {', '.join(EVALUATION_SECTIONS)} would apply)"
+            warnings.warn(f"--config {config_path}{used}" + (f" ({kept})" if changed else ""), UserWarning,
+                          stacklevel=2)
+        file = f"{checkpoint['path']}:config" + (f" with {config_path}" if config_path else "")
+        config = config_from_dict(data, file)
     if ablation is not None:
         if ablation not in config.record.ablations:
             raise UserError(f"--ablation {ablation}: {checkpoint['path']} is a {config.motion_name} model; the "
@@ -59,7 +69,8 @@ def load_model(path: str, device: torch.device, config_path: Optional[str] = Non
         raise UserError(f"{checkpoint['path']}: a labelled keypoint detector (stage one) has no generator to "
                         f"reconstruct or animate with; pass it as --checkpoint_with_kp to a heatmap, circles or FOMM "
                         f"config with its detector settings (measure it with scripts/measure/keypoints_vs_joints.py)")
-    model = model_from_checkpoint(config, checkpoint, checkpoint["path"])
+    # The memory check before the weights are built: a run of batch_size driving frames (the modes' default 8)
+    model = model_from_checkpoint(config, checkpoint, checkpoint["path"], device=device, batch=batch_size)
     return config, model.to(device).eval(), checkpoint
 
 

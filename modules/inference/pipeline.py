@@ -209,14 +209,15 @@ class Prepared:
 
 def prepare_model(checkpoint_path: str, device: torch.device, *, precision: Optional[str] = None,
                   engine: Optional[str] = None, config_path: Optional[str] = None, ablation: Optional[str] = None,
-                  calibrate: Optional[Callable] = None, channels_last: bool = True) -> Prepared:
+                  calibrate: Optional[Callable] = None, channels_last: bool = True, batch_size: int = 8) -> Prepared:
     """The inference preamble of every mode: load the model on the engine and precision asked for (``None``: the
     defaults, auto, which choose both together; modules/inference/choice.py) and print one line saying which.
-    ``channels_last``: NHWC weights, as animation feeds its frames (reconstruction keeps the stored layout)."""
+    ``channels_last``: NHWC weights, as animation feeds its frames (reconstruction keeps the stored layout).
+    ``batch_size``: the frames the mode runs at once; the memory check before loading estimates with it."""
     precision, precision_line = inference_precision(precision, device)
     config, model, checkpoint, chosen = load_for_inference(
         checkpoint_path, device, config_path=config_path, ablation=ablation, engine=engine, precision=precision,
-        calibrate=calibrate)
+        calibrate=calibrate, batch_size=batch_size)
     print(precision_line + "; " + chosen.line)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -236,7 +237,8 @@ def animate_single(checkpoint_path: str, source_image: str, driving_video: str,
                                  crops=(("--crop", o.crop), ("--driving_crop", o.driving_crop)))
     frames = Frames(source_image, driving_video, o.fit, o.crop, o.driving_crop)
     prepared = prepare_model(checkpoint_path, device, precision=o.precision, engine=o.engine,
-                             config_path=o.config_path, ablation=o.ablation, calibrate=frames.calibration)
+                             config_path=o.config_path, ablation=o.ablation, calibrate=frames.calibration,
+                             batch_size=o.batch_size)
     config, model, checkpoint = prepared.config, prepared.model, prepared.checkpoint
     motion, adapt_scale = choose_motion(config, o.motion, o.adapt_scale, checkpoint["path"])
     if o.find_best_frame and motion != "relative":
