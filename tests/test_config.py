@@ -409,3 +409,24 @@ def test_a_body_or_face_config_too_small_for_its_landmarks_warns_before_training
         with warnings.catch_warnings():
             warnings.simplefilter("error", ConfigWarning)
             load_config(path)
+
+
+def test_a_relative_regressor_path_in_an_evaluation_config_is_found_from_that_config(tmp_path, monkeypatch):
+    """--config beside a checkpoint: a relative metrics_params.keypoint_regressor is looked for from the current
+    folder, then from the config file's own repository (not the checkpoint's)."""
+    from modules.config.loading import with_evaluation_sections
+
+    repository = tmp_path / "repo"
+    (repository / "config").mkdir(parents=True)
+    (repository / "setup.py").write_text("")
+    (repository / "data").mkdir()
+    (repository / "data" / "regressor.pth").write_text("")
+    settings = repository / "config" / "eval.yaml"
+    settings.write_text("metrics_params:\n  landmarks: synthetic\n  keypoint_regressor: data/regressor.pth\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    data = yaml.safe_load(open(config_path("tiny-heatmap.yaml")))
+    merged, changed = with_evaluation_sections(data, str(settings))
+    assert merged["metrics_params"]["keypoint_regressor"] == str(repository / "data" / "regressor.pth")
+    assert "metrics_params" in changed

@@ -240,3 +240,17 @@ def test_available_memory_reads_the_host():
     if available is None:
         pytest.skip(f"nothing says how much memory this host has ({where})")
     assert 0 < available and where
+
+
+def test_a_containers_page_cache_counts_as_free_less_its_shared_memory(tmp_path):
+    """The kernel drops a cgroup's file pages (active ones too) before refusing an allocation, not its shmem:
+    a container that has just read a dataset must not look full (cgroup v2 and v1 stat files)."""
+    from modules.core.memory import _reclaimable
+
+    v2 = tmp_path / "memory.stat"
+    v2.write_text("anon 100\nfile 5000\nactive_file 4000\ninactive_file 1000\nshmem 300\n")
+    assert _reclaimable(str(v2)) == 4700
+    v1 = tmp_path / "v1.stat"
+    v1.write_text("cache 9\ntotal_cache 800\ntotal_inactive_file 100\ntotal_shmem 50\n")
+    assert _reclaimable(str(v1)) == 750
+    assert _reclaimable(str(tmp_path / "missing")) == 0

@@ -103,6 +103,13 @@ def with_evaluation_sections(data: dict, config_path: str) -> tuple[dict, list[s
     if not isinstance(override, dict):
         raise ConfigError(f"{config_path}: expected a YAML mapping at the top level, got {type(override).__name__}")
     merged, changed = _deep_copy(data), []
+    metrics = override.get("metrics_params")
+    regressor = metrics.get("keypoint_regressor") if isinstance(metrics, dict) else None
+    if isinstance(regressor, str) and not os.path.isabs(regressor) and not os.path.exists(regressor):
+        # as resolve_data_paths reads a config's paths: the current folder first, then this file's repository
+        # (not the checkpoint's, which resolve_data_paths would search next)
+        found = [os.path.join(base, regressor) for base in _repository_of(config_path)]
+        metrics["keypoint_regressor"] = next((path for path in found if os.path.exists(path)), regressor)
     for section in EVALUATION_SECTIONS:
         given = override.get(section)
         if given is None:

@@ -12,7 +12,10 @@ CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "
                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
                  "/sys/fs/cgroup/memory/memory.stat"))
 # the page cache the kernel drops first, counted in the usage (what `docker stats` leaves out too)
-RECLAIMABLE = ("inactive_file", "total_inactive_file")
+# Page cache the kernel drops before it refuses an allocation: the file pages of the cgroup (v2 "file", v1
+# "total_cache"), less the shared memory counted among them (v2 "shmem", v1 "total_shmem"), which it cannot drop.
+# Counting only the inactive pages would refuse a run in a container that has just read a dataset or checkpoint.
+CACHE_KEYS = (("file", "shmem"), ("total_cache", "total_shmem"))
 
 
 def available_memory(device: Optional[torch.device] = None) -> tuple[Optional[int], str]:
@@ -20,6 +23,8 @@ def available_memory(device: Optional[torch.device] = None) -> tuple[Optional[in
     (a host without psutil and without /proc, e.g. macOS)."""
     if device is not None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
+        # what this process's caching allocator holds but does not use is free to it too (a second model loaded)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return free, f"free memory of {device}"
     host, where = _host_available()
     limit = _cgroup_headroom()
@@ -67,4 +72,8 @@ def _reclaimable(stat_file: str) -> int:
             fields = dict(line.split() for line in stream if len(line.split()) == 2)
     except OSError:
         return 0
-    return max((int(fields[key]) for key in RECLAIMABLE if fields.get(key, "").isdigit()), default=0)
+    for cache, shared in CACHE_KEYS:
+        if fields.get(cache, "").isdigit():
+            unreclaimable = fields.get(shared, "0")
+            return max(0, int(fields[cache]) - (int(unreclaimable) if unreclaimable.isdigit() else 0))
+    return 0

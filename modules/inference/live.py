@@ -232,8 +232,8 @@ class LiveAnimator:
             arrival = slot.take(POLL_S)
             if arrival is not None:
                 return arrival
-            if slot.closed:
-                return None
+            if slot.closed:                 # the last frame may have come between the wait and the check
+                return slot.take(0)
             if idle_s is not None and time.monotonic() - waiting > idle_s:
                 self.idle = True
                 return None
