@@ -75,14 +75,10 @@ def timed_run(model: str, image: str, video: str, engine: str, precision: str, c
 
 def cpu_line() -> str:
     """The CPU's name and the flags that decide the engines' speed (AVX2, AVX-512, bf16, AMX, VNNI)."""
+    from modules.core.precision import cpu_flags
     from modules.inference.engines import cpu_name
 
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as stream:
-            flags = next((line.split(":", 1)[1].split() for line in stream if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    shown = [flag for flag in flags if flag.startswith(("avx", "amx", "fma")) or "vnni" in flag or "bf16" in flag]
+    shown = [flag for flag in cpu_flags() if flag.startswith(("avx", "amx", "fma")) or "vnni" in flag or "bf16" in flag]
     return f"CPU: {cpu_name()}, {os.cpu_count()} cores; flags: {' '.join(shown) or '-'}"
 
 

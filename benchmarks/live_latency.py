@@ -35,13 +35,10 @@ FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 def cpu_line() -> str:
     """The CPU's model name, the flags that decide the kernels, the cores, and how busy the machine is."""
+    from modules.core.precision import cpu_flags
     from modules.inference.engines import cpu_name
 
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as stream:
-            flags = next((set(line.split(":", 1)[1].split()) for line in stream if line.startswith("flags")), set())
-    except OSError:
-        flags = set()
+    flags = set(cpu_flags())
     shown = " ".join(flag for flag in FLAGS if flag in flags) or "none of " + "/".join(FLAGS)
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     return f"CPU: {cpu_name()}; flags: {shown}; {os.cpu_count()} cores; load average {load}"

@@ -25,16 +25,21 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManag
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags as Linux lists them (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open(CPUINFO, encoding="utf-8") as stream:
+            return next((line.split(":", 1)[1].split() for line in stream if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
 def native_bf16(device: torch.device) -> Optional[str]:
     """Why ``device`` runs bf16 at full speed (the CPU's AMX or AVX512-BF16 flag, a GPU that supports it), or
     None: elsewhere bf16 autocast is emulated and several times slower than fp32."""
     if device.type == "cuda":
         return "this GPU supports bf16" if torch.cuda.is_bf16_supported() else None
-    try:
-        with open(CPUINFO, encoding="utf-8") as stream:
-            flags = next((line.split(":", 1)[1].split() for line in stream if line.startswith("flags")), [])
-    except OSError:
-        return None
+    flags = cpu_flags()
     for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16")):
         if flag in flags:
             return f"this CPU has {name}"
