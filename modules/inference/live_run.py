@@ -27,9 +27,8 @@ import torch
 from modules.core.errors import UserError
 from modules.core.outputs import check_output_file
 from modules.data.video_io import WRITABLE_EXTENSIONS, VideoError, VideoWriter, load_image, open_video
-from modules.inference.crop import parse_box
 from modules.inference.live import Arrival, LatestFrame, LiveAnimator, LiveSettings, LiveStats, Show
-from modules.inference.pipeline import prepare_model
+from modules.inference.pipeline import check_framing, prepare_model
 
 CAMERA_SIZE = (640, 480)     # a camera's capture size unless --size says otherwise (every webcam offers it)
 STDOUT = "-"                 # --driving_video - (raw frames in) and --result_video - (raw frames out)
@@ -261,11 +260,7 @@ def check_live_arguments(source_image: str, driving: str, checkpoint_path: str, 
     if options.precision == "int8":
         raise UserError("--mixed_precision int8 calibrates on the driving video's first frames, which a live "
                         "stream has not sent yet; use auto, no or bf16")
-    if options.fit not in ("crop", "resize"):
-        raise UserError(f"--fit {options.fit!r}: expected crop or resize")
-    for flag, value in (("--crop", options.crop), ("--driving_crop", options.driving_crop)):
-        if value not in ("auto", "none"):
-            parse_box(value, flag)
+    check_framing(options.fit, (("--crop", options.crop), ("--driving_crop", options.driving_crop)))
     if not 0 < options.rate < float("inf"):
         raise UserError(f"--fps {options.rate:g}: expected a positive frame rate")
     if options.result == STDOUT:

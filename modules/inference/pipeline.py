@@ -279,12 +279,17 @@ def _check_arguments(result_video: str, inputs: tuple, *, overwrite: bool, visua
     side_path = side_by_side_path(result_video) if visualize else None
     if side_path:
         check_output_file(side_path, what="--visualize", inputs=inputs, overwrite=overwrite)
+    check_framing(fit, crops)
+    return side_path
+
+
+def check_framing(fit: str, crops: tuple) -> None:
+    """``--fit`` and the ``(flag, value)`` crop boxes, refused before anything is loaded (animate and live)."""
     if fit not in FITS:
         raise UserError(f"--fit {fit!r}: expected one of {', '.join(FITS)}")
     for flag, value in crops:
         if value not in ("auto", "none"):
             parse_box(value, flag)                              # a malformed box fails before loading
-    return side_path
 
 
 def steadier(config, strength: float, rate: float, source: str) -> Optional[KeypointSmoother]:
