@@ -97,7 +97,7 @@ def on_setting(model, setting: str, source, calibration, checkpoint: str | None 
         return model
     config = _config_of(checkpoint, size)
     parts = config.record.export_parts(config.model_params)
-    int8 = engines.Int8Calibration.of(capture_inputs(model, parts, source, calibration)[0]) \
+    int8 = engines.Int8Calibration.of(capture_inputs(model, parts, source, calibration)) \
         if setting.endswith("-int8") else None
     precision = "bf16" if setting.endswith("-bf16") else None     # openvino: its bf16 hint; torch: autocast
     return engines.prepare(model, engine, parts, tuple(source.shape[-2:]), "0" * 64, int8, precision)

@@ -106,6 +106,14 @@ def check_parity(name: str, engine: str, cache: str) -> None:
     if engine != "torch-opt":
         graphs = sorted(os.path.basename(path) for path in glob.glob(os.path.join(cache, "onnx", "*", "*.onnx")))
         assert graphs == sorted(spec.path + ".onnx" for spec in config.record.export_parts(config.model_params))
+        import onnx
+
+        for graph in glob.glob(os.path.join(cache, "onnx", "*", "*.onnx")):     # the trace named the outputs
+            with open(graph[:-len(".onnx")] + ".json", encoding="utf-8") as stream:
+                meta = json.load(stream)
+            outputs = onnx.load(graph, load_external_data=False).graph.output
+            assert [output.name for output in outputs] == meta["tensors"]
+            assert all(output.type.tensor_type.shape.dim[0].dim_param == "batch" for output in outputs)
 
 
 def in_subprocess(code: str, cache) -> subprocess.CompletedProcess:
@@ -158,15 +166,15 @@ def test_auto_races_on_the_first_frames_says_what_it_chose_and_caches_it(tmp_pat
                f"'{{engine}}', '--overwrite', '--result_video', {{out!r}}]))")
     first = in_subprocess(command.format(engine="auto", out=str(tmp_path / "auto.mp4")), cache)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "engine: auto, racing torch, torch-opt, " in first.stdout
-    assert "onnxruntime on the first frames" in first.stdout
+    assert "onnxruntime, torch-opt, torch on the first frames" in first.stdout
+    assert "engine: auto, racing openvino, onnxruntime" in first.stdout or "racing onnxruntime" in first.stdout
     with open(cache / "engine-choices.json") as stream:
         (choice,) = json.load(stream).values()
     times = {tuple(candidate): seconds for candidate, seconds in choice["times"]}
     expected = {"torch", "torch-opt", "onnxruntime"} | ({"openvino"} if "openvino" in first.stdout else set())
     assert {engine for engine, _ in times} == expected and tuple(choice["chosen"]) == min(times, key=times.get)
     chosen = choice["chosen"][0]
-    assert f"engine: {chosen} (auto, ms/frame measured on this run's first frames, 2 per turn: torch " in \
+    assert f"engine: {chosen} (auto, ms/frame measured on this run's first frames, 2 per turn: " in \
         first.stdout + first.stderr
     # every frame is there, in order: the race's frames are the result's, as close to eager fp32 as any engine
     torch_run = in_subprocess(command.format(engine="torch", out=str(tmp_path / "torch.mp4")), cache)
@@ -190,11 +198,14 @@ def test_the_race_gives_every_frame_in_order_skips_the_clearly_slower_and_keeps_
     monkeypatch.setattr(choice.time, "perf_counter", lambda: clock[0])
     cost = {"torch": 3.0, "torch-opt": 1.0, "openvino": 1.2}
 
+    sizes = []                                      # the batch size of every call a candidate gets
+
     class Scripted:
         def __init__(self, name):
             self.name = name
 
         def animate(self, state, driving):
+            sizes.append(len(driving))
             clock[0] += cost[self.name] * len(driving)
             return Output(driving * 0 + list(cost).index(self.name), None)
 
@@ -217,8 +228,13 @@ def test_the_race_gives_every_frame_in_order_skips_the_clearly_slower_and_keeps_
     slow = choice.EngineRace([choice.Candidate("torch-opt", "no"), choice.Candidate("torch", "no")],
                              lambda c: Scripted(c.engine), torch.device("cpu"),
                              lambda times, winner, model: "chosen")
-    slow.animate(None, frames[:10])
+    sizes.clear()
+    slow.animate(None, frames[:16])
     assert slow.winner == ("torch-opt", "no") and len(slow.times[("torch", "no")]) == 1   # no second turn
+    # the 6 frames left of the batch the race ended in go 2 at a time (a batch size the winner has compiled);
+    # the next batch goes whole
+    slow.animate(None, frames[:8])
+    assert sizes == [2] * 5 + [2, 2, 2] + [8]
 
 
 def test_a_missing_engine_is_one_line_and_auto_leaves_it_out(tmp_path, cache, capsys, monkeypatch):
@@ -231,7 +247,7 @@ def test_a_missing_engine_is_one_line_and_auto_leaves_it_out(tmp_path, cache, ca
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "onnxruntime is not installed (pip install onnxruntime==" in error
     assert animate(*args, "--engine", "auto") == 0
-    assert engine_line(capsys.readouterr().out).startswith("engine: auto, racing torch, torch-opt on the first")
+    assert engine_line(capsys.readouterr().out).startswith("engine: auto, racing torch-opt, torch on the first")
     assert animate(*args, "--engine", "auto", "--mixed_precision", "int8") == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "int8 needs onnxruntime or openvino" in error
@@ -241,7 +257,7 @@ def test_a_family_that_exports_nothing_runs_on_pytorch(cache):
     model = random_model("tiny-heatmap.yaml")
     chosen = choice.choose_engine(lambda: model, (), (64, 64), SHIPPED_CIRCLES, "torch", torch.device("cpu"), "no")
     assert chosen.candidate == ("torch", "no") and chosen.line == "engine: torch (eager)"
-    assert choice.candidates("auto", (), torch.device("cpu"), "no") == [("torch", "no"), ("torch-opt", "no")]
+    assert choice.candidates("auto", (), torch.device("cpu"), "no") == [("torch-opt", "no"), ("torch", "no")]
     with pytest.raises(UserError, match="--engine onnxruntime: this model family exports no parts"):
         choice.choose_engine(lambda: model, (), (64, 64), SHIPPED_CIRCLES, "onnxruntime", torch.device("cpu"), "no")
     with pytest.raises(UserError, match="--engine onnxruntime with --mixed_precision bf16: it runs fp32 or int8"):
@@ -296,6 +312,37 @@ def test_int8_says_its_psnr_against_fp32_and_quantises_once_per_calibration(tmp_
     assert "--engine torch with --mixed_precision int8: int8 runs on the exported engines" in error
 
 
+def test_calibration_stops_before_the_generator_and_its_reference_is_the_fp32_graph(tmp_path):
+    """int8's capture records the generator's inputs without running it; calibrating runs the fp32 graph once
+    per sample, and its outputs are the reference for the int8 PSNR: the fp32 graph's and eager PyTorch's."""
+    from modules.inference.export import capture_inputs, exported_graph, graph_stamp, quantize_graph, run_graph
+
+    config = load_config(config_path("tiny-heatmap.yaml"))
+    parts = config.record.export_parts(config.model_params)
+    model = random_model("tiny-heatmap.yaml")
+    generator = torch.Generator().manual_seed(1)
+    source, driving = torch.rand(1, 3, 64, 64, generator=generator), torch.rand(3, 3, 64, 64, generator=generator)
+    calls = []
+    hook = model.generator.register_forward_hook(lambda *args: calls.append(1))
+    samples = capture_inputs(model, parts, source, driving)
+    assert calls == [] and list(samples) == ["generator"] and len(samples["generator"]) == 3
+    assert "forward" not in vars(model.generator)                                  # its own forward again
+    hook.remove()
+    graph, meta = exported_graph(model, parts[1], (64, 64), str(tmp_path), "c" * 64)
+    quantized = str(tmp_path / "generator.int8.onnx")
+    reference = quantize_graph(graph, samples["generator"], quantized, stamp=f"{'c' * 64} 64x64")
+    assert sorted(reference) == sorted(meta["tensors"]) and graph_stamp(quantized) == f"{'c' * 64} 64x64"
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("tmp")]  # the work folder is gone
+    fp32 = run_graph(graph, samples["generator"])
+    assert np.abs(reference["prediction"] - fp32["prediction"]).max() < 1e-5
+    with torch.inference_mode():
+        eager = _animate(model, source, driving)[0]
+    assert np.abs(reference["prediction"] - eager.numpy()).max() < 1e-4
+    int8 = run_graph(quantized, samples["generator"])["prediction"]
+    error = float(((int8 - reference["prediction"]) ** 2).mean())
+    assert 0 < error < 10 ** -2.5                                # quantised (not a copy), and within 25 dB
+
+
 def test_export_script_writes_graphs_that_match_pytorch(tmp_path):
     out = tmp_path / "graphs"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_onnx.py"), SHIPPED_CIRCLES,
@@ -328,7 +375,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_runs_it_natively(tmp_path, mo
     assert precision.inference_precision("no", torch.device("cpu"))[0] == "no"       # an explicit choice stays
     labels = [c.label for c in choice.candidates("auto", ("part",), torch.device("cpu"), "auto")]
     assert ("torch-opt bf16" in labels) == (expected == "bf16") and "onnxruntime bf16" not in labels
-    assert labels[:2] == ["torch", "torch-opt"] and "torch int8" not in labels      # int8 only when asked
+    assert labels[-2:] == ["torch-opt", "torch"] and labels[0].endswith(" bf16") == (expected == "bf16")
+    assert "torch int8" not in labels                                                 # int8 only when asked
 
 
 def test_auto_precision_is_refused_for_training(capsys):
@@ -346,7 +394,7 @@ def test_prepare_engine_races_ahead_of_time_so_the_first_run_starts_on_the_winne
     env = dict(os.environ, KPMASK_CACHE=str(cache), PYTHONWARNINGS="ignore")
     done = subprocess.run(prepare, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "engine: auto, racing torch, torch-opt" in done.stdout
+    assert "torch-opt, torch on the first frames" in done.stdout
     (choice,) = json.loads((cache / "engine-choices.json").read_text()).values()
     winner = choice["chosen"][0]
     assert f"engine: {winner} (auto, ms/frame measured on this run's first frames" in done.stdout + done.stderr

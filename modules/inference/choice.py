@@ -25,6 +25,7 @@ import os
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
+import numpy
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -35,7 +36,7 @@ from modules.core.outputs import write_json
 from modules.core.precision import autocast, autocast_dtype, native_bf16
 from modules.inference.engines import (ENGINES, EXPORTED, PINS, Int8Calibration, cache_dir, cpu_name, default_engine,
                                        engine_versions, graph_folder, import_engine, installed, prepare)
-from modules.inference.export import capture_inputs, file_digest, samples_digest
+from modules.inference.export import capture_inputs, file_digest, run_graph, samples_digest, submodule
 
 PROBE = 2               # frames a candidate animates per turn of the race
 SLOWER = 1.25           # a candidate this much slower than the best after its first timed turn gets no second
@@ -63,8 +64,7 @@ def candidates(engine: str, parts: Sequence[ExportPart], device: torch.device,
     precision = precision or "auto"
     problem = ("this model family exports no parts" if not parts else
                f"the exported engines run on the CPU; this run uses {device}" if device.type != "cpu" else None)
-    # OpenVINO first: the faster of the two on every CPU kind met so far, so that ONNX Runtime's second timed
-    # turn is skipped when it is clearly slower
+    # OpenVINO first: the faster of the two on every CPU kind met so far
     exported = [name for name in ("openvino", "onnxruntime") if not problem and installed(name)]
     if precision == "int8":
         if engine == "auto":
@@ -85,8 +85,11 @@ def candidates(engine: str, parts: Sequence[ExportPart], device: torch.device,
             raise UserError(f"--engine {engine} with --mixed_precision {precision}: it runs fp32"
                             f"{', bf16' if engine == 'openvino' else ''} or int8 (use --engine torch for "
                             f"{precision} autocast)")
-    precisions = [precision] if precision != "auto" else ["no"] + (["bf16"] if native_bf16(device) else [])
-    engines = [engine] if engine != "auto" else ["torch", "torch-opt"] + exported
+    # native bf16 first: the likely faster of the two where the hardware has it (AMX: 4x)
+    precisions = [precision] if precision != "auto" else (["bf16"] if native_bf16(device) else []) + ["no"]
+    # the likely fastest first (the exported engines, then torch's rewrite, then eager torch): a candidate that is
+    # clearly slower than the best so far gets no second timed turn, so the slow ones cost the fewest frames
+    engines = [engine] if engine != "auto" else exported + ["torch-opt", "torch"]
     return [Candidate(name, chosen) for chosen in precisions for name in engines
             if not (chosen == "bf16" and name == "onnxruntime") and not (chosen == "fp16" and name in EXPORTED)]
 
@@ -135,7 +138,7 @@ class EngineRace:
         return self
 
     def animate(self, state, driving: torch.Tensor, *args, **kwargs):
-        pieces, done = [], 0
+        pieces, done, racing = [], 0, self.winner is None
         while self.winner is None and done < len(driving):
             candidate, turn = self.turns.pop(0)
             chunk = driving[done:done + PROBE]
@@ -147,8 +150,11 @@ class EngineRace:
                 self.times[candidate].append((time.perf_counter() - started) / len(chunk))
             done += len(chunk)
             self._after_turn()
-        if done < len(driving):
-            pieces.append(self._call(self.winner, "animate", state, driving[done:], *args, **kwargs))
+        # the rest of the batch the race ended in goes PROBE frames at a time: a batch size the winner has run
+        # already (OpenVINO compiles once per batch size, 1-1.5 s for a 256-px generator)
+        step = PROBE if racing else len(driving)
+        for start in range(done, len(driving), step):
+            pieces.append(self._call(self.winner, "animate", state, driving[start:start + step], *args, **kwargs))
         return _joined(pieces)
 
     # the race
@@ -196,7 +202,30 @@ def _psnr(reference: torch.Tensor, candidate: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
-def _int8_calibration(load: Callable[[], nn.Module], parts: Sequence[ExportPart], size: tuple[int, int],
+def _int8_psnr(model: nn.Module, parts: Sequence[ExportPart], calibration: Int8Calibration, folder: str) -> float:
+    """PSNR of the quantised parts' predictions (their ``prediction`` output, or all outputs where they have
+    none) against their fp32 graphs' on the calibration samples. The int8 runner takes the samples PROBE at a
+    time: a batch size the race compiled already."""
+    fp32, int8 = [], []
+    for spec in parts:
+        if not spec.quantize:
+            continue
+        samples = calibration.samples(model)[spec.path]
+        reference = calibration.reference.get(spec.path) or run_graph(os.path.join(folder, spec.path + ".onnx"),
+                                                                      samples)
+        runner = submodule(model, spec.path).forward
+        got = []
+        for start in range(0, len(samples), PROBE):
+            chunk = samples[start:start + PROBE]
+            arrays = [torch.cat([sample[i] for sample in chunk]).numpy() for i in range(len(chunk[0]))]
+            got.append(dict(zip(runner.meta["tensors"], runner.run(arrays))))
+        for name in ["prediction"] if "prediction" in reference else list(reference):
+            fp32.append(torch.from_numpy(reference[name]).flatten())
+            int8.append(torch.from_numpy(numpy.concatenate([outputs[name] for outputs in got])).flatten())
+    return _psnr(torch.cat(fp32), torch.cat(int8))
+
+
+def _int8_calibration(parts: Sequence[ExportPart], size: tuple[int, int],
                       calibrate: Optional[Callable[[tuple[int, int]], tuple]],
                       model_sha256: str) -> tuple[Int8Calibration, Callable[[nn.Module, str], str]]:
     """(the calibration set, a function giving an int8 model's PSNR line against fp32). ``calibrate(size)``
@@ -204,8 +233,8 @@ def _int8_calibration(load: Callable[[], nn.Module], parts: Sequence[ExportPart]
     measured once per calibration set and engine and cached beside the quantised graphs.
 
     A model quantised before (on another clip's frames) is reused: its static int8 ranges carry over between
-    clips of one model, and a new clip would otherwise pay an fp32 pass and a calibration on every first run.
-    Delete ``int8-*`` in the model's cache folder to calibrate again."""
+    clips of one model, and a new clip would otherwise pay a calibration on every first run. Delete ``int8-*``
+    in the model's cache folder to calibrate again."""
     if calibrate is None:
         frames = torch.rand(1 + CALIBRATION_FRAMES, 3, *size, generator=torch.Generator().manual_seed(0))
         source, driving = frames[:1], frames[1:]
@@ -217,23 +246,15 @@ def _int8_calibration(load: Callable[[], nn.Module], parts: Sequence[ExportPart]
     reused = bool(earlier) and not os.path.isfile(os.path.join(folder, f"int8-{digest}.json"))
     if reused:
         digest = os.path.basename(earlier[-1])[len("int8-"):-len(".json")]
-    captured = {}                             # the fp32 pass: the parts' inputs and the reference predictions
-
-    def samples() -> dict:
-        captured["samples"], captured["reference"] = capture_inputs(load(), parts, source, driving)
-        return captured["samples"]
-
-    calibration = Int8Calibration(digest, samples)            # runs samples() once, when first asked
+    calibration = Int8Calibration(digest, lambda model: capture_inputs(model, parts, source, driving))
     psnr_file = os.path.join(folder, f"int8-{digest}.json")
 
     def psnr_line(model: nn.Module, engine: str) -> str:
         stored = _read_json(psnr_file)
         where = "random frames" if calibrate is None else f"the {len(driving)} calibration frames"
         if engine not in stored:
-            calibration.samples()
             with torch.inference_mode():
-                prediction = model.animate(model.encode_source(source), driving).prediction
-            stored[engine] = _psnr(captured["reference"], prediction)
+                stored[engine] = _int8_psnr(model, parts, calibration, folder)
             write_json(psnr_file, stored)
             where = where if not reused else f"this run's first {len(driving)} frames (calibrated by an earlier run)"
         elif reused:
@@ -264,7 +285,7 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
     gives a fresh model (candidates must not share a rewritten part)."""
     entrants = candidates(engine, parts, device, precision)
     digest = file_digest(model_path)
-    int8, psnr_line = _int8_calibration(load, parts, size, calibrate, digest) if precision == "int8" else (None, None)
+    int8, psnr_line = _int8_calibration(parts, size, calibrate, digest) if precision == "int8" else (None, None)
 
     def make(candidate: Candidate) -> nn.Module:
         return prepare(load(), candidate.engine, parts, size, digest, int8, candidate.precision)

@@ -157,20 +157,23 @@ RUNNERS = {"onnxruntime": OnnxRuntimePart, "openvino": OpenVinoPart}
 
 
 class Int8Calibration:
-    """int8's calibration set, named by ``digest``; ``samples()`` (the inputs per part, computed by running the
-    fp32 model once) is asked for only when a quantised graph is not cached yet."""
+    """int8's calibration set, named by ``digest``; ``samples(model)`` (the inputs per part to quantise, found by
+    running ``model`` in fp32 up to those parts) is computed only when a quantised graph is not cached yet.
+    ``reference`` collects, per part quantised in this process, the fp32 graph's outputs on the samples
+    (calibrating computes them): what the int8 graph's PSNR is measured against."""
 
-    def __init__(self, digest: str, samples: Callable[[], dict]):
+    def __init__(self, digest: str, samples: Callable[[nn.Module], dict]):
         self.digest, self._samples, self._cached = digest, samples, None
+        self.reference: dict[str, dict[str, Any]] = {}
 
-    def samples(self) -> dict:
+    def samples(self, model: nn.Module) -> dict:
         if self._cached is None:
-            self._cached = self._samples()
+            self._cached = self._samples(model)
         return self._cached
 
     @staticmethod
     def of(samples: dict) -> "Int8Calibration":
-        return Int8Calibration(samples_digest(samples), lambda: samples)
+        return Int8Calibration(samples_digest(samples), lambda model: samples)
 
 
 def graph_folder(model_sha256: str, size: tuple[int, int]) -> str:
@@ -190,7 +193,7 @@ def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int,
         if quantized:
             quantized_path = os.path.join(folder, f"{spec.path}.int8-{int8.digest}.onnx")
             if not os.path.isfile(quantized_path) or graph_stamp(quantized_path) != stamp:
-                quantize_graph(graph, int8.samples()[spec.path], quantized_path, stamp)
+                int8.reference[spec.path] = quantize_graph(graph, int8.samples(model)[spec.path], quantized_path, stamp)
             graph = quantized_path
         try:
             runner = RUNNERS[engine](graph, meta, spec, bf16)
@@ -200,7 +203,8 @@ def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int,
             os.remove(graph)
             graph, meta = exported_graph(model, spec, size, folder, model_sha256, fresh=not quantized)
             if quantized:
-                graph = quantize_graph(graph, int8.samples()[spec.path], quantized_path, stamp)
+                int8.reference[spec.path] = quantize_graph(graph, int8.samples(model)[spec.path], quantized_path, stamp)
+                graph = quantized_path
             runner = RUNNERS[engine](graph, meta, spec, bf16)
         submodule(model, spec.path).forward = runner
 

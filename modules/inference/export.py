@@ -22,6 +22,7 @@ import tempfile
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,15 +79,30 @@ TENSOR = "tensor"                          # the metadata's type of a part that 
 
 class _Flat(nn.Module):
     """A part called with its graph's input tensors, its NamedTuple output flattened to its tensor fields
-    (ONNX has no None and no names)."""
+    (ONNX has no None and no names). The one forward the exporter traces also learns the output's structure:
+    ``kind`` and ``all_fields``, and the tensor fields are appended to ``names`` and given a dynamic batch in
+    ``axes`` (the exporter reads both after tracing), so the part is not run a second time just to learn them
+    (a 256-px generator: about 2 s of a 12 s export)."""
 
-    def __init__(self, part: nn.Module, fields: Sequence[str], unpack: Optional[Callable[..., tuple]]):
+    def __init__(self, part: nn.Module, unpack: Optional[Callable[..., tuple]], names: list[str],
+                 axes: dict[str, dict[int, str]]):
         super().__init__()
-        self.part, self.fields, self.unpack = part, tuple(fields), unpack
+        self.part, self.unpack, self.names, self.axes = part, unpack, names, axes
+        self.kind: Optional[str] = None
+        self.all_fields: list[str] = []
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.part(*(self.unpack(*inputs) if self.unpack else inputs))
-        return (out,) if isinstance(out, torch.Tensor) else tuple(getattr(out, name) for name in self.fields)
+        if isinstance(out, torch.Tensor):
+            kind, all_fields, fields = TENSOR, ["output"], ["output"]
+        else:
+            kind, all_fields = type(out).__module__ + "." + type(out).__qualname__, list(out._fields)
+            fields = [name for name in all_fields if isinstance(getattr(out, name), torch.Tensor)]
+        if self.kind is None:
+            self.kind, self.all_fields = kind, all_fields
+            self.names.extend(fields)
+            self.axes.update({name: {0: "batch"} for name in fields})
+        return tuple(out if name == "output" else getattr(out, name) for name in self.names)
 
 
 def _inverse_2x2(g, matrix):
@@ -120,26 +136,21 @@ def export_part(part: nn.Module, spec: ExportPart, size: tuple[int, int], path: 
     part.train(was_training)
     arguments = spec.example(part, size)
     inputs, input_names = spec.inputs(*arguments), spec.input_names
-    with torch.no_grad():
-        sample = rewritten(*arguments)
-    if isinstance(sample, torch.Tensor):
-        kind, all_fields, fields = TENSOR, ["output"], ["output"]
-    else:
-        kind = type(sample).__module__ + "." + type(sample).__qualname__
-        all_fields = list(sample._fields)
-        fields = [name for name in all_fields if isinstance(getattr(sample, name), torch.Tensor)]
-    axes = {name: {0: "batch"} for name in (*input_names, *fields)}
+    fields: list[str] = []                                   # filled by the traced forward
+    axes = {name: {0: "batch"} for name in input_names}
+    flat = _Flat(rewritten, spec.unpack, fields, axes).eval()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_file(path) as partial, warnings.catch_warnings():
         warnings.simplefilter("ignore")                      # the TorchScript exporter's deprecation notice
         try:
             torch.onnx.register_custom_op_symbolic("aten::linalg_inv", _inverse_2x2, OPSET)
-            torch.onnx.export(_Flat(rewritten, fields, spec.unpack).eval(), inputs, partial, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(flat, inputs, partial, dynamo=False, opset_version=OPSET,
                               input_names=list(input_names), output_names=fields, dynamic_axes=axes)
         except ImportError:
             raise UserError("exporting needs the onnx package (pip install onnx==1.22.0)") from None
         except Exception as error:                            # an operator ONNX lacks, a shape it cannot trace
             raise UserError(f"cannot export {type(part).__name__} to ONNX: {_first_line(error)}") from None
+    kind, all_fields = flat.kind, flat.all_fields
     return {"type": kind, "fields": all_fields, "tensors": fields, "inputs": list(input_names)}
 
 
@@ -154,18 +165,28 @@ STAMP_HEAD = 1 << 16                        # bytes of a graph file read to find
 STAMP_PATTERN = re.compile(rb"kpmask\.model ([0-9a-f]{64} [0-9]+x[0-9]+)")
 
 
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint."""
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
 def stamp_graph(path: str, stamp: str) -> None:
     """Write ``stamp`` into the graph's own ``doc_string`` (atomically): the graph itself then proves which
-    model file and frame size it was made from, whatever the JSON beside it says. Protobuf writes fields in
-    their number order and the model's doc_string (field 6) comes before its graph (field 7), so the stamp
-    sits in the file's first bytes and is read back without parsing the weights (a 256-px generator is 238 MiB:
-    0.8 s to parse on every start)."""
-    import onnx
-
-    graph = onnx.load(path, load_external_data=False)
-    graph.doc_string = f"{STAMP} {stamp}"
+    model file and frame size it was made from, whatever the JSON beside it says. The field (ModelProto field
+    6, a string) is written at the very head of the file, before the bytes the exporter wrote: protobuf parsers
+    take a message's fields in any order, so the graph need not be parsed and serialised again (a 256-px
+    generator is 250 MB: 1-1.4 s), and ``graph_stamp`` finds the stamp in the first bytes without parsing the
+    weights."""
+    text = f"{STAMP} {stamp}".encode()
     with atomic_file(path) as partial:
-        onnx.save(graph, partial)
+        with open(path, "rb") as graph, open(partial, "wb") as stamped:
+            stamped.write(bytes([6 << 3 | 2]) + _varint(len(text)) + text)
+            shutil.copyfileobj(graph, stamped, 1 << 22)
 
 
 def graph_stamp(path: str) -> Optional[str]:
@@ -231,27 +252,53 @@ def named_type(name: str) -> Optional[type]:
 # ----------------------------------------------------------------------------------------------------------
 # int8
 
+class _Captured(Exception):
+    """Ends a calibration frame's forward pass as soon as every part to quantise has its inputs."""
+
+
 def capture_inputs(model: nn.Module, parts: Sequence[ExportPart], source: torch.Tensor,
-                   driving: torch.Tensor) -> tuple[dict[str, list[tuple[torch.Tensor, ...]]], torch.Tensor]:
-    """The inputs each part receives while ``model`` animates ``source`` (1, 3, H, W) by ``driving``
-    (n, 3, H, W) in fp32 (absolute motion), one tuple of batch 1 per call and frame; and the predictions
-    (n, 3, H, W)."""
-    seen: dict[str, list[tuple[torch.Tensor, ...]]] = {spec.path: [] for spec in parts}
-    hooks = []
-    for spec in parts:
-        def record(module, args, spec=spec):
+                   driving: torch.Tensor) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+    """The inputs each part to quantise receives while ``model`` animates ``source`` (1, 3, H, W) by ``driving``
+    (n, 3, H, W) in fp32 (absolute motion): one tuple of batch 1 per frame. Once every such part has its inputs
+    for a frame, the frame's forward pass stops there: the generator (97% of the work) is not run here, since
+    calibration runs its graph on these inputs anyway (``quantize_graph``)."""
+    wanted = [spec for spec in parts if spec.quantize]
+    seen: dict[str, list[tuple[torch.Tensor, ...]]] = {spec.path: [] for spec in wanted}
+    pending: set[str] = set()
+
+    def stand_in(spec: ExportPart, forward: Callable) -> Callable:
+        def call(*args, **kwargs):
+            if spec.path not in pending:                   # encoding the source, or already captured
+                return forward(*args, **kwargs)
             tensors = spec.inputs(*args)
-            for index in range(tensors[0].shape[0]):
-                seen[spec.path].append(tuple(t[index:index + 1].detach().float().contiguous() for t in tensors))
-        hooks.append(submodule(model, spec.path).register_forward_pre_hook(record))
+            seen[spec.path].extend(tuple(t[i:i + 1].detach().float().contiguous() for t in tensors)
+                                   for i in range(tensors[0].shape[0]))
+            pending.discard(spec.path)
+            if not pending:
+                raise _Captured
+            return forward(*args, **kwargs)
+        return call
+
+    modules = {spec.path: submodule(model, spec.path) for spec in wanted}
+    installed = {path: vars(module).get("forward") for path, module in modules.items()}   # a runner, or None
+    for spec in wanted:
+        modules[spec.path].forward = stand_in(spec, modules[spec.path].forward)
     try:
         with torch.inference_mode():
             state = model.encode_source(source)
-            predictions = [model.animate(state, frame).prediction for frame in driving.split(1)]
+            for frame in driving.split(1):
+                pending.update(seen)
+                try:
+                    model.animate(state, frame)
+                except _Captured:
+                    pass
     finally:
-        for hook in hooks:
-            hook.remove()
-    return seen, torch.cat(predictions)
+        for path, module in modules.items():
+            if installed[path] is None:
+                del module.forward                         # the class's forward again
+            else:
+                module.forward = installed[path]
+    return seen
 
 
 def samples_digest(samples: dict[str, list[tuple[torch.Tensor, ...]]]) -> str:
@@ -263,46 +310,97 @@ def samples_digest(samples: dict[str, list[tuple[torch.Tensor, ...]]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
-                   path: str, stamp: Optional[str] = None) -> str:
-    """Post-training static int8 quantisation of ``graph`` into ``path``, calibrated on ``samples``: QDQ
-    format, per-channel int8 weights, uint8 activations with a 7-bit range (on CPUs without VNNI, the AVX2
-    u8 x s8 multiply saturates at full range), min-max calibration. (The caller caches: engines.use_exported
-    quantises once per calibration set.)"""
+def _onnxruntime_quantization():
     try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        import onnxruntime
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     except ImportError:
         raise UserError("--mixed_precision int8 quantises with onnxruntime and onnx (pip install "
                         "onnxruntime==1.31.1 onnx==1.22.0)") from None
+    return locals()
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(samples)
 
-        def get_next(self) -> Optional[dict]:
-            item = next(self.items, None)
-            return None if item is None else {name: t.numpy() for name, t in zip(names, item)}
+def run_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+    """``graph``'s outputs (name -> array (n, ...)) on ``samples`` (tuples of its inputs, batch 1), by ONNX
+    Runtime in fp32: the reference an int8 graph is compared with when calibration did not just give it."""
+    onnxruntime = _onnxruntime_quantization()["onnxruntime"]
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    names = [node.name for node in session.get_inputs()]
+    runs = [session.run(None, {name: t.numpy() for name, t in zip(names, sample)}) for sample in samples]
+    return {node.name: np.concatenate([run[i] for run in runs]) for i, node in enumerate(session.get_outputs())}
 
+
+def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
+                   path: str, stamp: Optional[str] = None) -> dict[str, Any]:
+    """Post-training static int8 quantisation of ``graph`` into ``path``, calibrated on ``samples``: QDQ
+    format, per-channel int8 weights, uint8 activations with a 7-bit range (on CPUs without VNNI, the AVX2
+    u8 x s8 multiply saturates at full range), min-max ranges of every tensor ONNX Runtime's quantiser would
+    calibrate. Returns the fp32 graph's outputs on ``samples`` (name -> array (n, ...)), which calibrating
+    computed anyway: the reference for the int8 graph's PSNR. (The caller caches: engines.use_exported
+    quantises once per calibration set.)
+
+    ONNX Runtime's ``quantize_static`` would calibrate by itself; doing it here instead (its ranges handed over
+    through its calibration cache) costs the same forward passes without its two extra shape-inferred loads and
+    augmented-model file (256-px generator, AVX2 EPYC: about 4 s), and keeps the reference outputs. The graph is
+    first simplified by ONNX Runtime's basic optimisations (constants folded: 1,068 nodes become 369), which is
+    what ``quant_pre_process`` does, without its extra shape-inference round trips."""
     import onnx
 
-    # by position: the exporter renames an input whose name a graph node already uses
-    names = [node.name for node in onnx.load(graph, load_external_data=False).graph.input]
-
+    ort = _onnxruntime_quantization()
+    onnxruntime = ort["onnxruntime"]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_file(path) as partial, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as work, \
+            atomic_file(path) as partial, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = partial + ".prepared.onnx"
+        optimized, prepared = os.path.join(work, "optimized.onnx"), os.path.join(work, "prepared.onnx")
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = optimized
+        onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        onnx.shape_inference.infer_shapes_path(optimized, prepared)        # the tensors' types, for choosing
+        model = onnx.load(prepared)
+
+        # calibration: every float tensor in or out of a node the quantiser handles gets ReduceMin and ReduceMax
+        # outputs; one run per sample
+        types = {info.name: info.type.tensor_type.elem_type
+                 for info in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+        constants = {initializer.name for initializer in model.graph.initializer}
+        handled = set(ort["QDQRegistry"]) | set(ort["QLinearOpsRegistry"])
+        tensors = sorted({name for node in model.graph.node if node.op_type in handled
+                          for name in (*node.input, *node.output) if name and name not in constants
+                          and types.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)})
+        outputs = [output.name for output in model.graph.output]
+        for name in tensors:
+            for reduce in ("ReduceMin", "ReduceMax"):
+                model.graph.node.append(onnx.helper.make_node(reduce, [name], [f"{name}::{reduce}"], keepdims=0))
+                model.graph.output.append(onnx.helper.make_tensor_value_info(f"{name}::{reduce}",
+                                                                             types[name], []))
+        options = onnxruntime.SessionOptions()
+        # no fusions: a fused node would hide the very tensors the quantiser puts Q/DQ pairs on
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        del model
+        names = [node.name for node in session.get_inputs()]
+        runs = [session.run(None, {name: t.numpy() for name, t in zip(names, sample)}) for sample in samples]
+        del session
+        ranges = {name: (np.float32(min(run[len(outputs) + 2 * i] for run in runs)),
+                         np.float32(max(run[len(outputs) + 2 * i + 1] for run in runs)))
+                  for i, name in enumerate(tensors)}
+        reference = {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(outputs)}
+        cache = os.path.join(work, "ranges.json")
+        ort["save_tensors_data"](ort["TensorsData"](ort["CalibrationMethod"].MinMax, ranges), cache)
+
         # the quantiser logs a root-logger warning for every rank-1 weight it leaves per-tensor (BatchNorm)
         logging.disable(logging.WARNING)
         try:
-            quant_pre_process(graph, prepared, skip_symbolic_shape=True)
-            quantize_static(prepared, partial, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            ort["quantize_static"](prepared, partial, None, quant_format=ort["QuantFormat"].QDQ, per_channel=True,
+                                   reduce_range=True, activation_type=ort["QuantType"].QUInt8,
+                                   weight_type=ort["QuantType"].QInt8, calibration_cache_path=cache)
         finally:
             logging.disable(logging.NOTSET)
-            if os.path.exists(prepared):
-                os.remove(prepared)
     if stamp is not None:
         stamp_graph(path, stamp)
-    return path
+    return reference
