@@ -107,7 +107,7 @@ class ExportPart:
     """One submodule of a family's inference model that an exported engine may run instead of PyTorch."""
     path: str                                               # attribute path in the model, e.g. "mask.detector"
     input_names: tuple[str, ...]
-    example: Callable[[nn.Module, tuple[int, int]], tuple]  # (the part, frame size) -> inputs of batch 2
+    example: Callable[[nn.Module, tuple[int, int]], tuple]  # (the part, frame size) -> inputs of batch 1
     # int8 quantises this part; False where its outputs are positions that rounding would move (a detector)
     quantize: bool = True
     # for a part called with other things than tensors (FOMM's generator takes Keypoints): the part's arguments
@@ -120,15 +120,16 @@ class ExportPart:
 
 
 def random_frames(channels: int) -> Callable[[nn.Module, tuple[int, int]], tuple]:
-    """ExportPart.example of a part that reads frames: (2, channels, H, W)."""
-    return lambda part, size: (torch.rand(2, channels, *size),)
+    """ExportPart.example of a part that reads frames: (1, channels, H, W). Batch 1 is traced (the graph's batch
+    stays dynamic, tests/test_engines.py runs it at 5): half the traced forward of batch 2."""
+    return lambda part, size: (torch.rand(1, channels, *size),)
 
 
 def generator_example(channels: int, scale_factor: float) -> Callable[[nn.Module, tuple[int, int]], tuple]:
     """ExportPart.example of the keypoint-mask generators (l and h): source, source mask, driving mask."""
     def example(part: nn.Module, size: tuple[int, int]) -> tuple:
         mask = tuple(int(round(side * scale_factor)) for side in size)
-        return torch.rand(2, channels, *size), torch.rand(2, 1, *mask), torch.rand(2, 1, *mask)
+        return torch.rand(1, channels, *size), torch.rand(1, 1, *mask), torch.rand(1, 1, *mask)
     return example
 
 

@@ -380,7 +380,7 @@ def export_parts(params: FommModelParams) -> tuple[ExportPart, ...]:
 
     def generator_inputs(part: nn.Module, size: tuple[int, int]) -> tuple:
         rng = torch.Generator().manual_seed(0)
-        return torch.rand(2, channels, *size), Keypoints.random(2, num_kp, rng), Keypoints.random(2, num_kp, rng)
+        return torch.rand(1, channels, *size), Keypoints.random(1, num_kp, rng), Keypoints.random(1, num_kp, rng)
 
     return (ExportPart("kp_detector", ("frames",), random_frames(channels), quantize=False),
             ExportPart("generator", ("source", "kp_driving", "jacobian_driving", "kp_source", "jacobian_source"),

@@ -378,7 +378,7 @@ def export_parts(params: PerturbedModelParams) -> tuple[ExportPart, ...]:
     channels, scale = params.common_params.num_channels, params.common_params.scale_factor
 
     def refinement_inputs(part: nn.Module, size: tuple[int, int]) -> tuple:       # (D(s), m_s, m_dp)
-        return (torch.rand(2, channels + 2, *(int(round(side * scale)) for side in size)),)
+        return (torch.rand(1, channels + 2, *(int(round(side * scale)) for side in size)),)
 
     return (ExportPart("mask_generator", ("frames",), random_frames(channels), quantize=False),
             ExportPart("refinement", ("source_and_masks",), refinement_inputs),

@@ -310,26 +310,53 @@ def samples_digest(samples: dict[str, list[tuple[torch.Tensor, ...]]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _onnxruntime_quantization():
-    try:
-        import onnxruntime
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
-        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-    except ImportError:
-        raise UserError("--mixed_precision int8 quantises with onnxruntime and onnx (pip install "
-                        "onnxruntime==1.31.1 onnx==1.22.0)") from None
-    return locals()
+INT8_NEEDS = ("--mixed_precision int8 quantises with onnxruntime and onnx (pip install onnxruntime==1.31.1 "
+              "onnx==1.22.0)")
 
 
 def run_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
     """``graph``'s outputs (name -> array (n, ...)) on ``samples`` (tuples of its inputs, batch 1), by ONNX
     Runtime in fp32: the reference an int8 graph is compared with when calibration did not just give it."""
-    onnxruntime = _onnxruntime_quantization()["onnxruntime"]
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(INT8_NEEDS) from None
     session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
     names = [node.name for node in session.get_inputs()]
     runs = [session.run(None, {name: t.numpy() for name, t in zip(names, sample)}) for sample in samples]
     return {node.name: np.concatenate([run[i] for run in runs]) for i, node in enumerate(session.get_outputs())}
+
+
+def _calibrate(model: Any, samples: Sequence[tuple[torch.Tensor, ...]],
+               handled: set[str]) -> tuple[dict[str, tuple], dict[str, Any]]:
+    """Min-max calibration of the shape-inferred ONNX ``model`` (changed in place): every float tensor in or out
+    of a node of a type in ``handled`` (what the quantiser puts Q/DQ pairs on) gets ReduceMin and ReduceMax
+    outputs, and ONNX Runtime runs it once per sample. Returns ({tensor: (min, max)}, the model's own outputs
+    (name -> array (n, ...)))."""
+    import onnx
+    import onnxruntime
+
+    types = {info.name: info.type.tensor_type.elem_type
+             for info in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    constants = {initializer.name for initializer in model.graph.initializer}
+    tensors = sorted({name for node in model.graph.node if node.op_type in handled
+                      for name in (*node.input, *node.output) if name and name not in constants
+                      and types.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)})
+    outputs = [output.name for output in model.graph.output]
+    for name in tensors:
+        for reduce in ("ReduceMin", "ReduceMax"):
+            model.graph.node.append(onnx.helper.make_node(reduce, [name], [f"{name}::{reduce}"], keepdims=0))
+            model.graph.output.append(onnx.helper.make_tensor_value_info(f"{name}::{reduce}", types[name], []))
+    options = onnxruntime.SessionOptions()
+    # no fusions: a fused node would hide the very tensors the quantiser puts Q/DQ pairs on
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [node.name for node in session.get_inputs()]
+    runs = [session.run(None, {name: t.numpy() for name, t in zip(names, sample)}) for sample in samples]
+    ranges = {name: (np.float32(min(run[len(outputs) + 2 * i] for run in runs)),
+                     np.float32(max(run[len(outputs) + 2 * i + 1] for run in runs)))
+              for i, name in enumerate(tensors)}
+    return ranges, {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(outputs)}
 
 
 def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
@@ -346,10 +373,14 @@ def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
     augmented-model file (256-px generator, AVX2 EPYC: about 4 s), and keeps the reference outputs. The graph is
     first simplified by ONNX Runtime's basic optimisations (constants folded: 1,068 nodes become 369), which is
     what ``quant_pre_process`` does, without its extra shape-inference round trips."""
-    import onnx
-
-    ort = _onnxruntime_quantization()
-    onnxruntime = ort["onnxruntime"]
+    try:
+        import onnx
+        import onnxruntime
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    except ImportError:
+        raise UserError(INT8_NEEDS) from None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as work, \
             atomic_file(path) as partial, warnings.catch_warnings():
@@ -360,45 +391,16 @@ def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
         options.optimized_model_filepath = optimized
         onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         onnx.shape_inference.infer_shapes_path(optimized, prepared)        # the tensors' types, for choosing
-        model = onnx.load(prepared)
 
-        # calibration: every float tensor in or out of a node the quantiser handles gets ReduceMin and ReduceMax
-        # outputs; one run per sample
-        types = {info.name: info.type.tensor_type.elem_type
-                 for info in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
-        constants = {initializer.name for initializer in model.graph.initializer}
-        handled = set(ort["QDQRegistry"]) | set(ort["QLinearOpsRegistry"])
-        tensors = sorted({name for node in model.graph.node if node.op_type in handled
-                          for name in (*node.input, *node.output) if name and name not in constants
-                          and types.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)})
-        outputs = [output.name for output in model.graph.output]
-        for name in tensors:
-            for reduce in ("ReduceMin", "ReduceMax"):
-                model.graph.node.append(onnx.helper.make_node(reduce, [name], [f"{name}::{reduce}"], keepdims=0))
-                model.graph.output.append(onnx.helper.make_tensor_value_info(f"{name}::{reduce}",
-                                                                             types[name], []))
-        options = onnxruntime.SessionOptions()
-        # no fusions: a fused node would hide the very tensors the quantiser puts Q/DQ pairs on
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                               providers=["CPUExecutionProvider"])
-        del model
-        names = [node.name for node in session.get_inputs()]
-        runs = [session.run(None, {name: t.numpy() for name, t in zip(names, sample)}) for sample in samples]
-        del session
-        ranges = {name: (np.float32(min(run[len(outputs) + 2 * i] for run in runs)),
-                         np.float32(max(run[len(outputs) + 2 * i + 1] for run in runs)))
-                  for i, name in enumerate(tensors)}
-        reference = {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(outputs)}
+        ranges, reference = _calibrate(onnx.load(prepared), samples, set(QDQRegistry) | set(QLinearOpsRegistry))
         cache = os.path.join(work, "ranges.json")
-        ort["save_tensors_data"](ort["TensorsData"](ort["CalibrationMethod"].MinMax, ranges), cache)
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
 
         # the quantiser logs a root-logger warning for every rank-1 weight it leaves per-tensor (BatchNorm)
         logging.disable(logging.WARNING)
         try:
-            ort["quantize_static"](prepared, partial, None, quant_format=ort["QuantFormat"].QDQ, per_channel=True,
-                                   reduce_range=True, activation_type=ort["QuantType"].QUInt8,
-                                   weight_type=ort["QuantType"].QInt8, calibration_cache_path=cache)
+            quantize_static(prepared, partial, None, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibration_cache_path=cache)
         finally:
             logging.disable(logging.NOTSET)
     if stamp is not None:
