@@ -25,7 +25,6 @@ import os
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-import numpy
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -36,7 +35,7 @@ from modules.core.outputs import write_json
 from modules.core.precision import autocast, autocast_dtype, native_bf16
 from modules.inference.engines import (ENGINES, EXPORTED, PINS, Int8Calibration, cache_dir, cpu_name, default_engine,
                                        engine_versions, graph_folder, import_engine, installed, prepare)
-from modules.inference.export import capture_inputs, file_digest, run_graph, samples_digest, submodule
+from modules.inference.export import capture_inputs, file_digest, run_graph, samples_digest
 
 PROBE = 2               # frames a candidate animates per turn of the race
 SLOWER = 1.25           # a candidate this much slower than the best after its first timed turn gets no second
@@ -88,8 +87,13 @@ def candidates(engine: str, parts: Sequence[ExportPart], device: torch.device,
     # native bf16 first: the likely faster of the two where the hardware has it (AMX: 4x)
     precisions = [precision] if precision != "auto" else (["bf16"] if native_bf16(device) else []) + ["no"]
     # the likely fastest first (the exported engines, then torch's rewrite, then eager torch): a candidate that is
-    # clearly slower than the best so far gets no second timed turn, so the slow ones cost the fewest frames
-    engines = [engine] if engine != "auto" else exported + ["torch-opt", "torch"]
+    # clearly slower than the best so far gets no second timed turn, so the slow ones cost the fewest frames.
+    # Eager torch races only on a GPU: on the CPU torch-opt runs the same kernels with the BatchNorm passes folded
+    # away and 4/9 of the up blocks' multiplications, and it was the faster on every CPU kind met (AVX2 EPYC,
+    # taichi-256 networks, 256 px: 1.15 against 1.91 s/frame; AVX512-BF16 EPYC in bf16: 1.17x), so racing eager
+    # torch there only spent a first run's frames (4 s of its 23 s overhead on the AVX2 EPYC). A GPU keeps it:
+    # cuDNN's 3x3 Winograd kernels may beat the rewrite's 2x2 convolutions.
+    engines = [engine] if engine != "auto" else exported + ["torch-opt"] + (["torch"] if device.type != "cpu" else [])
     return [Candidate(name, chosen) for chosen in precisions for name in engines
             if not (chosen == "bf16" and name == "onnxruntime") and not (chosen == "fp16" and name in EXPORTED)]
 
@@ -118,7 +122,11 @@ class EngineRace:
         self.times: dict[Candidate, list[float]] = {candidate: [] for candidate in entrants}
         self.models: dict[Candidate, nn.Module] = {}
         self.layout: dict[str, Any] = {}
-        self.first, self.winner, self.line = entrants[0], None, None
+        # the source's state and the reference keypoints, shared by every candidate until a winner is crowned,
+        # come from the first entrant that is not bf16: the race's frames stay within 1e-4 of eager fp32 (bf16
+        # races first where it is native)
+        self.first = next((c for c in entrants if c.precision != "bf16"), entrants[0])
+        self.winner, self.line = None, None
         self._model(self.first)
 
     # what the pipeline calls
@@ -202,27 +210,25 @@ def _psnr(reference: torch.Tensor, candidate: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
-def _int8_psnr(model: nn.Module, parts: Sequence[ExportPart], calibration: Int8Calibration, folder: str) -> float:
-    """PSNR of the quantised parts' predictions (their ``prediction`` output, or all outputs where they have
-    none) against their fp32 graphs' on the calibration samples. The int8 runner takes the samples PROBE at a
-    time: a batch size the race compiled already."""
-    fp32, int8 = [], []
-    for spec in parts:
-        if not spec.quantize:
-            continue
-        samples = calibration.samples(model)[spec.path]
-        reference = calibration.reference.get(spec.path) or run_graph(os.path.join(folder, spec.path + ".onnx"),
-                                                                      samples)
-        runner = submodule(model, spec.path).forward
-        got = []
-        for start in range(0, len(samples), PROBE):
-            chunk = samples[start:start + PROBE]
-            arrays = [torch.cat([sample[i] for sample in chunk]).numpy() for i in range(len(chunk[0]))]
-            got.append(dict(zip(runner.meta["tensors"], runner.run(arrays))))
-        for name in ["prediction"] if "prediction" in reference else list(reference):
-            fp32.append(torch.from_numpy(reference[name]).flatten())
-            int8.append(torch.from_numpy(numpy.concatenate([outputs[name] for outputs in got])).flatten())
-    return _psnr(torch.cat(fp32), torch.cat(int8))
+def _int8_psnr(model: nn.Module, parts: Sequence[ExportPart], calibration: Int8Calibration, folder: str,
+               source: torch.Tensor, driving: torch.Tensor) -> float:
+    """PSNR of the int8 model's predictions against fp32's on the calibration frames (absolute motion, as
+    calibrated). fp32's are the ``prediction`` output of the quantised part that makes it (the generator), from
+    its fp32 graph on fp32 inputs: calibrating computed them (a graph quantised by an earlier run runs them
+    again). int8's come from the model as it runs, every part on its engine, the frames PROBE at a time: a
+    batch size the race compiled already. NaN where no quantised part gives the ``prediction``."""
+    for spec in reversed(parts):
+        samples = calibration.samples(model)[spec.path] if spec.quantize else []
+        # (a part the calibration frames never reach stays fp32)
+        if samples and "prediction" in _read_json(os.path.join(folder, spec.path + ".json")).get("tensors", ()):
+            fp32 = (calibration.reference.get(spec.path)
+                    or run_graph(os.path.join(folder, spec.path + ".onnx"), samples))["prediction"]
+            break
+    else:                                     # no family quantises parts without the prediction; none measured
+        return float("nan")
+    state = model.encode_source(source)
+    int8 = torch.cat([model.animate(state, chunk).prediction for chunk in driving.split(PROBE)])
+    return _psnr(torch.from_numpy(fp32), int8)
 
 
 def _int8_calibration(parts: Sequence[ExportPart], size: tuple[int, int],
@@ -254,7 +260,7 @@ def _int8_calibration(parts: Sequence[ExportPart], size: tuple[int, int],
         where = "random frames" if calibrate is None else f"the {len(driving)} calibration frames"
         if engine not in stored:
             with torch.inference_mode():
-                stored[engine] = _int8_psnr(model, parts, calibration, folder)
+                stored[engine] = _int8_psnr(model, parts, calibration, folder, source, driving)
             write_json(psnr_file, stored)
             where = where if not reused else f"this run's first {len(driving)} frames (calibrated by an earlier run)"
         elif reused:
@@ -297,7 +303,7 @@ def choose_engine(load: Callable[[], nn.Module], parts: Sequence[ExportPart], si
         (only,) = entrants
         model = make(only)
         how = "eager" if only.engine == "torch" and engine != "auto" else \
-            "auto: the one that can run this" if engine == "auto" else "as asked"
+            "auto: the only candidate here" if engine == "auto" else "as asked"
         return Chosen(model, only, with_psnr(model, only, f"engine: {only.label} ({how})"), only.precision)
     choice_file = os.path.join(cache_dir(), "engine-choices.json")
     choice_key = (f"{digest[:24]}-{size[0]}x{size[1]} | {precision or 'auto'} | {engine_versions()} | {cpu_name()} | "

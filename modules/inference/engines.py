@@ -189,24 +189,31 @@ def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int,
     stamp = stamp_of(model_sha256, size)
     for spec in parts:
         graph, meta = exported_graph(model, spec, size, folder, model_sha256)
-        quantized = int8 is not None and spec.quantize
-        if quantized:
-            quantized_path = os.path.join(folder, f"{spec.path}.int8-{int8.digest}.onnx")
-            if not os.path.isfile(quantized_path) or graph_stamp(quantized_path) != stamp:
-                int8.reference[spec.path] = quantize_graph(graph, int8.samples(model)[spec.path], quantized_path, stamp)
-            graph = quantized_path
+        quantized_path = os.path.join(folder, f"{spec.path}.int8-{int8.digest}.onnx") if int8 else ""
+        quantized = int8 is not None and spec.quantize and _quantized(model, graph, spec, int8, quantized_path, stamp)
         try:
-            runner = RUNNERS[engine](graph, meta, spec, bf16)
+            runner = RUNNERS[engine](quantized_path if quantized else graph, meta, spec, bf16)
         except UserError:
             raise
         except Exception:                    # a damaged or foreign cached graph: made again, once
-            os.remove(graph)
+            os.remove(quantized_path if quantized else graph)
             graph, meta = exported_graph(model, spec, size, folder, model_sha256, fresh=not quantized)
             if quantized:
                 int8.reference[spec.path] = quantize_graph(graph, int8.samples(model)[spec.path], quantized_path, stamp)
-                graph = quantized_path
-            runner = RUNNERS[engine](graph, meta, spec, bf16)
+            runner = RUNNERS[engine](quantized_path if quantized else graph, meta, spec, bf16)
         submodule(model, spec.path).forward = runner
+
+
+def _quantized(model: nn.Module, graph: str, spec: ExportPart, int8: Int8Calibration, path: str, stamp: str) -> bool:
+    """Whether ``spec``'s part runs int8 from ``path``: quantised now unless cached there. A part the
+    calibration frames never reached (an ablation that skips it) has nothing to calibrate on and stays fp32."""
+    if os.path.isfile(path) and graph_stamp(path) == stamp:
+        return True
+    samples = int8.samples(model)[spec.path]
+    if not samples:
+        return False
+    int8.reference[spec.path] = quantize_graph(graph, samples, path, stamp)
+    return True
 
 
 def prepare(model: nn.Module, engine: str, parts: Sequence[ExportPart], size: tuple[int, int], model_sha256: str,

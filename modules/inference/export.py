@@ -11,6 +11,7 @@ and the frame size, so a model file exports once per size; a damaged graph is ex
 from __future__ import annotations
 
 import atexit
+import glob
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
@@ -182,6 +184,8 @@ def stamp_graph(path: str, stamp: str) -> None:
     take a message's fields in any order, so the graph need not be parsed and serialised again (a 256-px
     generator is 250 MB: 1-1.4 s), and ``graph_stamp`` finds the stamp in the first bytes without parsing the
     weights."""
+    if graph_stamp(path) == stamp:             # already there (a quantised graph keeps its fp32 graph's stamp)
+        return
     text = f"{STAMP} {stamp}".encode()
     with atomic_file(path) as partial:
         with open(path, "rb") as graph, open(partial, "wb") as stamped:
@@ -282,7 +286,10 @@ def capture_inputs(model: nn.Module, parts: Sequence[ExportPart], source: torch.
     modules = {spec.path: submodule(model, spec.path) for spec in wanted}
     installed = {path: vars(module).get("forward") for path, module in modules.items()}   # a runner, or None
     for spec in wanted:
-        modules[spec.path].forward = stand_in(spec, modules[spec.path].forward)
+        # the part's own PyTorch forward, not a runner already installed (an int8 one would feed the next part
+        # rounded inputs): the samples are fp32's
+        module = modules[spec.path]
+        module.forward = stand_in(spec, type(module).forward.__get__(module))
     try:
         with torch.inference_mode():
             state = model.encode_source(source)
@@ -343,18 +350,22 @@ def _calibrate(model: Any, samples: Sequence[tuple[torch.Tensor, ...]],
                       for name in (*node.input, *node.output) if name and name not in constants
                       and types.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)})
     outputs = [output.name for output in model.graph.output]
+    taken = {name for node in model.graph.node for name in node.output}
     for name in tensors:
         for reduce in ("ReduceMin", "ReduceMax"):
-            model.graph.node.append(onnx.helper.make_node(reduce, [name], [f"{name}::{reduce}"], keepdims=0))
-            model.graph.output.append(onnx.helper.make_tensor_value_info(f"{name}::{reduce}", types[name], []))
+            added = f"{name}::kpmask-{reduce}"
+            assert added not in taken, added
+            # keepdims: ONNX Runtime cannot drop a reduced axis of size 0
+            model.graph.node.append(onnx.helper.make_node(reduce, [name], [added], keepdims=1))
+            model.graph.output.append(onnx.helper.make_tensor_value_info(added, types[name], None))
     options = onnxruntime.SessionOptions()
     # no fusions: a fused node would hide the very tensors the quantiser puts Q/DQ pairs on
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [node.name for node in session.get_inputs()]
     runs = [session.run(None, {name: t.numpy() for name, t in zip(names, sample)}) for sample in samples]
-    ranges = {name: (np.float32(min(run[len(outputs) + 2 * i] for run in runs)),
-                     np.float32(max(run[len(outputs) + 2 * i + 1] for run in runs)))
+    ranges = {name: (np.float32(np.nanmin([run[len(outputs) + 2 * i] for run in runs])),
+                     np.float32(np.nanmax([run[len(outputs) + 2 * i + 1] for run in runs])))
               for i, name in enumerate(tensors)}
     return ranges, {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(outputs)}
 
@@ -381,8 +392,12 @@ def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
         from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     except ImportError:
         raise UserError(INT8_NEEDS) from None
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as work, \
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    for stale in glob.glob(os.path.join(folder, "quantizing-*")):     # left by a process killed mid-way
+        if time.time() - os.path.getmtime(stale) > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="quantizing-", dir=folder) as work, \
             atomic_file(path) as partial, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optimized, prepared = os.path.join(work, "optimized.onnx"), os.path.join(work, "prepared.onnx")
