@@ -90,14 +90,13 @@ def on_setting(model, setting: str, source, calibration, checkpoint: str | None 
     """``model`` on ``setting``'s engine (the suffix -int8: its graphs quantised, calibrated on ``source`` and
     the ``calibration`` frames; -bf16/-fp16 are autocast, which the caller applies)."""
     from modules.inference import engines
-    from modules.inference.export import capture_inputs
 
     engine = engine_of(setting)
     if engine == "torch":
         return model
     config = _config_of(checkpoint, size)
     parts = config.record.export_parts(config.model_params)
-    int8 = engines.Int8Calibration.of(capture_inputs(model, parts, source, calibration)) \
+    int8 = engines.Int8Calibration.of(engines.capture_inputs(model, parts, source, calibration)) \
         if setting.endswith("-int8") else None
     precision = "bf16" if setting.endswith("-bf16") else None     # openvino: its bf16 hint; torch: autocast
     return engines.prepare(model, engine, parts, tuple(source.shape[-2:]), "0" * 64, int8, precision)

@@ -316,7 +316,8 @@ def test_int8_says_its_psnr_against_fp32_and_quantises_once_per_calibration(tmp_
 def test_calibration_stops_before_the_generator_and_its_reference_is_the_fp32_graph(tmp_path):
     """int8's capture records the generator's inputs without running it; calibrating runs the fp32 graph once
     per sample, and its outputs are the reference for the int8 PSNR: the fp32 graph's and eager PyTorch's."""
-    from modules.inference.export import capture_inputs, exported_graph, graph_stamp, quantize_graph, run_graph
+    from modules.inference.engines import capture_inputs, quantize_graph, run_graph
+    from modules.inference.export import exported_graph, graph_stamp
 
     config = load_config(config_path("tiny-heatmap.yaml"))
     parts = config.record.export_parts(config.model_params)

@@ -2,10 +2,11 @@
 
 The rule (docs/inference.md, "How auto chooses"):
 
-- the candidates are the (engine, precision) pairs that are installed and exact enough on this device: torch
-  and torch-opt in fp32; onnxruntime and openvino in fp32 where the family exports parts and the run is on the
-  CPU; and where the hardware runs bf16 natively (AMX, AVX512-BF16, a GPU that supports it) also torch and
-  torch-opt under bf16 autocast and openvino with its bf16 hint. int8 is never a candidate unless asked
+- the candidates are the (engine, precision) pairs that are installed and exact enough on this device:
+  torch-opt in fp32 (and eager torch on a GPU: ``candidates`` says why not on the CPU); onnxruntime and openvino
+  in fp32 where the family exports parts and the run is on the CPU; and where the hardware runs bf16 natively
+  (AMX, AVX512-BF16, a GPU that supports it) the same under bf16 autocast and openvino with its bf16 hint
+  (ONNX Runtime has none), raced first. int8 is never a candidate unless asked
   (``--mixed_precision int8``: then the candidates are the exported engines, quantised); an explicit engine or
   precision narrows the candidates to it;
 - they race on the run's own first frames (``EngineRace``): each candidate animates PROBE frames to warm up
@@ -33,9 +34,10 @@ from modules.config.family import ExportPart
 from modules.core.errors import UserError
 from modules.core.outputs import write_json
 from modules.core.precision import autocast, autocast_dtype, native_bf16
-from modules.inference.engines import (ENGINES, EXPORTED, PINS, Int8Calibration, cache_dir, cpu_name, default_engine,
-                                       engine_versions, graph_folder, import_engine, installed, prepare)
-from modules.inference.export import capture_inputs, file_digest, run_graph, samples_digest
+from modules.inference.engines import (ENGINES, EXPORTED, PINS, Int8Calibration, cache_dir, capture_inputs, cpu_name,
+                                       default_engine, engine_versions, graph_folder, import_engine, installed, prepare,
+                                       run_graph, samples_digest)
+from modules.inference.export import file_digest
 
 PROBE = 2               # frames a candidate animates per turn of the race
 SLOWER = 1.25           # a candidate this much slower than the best after its first timed turn gets no second

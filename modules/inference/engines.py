@@ -2,33 +2,36 @@
 
 - ``torch``: today's eager path, the reference every speed-up is measured against.
 - ``torch-opt``: PyTorch with the exact rewrites of modules/inference/optimize.py (BatchNorm folded, sub-pixel up
-  blocks: 4/9 of the up blocks' multiplications). ``torch.compile`` is not used: measured on the taichi-256
-  networks (2-core AVX2 CPU, inductor with freezing) it took 68 s to compile for a further 7% per frame,
-  which pays only after some 15 minutes of video.
-- ``onnxruntime`` and ``openvino``: the family's heavy parts (its record's ``export_parts``: for the
-  keypoint-mask family the detector and the two generators) exported to ONNX once per model file and frame
-  size (modules/inference/export.py), run by ONNX Runtime or OpenVINO; everything between the parts (relative motion,
-  drawing circles, batching, video I/O) stays in PyTorch, so every mode, motion and flag works alike.
-  ``--mixed_precision int8`` runs the parts quantised (calibrated on the run's own first frames).
-- ``auto`` (the default) is modules/inference/choice.py's: the engines and precisions race on a run's first
-  frames and the fastest is cached.
-
-The cache is ``$KPMASK_CACHE`` or ``~/.cache/kpmask``; ``KPMASK_ENGINE`` sets the default engine (the tests
-use ``torch``).
+  blocks: 4/9 of the up blocks' multiplications). ``torch.compile`` is not used: on the taichi-256 networks
+  (2-core AVX2 CPU) it took 68 s to compile for a further 7% per frame.
+- ``onnxruntime`` and ``openvino``: the family's heavy parts (its record's ``export_parts``) exported to ONNX
+  once per model file and frame size (modules/inference/export.py); everything between the parts (relative
+  motion, circles, batching, video I/O) stays in PyTorch, so every mode and flag works alike.
+  ``--mixed_precision int8`` runs the parts quantised, calibrated on the run's own first frames (below).
+- ``auto`` (the default) is modules/inference/choice.py's race. ``KPMASK_ENGINE`` sets the default engine.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
+import logging
 import os
 import platform
+import shutil
+import tempfile
+import time
+import warnings
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from modules.config.family import ExportPart
 from modules.core.errors import UserError
-from modules.inference.export import (cache_dir, exported_graph, graph_stamp, named_type, quantize_graph,
-                                      samples_digest, stamp_of, submodule)
+from modules.core.outputs import atomic_file
+from modules.inference.export import (cache_dir, exported_graph, graph_stamp, named_type, stamp_graph, stamp_of,
+                                      submodule)
 from modules.inference.optimize import rewrite_blocks
 
 ENGINES = ("auto", "torch", "torch-opt", "onnxruntime", "openvino")
@@ -154,6 +157,176 @@ class OpenVinoPart(ExportedPart):
 
 
 RUNNERS = {"onnxruntime": OnnxRuntimePart, "openvino": OpenVinoPart}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# int8: capturing the parts' inputs, calibrating and quantising (ONNX Runtime's quantiser, QDQ graphs)
+
+class _Captured(Exception):
+    """Ends a calibration frame's forward pass as soon as every part to quantise has its inputs."""
+
+
+def capture_inputs(model: nn.Module, parts: Sequence[ExportPart], source: torch.Tensor,
+                   driving: torch.Tensor) -> dict[str, list[tuple[torch.Tensor, ...]]]:
+    """The inputs each part to quantise receives while ``model`` animates ``source`` (1, 3, H, W) by ``driving``
+    (n, 3, H, W) in fp32 (absolute motion): one tuple of batch 1 per frame. Once every such part has its inputs
+    for a frame, the frame's forward pass stops there: the generator (97% of the work) is not run here, since
+    calibration runs its graph on these inputs anyway (``quantize_graph``)."""
+    wanted = [spec for spec in parts if spec.quantize]
+    seen: dict[str, list[tuple[torch.Tensor, ...]]] = {spec.path: [] for spec in wanted}
+    pending: set[str] = set()
+
+    def stand_in(spec: ExportPart, forward: Callable) -> Callable:
+        def call(*args, **kwargs):
+            if spec.path not in pending:                   # encoding the source, or already captured
+                return forward(*args, **kwargs)
+            tensors = spec.inputs(*args)
+            seen[spec.path].extend(tuple(t[i:i + 1].detach().float().contiguous() for t in tensors)
+                                   for i in range(tensors[0].shape[0]))
+            pending.discard(spec.path)
+            if not pending:
+                raise _Captured
+            return forward(*args, **kwargs)
+        return call
+
+    modules = {spec.path: submodule(model, spec.path) for spec in wanted}
+    installed = {path: vars(module).get("forward") for path, module in modules.items()}   # a runner, or None
+    for spec in wanted:
+        # the part's own PyTorch forward, not a runner already installed (an int8 one would feed the next part
+        # rounded inputs): the samples are fp32's
+        module = modules[spec.path]
+        module.forward = stand_in(spec, type(module).forward.__get__(module))
+    try:
+        with torch.inference_mode():
+            state = model.encode_source(source)
+            for frame in driving.split(1):
+                pending.update(seen)
+                try:
+                    model.animate(state, frame)
+                except _Captured:
+                    pass
+    finally:
+        for path, module in modules.items():
+            if installed[path] is None:
+                del module.forward                         # the class's forward again
+            else:
+                module.forward = installed[path]
+    return seen
+
+
+def samples_digest(samples: dict[str, list[tuple[torch.Tensor, ...]]]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(samples):
+        for sample in samples[path]:
+            for tensor in sample:
+                digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+INT8_NEEDS = ("--mixed_precision int8 quantises with onnxruntime and onnx (pip install onnxruntime==1.31.1 "
+              "onnx==1.22.0)")
+
+
+def run_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+    """``graph``'s outputs (name -> array (n, ...)) on ``samples`` (tuples of its inputs, batch 1), by ONNX
+    Runtime in fp32: the reference an int8 graph is compared with when calibration did not just give it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(INT8_NEEDS) from None
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    names = [node.name for node in session.get_inputs()]
+    runs = [session.run(None, {name: t.numpy() for name, t in zip(names, sample)}) for sample in samples]
+    return {node.name: np.concatenate([run[i] for run in runs]) for i, node in enumerate(session.get_outputs())}
+
+
+def _calibrate(model: Any, samples: Sequence[tuple[torch.Tensor, ...]],
+               handled: set[str]) -> tuple[dict[str, tuple], dict[str, Any]]:
+    """Min-max calibration of the shape-inferred ONNX ``model`` (changed in place): every float tensor in or out
+    of a node of a type in ``handled`` (what the quantiser puts Q/DQ pairs on) gets ReduceMin and ReduceMax
+    outputs, and ONNX Runtime runs it once per sample. Returns ({tensor: (min, max)}, the model's own outputs
+    (name -> array (n, ...)))."""
+    import onnx
+    import onnxruntime
+
+    types = {info.name: info.type.tensor_type.elem_type
+             for info in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    constants = {initializer.name for initializer in model.graph.initializer}
+    tensors = sorted({name for node in model.graph.node if node.op_type in handled
+                      for name in (*node.input, *node.output) if name and name not in constants
+                      and types.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)})
+    outputs = [output.name for output in model.graph.output]
+    taken = {name for node in model.graph.node for name in node.output}
+    for name in tensors:
+        for reduce in ("ReduceMin", "ReduceMax"):
+            added = f"{name}::kpmask-{reduce}"
+            assert added not in taken, added
+            # keepdims: ONNX Runtime cannot drop a reduced axis of size 0
+            model.graph.node.append(onnx.helper.make_node(reduce, [name], [added], keepdims=1))
+            model.graph.output.append(onnx.helper.make_tensor_value_info(added, types[name], None))
+    options = onnxruntime.SessionOptions()
+    # no fusions: a fused node would hide the very tensors the quantiser puts Q/DQ pairs on
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [node.name for node in session.get_inputs()]
+    runs = [session.run(None, {name: t.numpy() for name, t in zip(names, sample)}) for sample in samples]
+    ranges = {name: (np.float32(np.nanmin([run[len(outputs) + 2 * i] for run in runs])),
+                     np.float32(np.nanmax([run[len(outputs) + 2 * i + 1] for run in runs])))
+              for i, name in enumerate(tensors)}
+    return ranges, {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(outputs)}
+
+
+def quantize_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]],
+                   path: str, stamp: Optional[str] = None) -> dict[str, Any]:
+    """Post-training static int8 quantisation of ``graph`` into ``path``, calibrated on ``samples``: QDQ
+    format, per-channel int8 weights, uint8 activations with a 7-bit range (on CPUs without VNNI, the AVX2
+    u8 x s8 multiply saturates at full range), min-max ranges of every tensor ONNX Runtime's quantiser would
+    calibrate. Returns the fp32 graph's outputs on ``samples`` (name -> array (n, ...)), which calibrating
+    computed anyway: the reference for the int8 graph's PSNR. (The caller caches: engines.use_exported
+    quantises once per calibration set.)
+
+    ONNX Runtime's ``quantize_static`` would calibrate by itself; doing it here instead (its ranges handed over
+    through its calibration cache) costs the same forward passes without its two extra shape-inferred loads and
+    augmented-model file (256-px generator, AVX2 EPYC: about 4 s), and keeps the reference outputs. The graph is
+    first simplified by ONNX Runtime's basic optimisations (constants folded: 1,068 nodes become 369), which is
+    what ``quant_pre_process`` does, without its extra shape-inference round trips."""
+    try:
+        import onnx
+        import onnxruntime
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    except ImportError:
+        raise UserError(INT8_NEEDS) from None
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    for stale in glob.glob(os.path.join(folder, "quantizing-*")):     # left by a process killed mid-way
+        if time.time() - os.path.getmtime(stale) > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="quantizing-", dir=folder) as work, \
+            atomic_file(path) as partial, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized, prepared = os.path.join(work, "optimized.onnx"), os.path.join(work, "prepared.onnx")
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = optimized
+        onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        onnx.shape_inference.infer_shapes_path(optimized, prepared)        # the tensors' types, for choosing
+
+        ranges, reference = _calibrate(onnx.load(prepared), samples, set(QDQRegistry) | set(QLinearOpsRegistry))
+        cache = os.path.join(work, "ranges.json")
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+
+        # the quantiser logs a root-logger warning for every rank-1 weight it leaves per-tensor (BatchNorm)
+        logging.disable(logging.WARNING)
+        try:
+            quantize_static(prepared, partial, None, quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibration_cache_path=cache)
+        finally:
+            logging.disable(logging.NOTSET)
+    if stamp is not None:
+        stamp_graph(path, stamp)
+    return reference
 
 
 class Int8Calibration:
