@@ -223,8 +223,7 @@ def samples_digest(samples: dict[str, list[tuple[torch.Tensor, ...]]]) -> str:
     return digest.hexdigest()[:16]
 
 
-INT8_NEEDS = ("--mixed_precision int8 quantises with onnxruntime and onnx (pip install onnxruntime==1.31.1 "
-              "onnx==1.22.0)")
+INT8_NEEDS = f"--mixed_precision int8 quantises with onnxruntime and onnx (pip install {PINS['onnxruntime']})"
 
 
 def run_graph(graph: str, samples: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
@@ -371,8 +370,7 @@ def use_exported(model: nn.Module, parts: Sequence[ExportPart], size: tuple[int,
         except Exception:                    # a damaged or foreign cached graph: made again, once
             os.remove(quantized_path if quantized else graph)
             graph, meta = exported_graph(model, spec, size, folder, model_sha256, fresh=not quantized)
-            if quantized:
-                int8.reference[spec.path] = quantize_graph(graph, int8.samples(model)[spec.path], quantized_path, stamp)
+            quantized = quantized and _quantized(model, graph, spec, int8, quantized_path, stamp)   # quantised again
             runner = RUNNERS[engine](quantized_path if quantized else graph, meta, spec, bf16)
         submodule(model, spec.path).forward = runner
 
